@@ -1,0 +1,31 @@
+"""minidl: a small deep-learning framework on NumPy, with an optional CuPy backend.
+
+Layout (one module per concern):
+  tensor.py    Tensor, Function, the iterative backward engine, no_grad
+  backend.py   the array-module shim (NumPy/CuPy), kernel dispatch, threads
+  kernels/     raw-array kernels, one module per backend (NumPy, Numba, CuPy)
+  ops/         differentiable ops, forward and backward side by side
+  nn/          Module, layers, functional (F), init
+  optim/       optimizers and learning-rate schedulers
+  data/        datasets, DataLoader, transforms, MNIST
+  models/      the CNN+Attention model
+  train.py     the trainer;  serialization.py  safe checkpoints
+  testing.py   gradcheck and comparison helpers
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend, ops
+from .backend import cuda_is_available, get_num_threads, set_num_threads
+from .creation import (arange, empty, eye, from_numpy, full, linspace, ones, ones_like, rand,
+                       randint, randn, tensor, zeros, zeros_like)
+from .ops import (abs, argmax, argmin, cat, clamp, clip, concat, exp, flatten, log, matmul,
+                  max, maximum, mean, min, minimum, permute, reshape, sigmoid, sqrt, stack,
+                  std, sum, swapaxes, tanh, transpose, var, where)
+from .random import default_generator, manual_seed
+from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad
+
+float32, float64, int64, int32, bool_ = np.float32, np.float64, np.int64, np.int32, np.bool_
+
+__version__ = "0.1.0"

@@ -1,0 +1,229 @@
+"""The array-module shim: every op is written once against ``xp``.
+
+``xp`` is NumPy on the CPU and CuPy on the GPU. Nothing here imports CuPy
+until a CUDA device is asked for, so a machine without it never pays for it.
+
+Kernels (im2col, pooling, ...) are picked per array module by
+:func:`kernels_for`, so op code never branches on ``xp is cupy``:
+
+* ``xp is numpy`` and Numba usable -> ``minidl.kernels.cpu_numba``
+* ``xp is numpy`` otherwise        -> ``minidl.kernels.cpu_numpy``
+* ``xp is cupy``                   -> ``minidl.kernels.cuda_cupy``
+
+Environment knobs: ``MINIDL_NUMBA=0`` forces the plain NumPy kernels;
+``MINIDL_NUMBA_CACHE=0`` turns off Numba's on-disk cache (kernel development).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+
+import numpy as np
+
+_cupy = None            # the cupy module once imported and checked
+_cuda_error = None      # why CUDA is unusable, once known
+_use_numba = os.environ.get("MINIDL_NUMBA", "1") != "0"
+_numba_ok = None        # whether numba imports (checked lazily)
+
+DEVICES = ("cpu", "cuda")
+
+
+class DeviceError(RuntimeError):
+    """Raised when a device is unavailable or tensors of two devices meet."""
+
+
+# --------------------------------------------------------------------- CUDA
+
+def _load_cupy():
+    """Import CuPy and check a GPU really exists; raise a DeviceError if not."""
+    global _cupy, _cuda_error
+    if _cupy is not None:
+        return _cupy
+    if _cuda_error is not None:
+        raise DeviceError(_cuda_error)
+    try:
+        import cupy
+    except ImportError as exc:
+        _cuda_error = (
+            f"device 'cuda' needs CuPy, which is not installed ({exc}). "
+            "Install it with: pip install 'minidl[gpu]'  (CuPy for CUDA 12)")
+        raise DeviceError(_cuda_error) from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDA driver missing or broken
+        count, why = 0, f" ({type(exc).__name__}: {exc})"
+    else:
+        why = ""
+    if count == 0:
+        _cuda_error = ("device 'cuda' was asked for: CuPy is installed but no "
+                       f"CUDA GPU is visible{why}. Use device='cpu', or check "
+                       "the NVIDIA driver and CUDA_VISIBLE_DEVICES.")
+        raise DeviceError(_cuda_error)
+    _cupy = cupy
+    return cupy
+
+
+def cuda_is_available() -> bool:
+    """True when CuPy imports and at least one GPU is visible."""
+    try:
+        _load_cupy()
+    except DeviceError:
+        return False
+    return True
+
+
+def cupy_module():
+    """The CuPy module if it was already loaded, else None (never imports it)."""
+    return _cupy
+
+
+# ----------------------------------------------------------------- dispatch
+
+def get_array_module(*arrays):
+    """``numpy`` or ``cupy``: the module that owns the given arrays.
+
+    Raises DeviceError when CPU and GPU arrays are mixed.
+    """
+    if _cupy is None:
+        return np
+    xp = None
+    for a in arrays:
+        if a is None or np.isscalar(a):
+            continue
+        m = _cupy if isinstance(a, _cupy.ndarray) else np
+        if xp is None:
+            xp = m
+        elif m is not xp:
+            raise DeviceError("arrays on two devices were mixed: 'cpu' and 'cuda'")
+    return xp or np
+
+
+def device_of(array) -> str:
+    """'cpu' or 'cuda' for a raw array."""
+    if _cupy is not None and isinstance(array, _cupy.ndarray):
+        return "cuda"
+    return "cpu"
+
+
+def parse_device(device) -> str:
+    """Normalise 'cpu', 'cuda', 'cuda:0' or a Device to 'cpu' or 'cuda'."""
+    name = str(device).split(":")[0] if device is not None else "cpu"
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: expected one of {DEVICES}")
+    return name
+
+
+def to_device(array, device):
+    """Return ``array`` on ``device`` ('cpu' or 'cuda'), copying only if needed."""
+    device = parse_device(device)
+    if device == "cuda":
+        cp = _load_cupy()
+        return array if isinstance(array, cp.ndarray) else cp.asarray(array)
+    return as_numpy(array)
+
+
+def as_numpy(array):
+    """A NumPy view or copy of a raw array from any device."""
+    if _cupy is not None and isinstance(array, _cupy.ndarray):
+        return _cupy.asnumpy(array)
+    return np.asarray(array)
+
+
+def xp_for(device):
+    """The array module of a device name."""
+    return _load_cupy() if parse_device(device) == "cuda" else np
+
+
+# ------------------------------------------------------------------ kernels
+
+def numba_available() -> bool:
+    global _numba_ok
+    if _numba_ok is None:
+        _numba_ok = importlib.util.find_spec("numba") is not None
+    return _numba_ok
+
+
+def numba_enabled() -> bool:
+    """Whether CPU ops use the Numba kernels (MINIDL_NUMBA=0 turns them off)."""
+    return _use_numba and numba_available()
+
+
+def set_numba_enabled(flag: bool) -> None:
+    global _use_numba
+    _use_numba = bool(flag)
+
+
+@contextlib.contextmanager
+def use_numba(flag: bool):
+    """Temporarily select the Numba (True) or plain NumPy (False) CPU kernels."""
+    old = _use_numba
+    set_numba_enabled(flag)
+    try:
+        yield
+    finally:
+        set_numba_enabled(old)
+
+
+def kernels_for(xp):
+    """The kernel module for an array module (see the module docstring)."""
+    if xp is np:
+        if numba_enabled():
+            from .kernels import cpu_numba
+            return cpu_numba
+        from .kernels import cpu_numpy
+        return cpu_numpy
+    from .kernels import cuda_cupy
+    return cuda_cupy
+
+
+# ------------------------------------------------------------------ threads
+
+_num_threads = None
+
+
+def _default_threads() -> int:
+    for var in ("MINIDL_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var)
+        if value and value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def get_num_threads() -> int:
+    return _num_threads or _default_threads()
+
+
+def set_num_threads(n: int | None = None) -> int:
+    """Set the threads of Numba kernels and, where threadpoolctl is present, BLAS.
+
+    One knob for both so they never oversubscribe the cores. ``None`` means
+    the default: ``OMP_NUM_THREADS``/``NUMBA_NUM_THREADS`` or the usable cores.
+    """
+    global _num_threads
+    n = _default_threads() if n is None else int(n)
+    if n < 1:
+        raise ValueError(f"set_num_threads: expected a positive count, got {n}")
+    _num_threads = n
+    if numba_available():
+        import numba
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        import threadpoolctl
+    except ImportError:
+        pass
+    else:
+        threadpoolctl.threadpool_limits(n)
+    return n
+
+
+def scatter_add(target, key, values):
+    """``target[key] += values`` in place, repeated indices accumulating."""
+    if _cupy is not None and isinstance(target, _cupy.ndarray):
+        import cupyx
+        cupyx.scatter_add(target, key, values)
+    else:
+        np.add.at(target, key, values)

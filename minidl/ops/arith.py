@@ -1,0 +1,422 @@
+"""Elementwise arithmetic, matmul and pointwise activations.
+
+Every binary op broadcasts as NumPy does; the engine sums each gradient back
+to its input's shape, so the backward methods here ignore broadcasting.
+A Python scalar or a NumPy constant meeting a float tensor takes the
+tensor's dtype, so ``x * 0.5`` keeps a float32 graph float32.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..tensor import Function, Tensor, as_array
+
+
+def constant_like(value, ref: Tensor) -> Tensor:
+    """Wrap a non-tensor operand on ``ref``'s device, in ``ref``'s float dtype."""
+    array = value if isinstance(value, (np.ndarray,)) or backend.device_of(value) == "cuda" \
+        else np.asarray(value)
+    ref_dtype = ref.data.dtype
+    if ref_dtype.kind == "f":
+        if array.dtype != ref_dtype:
+            array = array.astype(ref_dtype)
+    elif array.dtype.kind == "f" and array.dtype != np.float32:
+        array = array.astype(np.float32)
+    elif array.dtype.kind in "iu" and array.dtype != ref_dtype and ref_dtype.kind in "iu":
+        array = array.astype(ref_dtype)
+    if backend.device_of(ref.data) != backend.device_of(array):
+        array = backend.to_device(array, ref.device)
+    return Tensor._wrap(array)
+
+
+def operands(a, b):
+    """Both operands as tensors; a non-tensor takes the other's dtype and device."""
+    if isinstance(a, Tensor):
+        return a, (b if isinstance(b, Tensor) else constant_like(b, a))
+    if isinstance(b, Tensor):
+        return constant_like(a, b), b
+    a = Tensor._wrap(as_array(a))
+    return a, constant_like(b, a)
+
+
+# ------------------------------------------------------------------ binary
+
+class Add(Function):
+    def forward(self, a, b):
+        return a + b
+
+    def backward(self, gy):
+        return gy, gy
+
+
+class Sub(Function):
+    def forward(self, a, b):
+        return a - b
+
+    def backward(self, gy):
+        return gy, (-gy if self.needs_input_grad[1] else None)
+
+
+class Mul(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, gy):
+        ga = gy * self.b if self.needs_input_grad[0] else None
+        gb = gy * self.a if self.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Div(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a / b
+
+    def backward(self, gy):
+        ga = gy / self.b
+        gb = -ga * self.a / self.b if self.needs_input_grad[1] else None
+        return (ga if self.needs_input_grad[0] else None), gb
+
+
+class Pow(Function):
+    """``a ** b``; d/db needs log(a), so it is only computed when b needs it."""
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        self.y = a ** b
+        return self.y
+
+    def backward(self, gy):
+        a, b = self.a, self.b
+        ga = gy * b * a ** (b - 1) if self.needs_input_grad[0] else None
+        gb = None
+        if self.needs_input_grad[1]:
+            xp = backend.get_array_module(a)
+            safe_log = xp.log(xp.where(a > 0, a, 1))
+            gb = gy * self.y * safe_log
+        return ga, gb
+
+
+class PowScalar(Function):
+    """``a ** c`` for a Python number c (the common case: squares, roots)."""
+
+    def __init__(self, exponent):
+        self.c = exponent
+
+    def forward(self, a):
+        self.a = a
+        return a ** a.dtype.type(self.c) if a.dtype.kind == "f" else a ** self.c
+
+    def backward(self, gy):
+        a, c = self.a, self.c
+        if c == 2:
+            return gy * (a + a)
+        return gy * (a.dtype.type(c) * a ** a.dtype.type(c - 1))
+
+
+class MatMul(Function):
+    """Batched ``a @ b`` with NumPy's rules (1-D operands are vectors).
+
+    Shapes: a (..., n, k), b (..., k, m) -> (..., n, m); batch dims broadcast.
+    """
+
+    def forward(self, a, b):
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError(f"matmul: operands must have at least one dimension, got shapes "
+                             f"{a.shape} and {b.shape}")
+        ka = a.shape[-1]
+        kb = b.shape[-2] if b.ndim > 1 else b.shape[0]
+        if ka != kb:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not match: "
+                             f"{ka} (last dim of the first) != {kb} (second-to-last of the second)")
+        self.a, self.b = a, b
+        return a @ b
+
+    def backward(self, gy):
+        a, b = self.a, self.b
+        # Restore the unit dims that 1-D operands dropped, then use the 2-D rule.
+        if b.ndim == 1:
+            gy = gy[..., None]
+        if a.ndim == 1:
+            gy = gy[..., None, :]
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        ga = gb = None
+        if self.needs_input_grad[0]:
+            ga = gy @ b2.swapaxes(-1, -2)
+            if a.ndim == 1:
+                ga = ga[..., 0, :]
+        if self.needs_input_grad[1]:
+            if b2.ndim == 2 and a2.ndim > 2 and a2.shape[:-1] == gy.shape[:-1]:
+                # A shared weight under a batch: one GEMM over all rows, not a
+                # batched product summed afterwards.
+                gb = a2.reshape(-1, a2.shape[-1]).T @ gy.reshape(-1, gy.shape[-1])
+            else:
+                gb = a2.swapaxes(-1, -2) @ gy
+            if b.ndim == 1:
+                gb = gb[..., 0]
+        return ga, gb
+
+
+class Maximum(Function):
+    """Elementwise max; on ties the gradient is split in half, as PyTorch."""
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        xp = backend.get_array_module(a)
+        return xp.maximum(a, b)
+
+    def backward(self, gy):
+        return _split_ties(gy, self.a > self.b, self.a == self.b, self.needs_input_grad)
+
+
+class Minimum(Function):
+    """Elementwise min; on ties the gradient is split in half, as PyTorch."""
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        xp = backend.get_array_module(a)
+        return xp.minimum(a, b)
+
+    def backward(self, gy):
+        return _split_ties(gy, self.a < self.b, self.a == self.b, self.needs_input_grad)
+
+
+def _split_ties(gy, a_wins, tie, needs):
+    share = a_wins + gy.dtype.type(0.5) * tie
+    ga = gy * share if needs[0] else None
+    gb = gy * (1 - share) if needs[1] else None
+    return ga, gb
+
+
+class Where(Function):
+    """``where(condition, a, b)``; the condition is a constant boolean array."""
+
+    def __init__(self, condition):
+        self.condition = condition
+
+    def forward(self, a, b):
+        xp = backend.get_array_module(a)
+        return xp.where(self.condition, a, b)
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        zero = gy.dtype.type(0)
+        ga = xp.where(self.condition, gy, zero) if self.needs_input_grad[0] else None
+        gb = xp.where(self.condition, zero, gy) if self.needs_input_grad[1] else None
+        return ga, gb
+
+
+# ------------------------------------------------------------------- unary
+
+class Neg(Function):
+    def forward(self, x):
+        return -x
+
+    def backward(self, gy):
+        return -gy
+
+
+class Exp(Function):
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        self.y = xp.exp(x)
+        return self.y
+
+    def backward(self, gy):
+        return gy * self.y
+
+
+class Log(Function):
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        self.x = x
+        return xp.log(x)
+
+    def backward(self, gy):
+        return gy / self.x
+
+
+class Sqrt(Function):
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        self.y = xp.sqrt(x)
+        return self.y
+
+    def backward(self, gy):
+        return gy / (self.y + self.y)
+
+
+class Abs(Function):
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        self.x = x
+        return xp.abs(x)
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        return gy * xp.sign(self.x)
+
+
+class Tanh(Function):
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        self.y = xp.tanh(x)
+        return self.y
+
+    def backward(self, gy):
+        return gy * (1 - self.y * self.y)
+
+
+class Sigmoid(Function):
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        # tanh form: no overflow warning for large |x|, exact in both tails.
+        half = x.dtype.type(0.5)
+        self.y = half * xp.tanh(half * x) + half
+        return self.y
+
+    def backward(self, gy):
+        y = self.y
+        return gy * y * (1 - y)
+
+
+class ReLU(Function):
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        y = xp.maximum(x, x.dtype.type(0))
+        self.y = y
+        return y
+
+    def backward(self, gy):
+        return gy * (self.y > 0)
+
+
+class Clip(Function):
+    """Clamp to [low, high] (either may be None); gradient passes inside the range."""
+
+    def __init__(self, low, high):
+        self.low, self.high = low, high
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        self.x = x
+        low = None if self.low is None else x.dtype.type(self.low)
+        high = None if self.high is None else x.dtype.type(self.high)
+        return xp.clip(x, low, high)
+
+    def backward(self, gy):
+        x = self.x
+        mask = True
+        if self.low is not None:
+            mask = x >= self.low
+        if self.high is not None:
+            mask = mask & (x <= self.high)
+        return gy * mask
+
+
+class Cast(Function):
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+    def forward(self, x):
+        self.in_dtype = x.dtype
+        return x.astype(self.dtype)
+
+    def backward(self, gy):
+        return gy.astype(self.in_dtype)
+
+
+# ---------------------------------------------------------------- wrappers
+
+def add(a, b):
+    return Add()(*operands(a, b))
+
+
+def sub(a, b):
+    return Sub()(*operands(a, b))
+
+
+def mul(a, b):
+    return Mul()(*operands(a, b))
+
+
+def div(a, b):
+    return Div()(*operands(a, b))
+
+
+def pow(a, b):  # noqa: A001 - the PyTorch name
+    if isinstance(a, Tensor) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        return PowScalar(b)(a)
+    return Pow()(*operands(a, b))
+
+
+def neg(x):
+    return Neg()(x)
+
+
+def matmul(a, b):
+    return MatMul()(*operands(a, b))
+
+
+def maximum(a, b):
+    return Maximum()(*operands(a, b))
+
+
+def minimum(a, b):
+    return Minimum()(*operands(a, b))
+
+
+def where(condition, a, b):
+    """Elements of ``a`` where ``condition`` is true, else of ``b`` (broadcasting)."""
+    cond = condition.data if isinstance(condition, Tensor) else as_array(condition)
+    a, b = operands(a, b)
+    return Where(cond.astype(bool, copy=False))(a, b)
+
+
+def exp(x):
+    return Exp()(x)
+
+
+def log(x):
+    return Log()(x)
+
+
+def sqrt(x):
+    return Sqrt()(x)
+
+
+def abs(x):  # noqa: A001 - the PyTorch name
+    return Abs()(x)
+
+
+def tanh(x):
+    return Tanh()(x)
+
+
+def sigmoid(x):
+    return Sigmoid()(x)
+
+
+def relu(x):
+    return ReLU()(x)
+
+
+def clip(x, min=None, max=None):  # noqa: A002 - PyTorch's keyword names
+    if min is None and max is None:
+        raise ValueError("clip: at least one of min and max must be given")
+    return Clip(min, max)(x)
+
+
+clamp = clip
+
+
+def cast(x, dtype):
+    dtype = np.dtype(dtype)
+    if x.data.dtype == dtype:
+        return x
+    if x.requires_grad and dtype.kind in "fc":
+        return Cast(dtype)(x)
+    return Tensor._wrap(x.data.astype(dtype))

@@ -1,0 +1,279 @@
+"""Shape ops: reshape, transpose, indexing, concatenation, broadcasting, padding.
+
+Forwards return views wherever NumPy does; backwards are the inverse view
+(or, for indexing, a scatter-add into zeros).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..tensor import Function, Tensor, as_array
+
+
+def _shape_arg(op, shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    try:
+        return tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: expected integer sizes, got {shape!r}") from None
+
+
+class Reshape(Function):
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        try:
+            return x.reshape(self.shape)
+        except ValueError:
+            raise ValueError(f"reshape: cannot reshape a tensor of shape {x.shape} "
+                             f"({x.size} elements) to {self.shape}") from None
+
+    def backward(self, gy):
+        return gy.reshape(self.in_shape)
+
+
+class Transpose(Function):
+    """Permute the axes; ``axes`` is a full permutation."""
+
+    def __init__(self, axes):
+        self.axes = axes
+
+    def forward(self, x):
+        return x.transpose(self.axes)
+
+    def backward(self, gy):
+        return gy.transpose(tuple(np.argsort(self.axes)))
+
+
+def _is_advanced(key):
+    parts = key if isinstance(key, tuple) else (key,)
+    return any(not isinstance(k, (int, slice, type(None), type(Ellipsis))) for k in parts)
+
+
+def _raw_key(key):
+    """Replace tensors in an index by their arrays."""
+    if isinstance(key, tuple):
+        return tuple(_raw_key(k) for k in key)
+    if isinstance(key, Tensor):
+        return key.data
+    if isinstance(key, list):
+        return as_array(key)
+    return key
+
+
+class GetItem(Function):
+    """``x[key]``; backward scatter-adds, so repeated indices accumulate."""
+
+    def __init__(self, key):
+        self.key = key
+
+    def forward(self, x):
+        self.in_shape, self.in_dtype = x.shape, x.dtype
+        try:
+            return x[self.key]
+        except IndexError as exc:
+            raise IndexError(f"getitem: index {self.key!r} is invalid for a tensor of shape "
+                             f"{x.shape}: {exc}") from None
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        gx = xp.zeros(self.in_shape, dtype=gy.dtype)
+        if _is_advanced(self.key):
+            backend.scatter_add(gx, self.key, gy)
+        else:
+            gx[self.key] = gy
+        return gx
+
+
+class Concat(Function):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, *xs):
+        xp = backend.get_array_module(*xs)
+        self.sizes = [x.shape[self.axis] for x in xs]
+        try:
+            return xp.concatenate(xs, axis=self.axis)
+        except ValueError:
+            shapes = ", ".join(str(x.shape) for x in xs)
+            raise ValueError(f"concat: shapes {shapes} differ outside axis {self.axis}") from None
+
+    def backward(self, gy):
+        grads, start = [], 0
+        lead = (slice(None),) * (self.axis % gy.ndim)
+        for size in self.sizes:
+            grads.append(gy[lead + (slice(start, start + size),)])
+            start += size
+        return tuple(grads)
+
+
+class Stack(Function):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, *xs):
+        xp = backend.get_array_module(*xs)
+        if len({x.shape for x in xs}) > 1:
+            shapes = ", ".join(str(x.shape) for x in xs)
+            raise ValueError(f"stack: expected tensors of one shape, got {shapes}")
+        return xp.stack(xs, axis=self.axis)
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        return tuple(xp.moveaxis(gy, self.axis, 0))
+
+
+class BroadcastTo(Function):
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        try:
+            return xp.broadcast_to(x, self.shape)
+        except ValueError:
+            raise ValueError(f"broadcast_to: cannot broadcast shape {x.shape} to "
+                             f"{self.shape}") from None
+
+    def backward(self, gy):
+        return gy  # the engine sums it back to the input's shape
+
+
+class Pad(Function):
+    """Constant padding; ``widths`` is NumPy's ((before, after), ...) per axis."""
+
+    def __init__(self, widths, value):
+        self.widths, self.value = widths, value
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        return xp.pad(x, self.widths, mode="constant", constant_values=x.dtype.type(self.value))
+
+    def backward(self, gy):
+        return gy[tuple(slice(b, gy.shape[i] - a) for i, (b, a) in enumerate(self.widths))]
+
+
+# ---------------------------------------------------------------- wrappers
+
+def reshape(x, *shape):
+    shape = _shape_arg("reshape", shape)
+    if shape == x.shape:
+        return x
+    return Reshape(shape)(x)
+
+
+view = reshape
+
+
+def flatten(x, start_dim=0, end_dim=-1):
+    """Merge dims ``start_dim..end_dim`` into one (PyTorch's flatten)."""
+    if x.ndim == 0:
+        return reshape(x, 1)
+    start, end = start_dim % x.ndim, end_dim % x.ndim
+    if start > end:
+        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
+    merged = 1
+    for s in x.shape[start:end + 1]:
+        merged *= s
+    return reshape(x, x.shape[:start] + (merged,) + x.shape[end + 1:])
+
+
+def squeeze(x, axis=None, *, dim=None):
+    axis = dim if dim is not None else axis
+    if axis is None:
+        return reshape(x, tuple(s for s in x.shape if s != 1))
+    axes = (axis,) if isinstance(axis, int) else axis
+    axes = {a % x.ndim for a in axes}
+    return reshape(x, tuple(s for i, s in enumerate(x.shape) if not (i in axes and s == 1)))
+
+
+def unsqueeze(x, dim):
+    dim = dim % (x.ndim + 1)
+    return reshape(x, x.shape[:dim] + (1,) + x.shape[dim:])
+
+
+expand_dims = unsqueeze
+
+
+def permute(x, *dims):
+    dims = _shape_arg("permute", dims)
+    if sorted(d % max(x.ndim, 1) for d in dims) != list(range(x.ndim)):
+        raise ValueError(f"permute: {dims} is not a permutation of the {x.ndim} dims of a "
+                         f"tensor of shape {x.shape}")
+    return Transpose(tuple(d % x.ndim for d in dims))(x)
+
+
+def transpose(x, *axes):
+    """No axes: reverse them. Two axes on a tensor of more than two dims: swap
+    them (PyTorch's ``transpose(dim0, dim1)``). A full list: permute (NumPy)."""
+    axes = _shape_arg("transpose", axes) if axes else ()
+    if not axes:
+        return Transpose(tuple(reversed(range(x.ndim))))(x)
+    if len(axes) == 2 and x.ndim != 2:
+        return swapaxes(x, *axes)
+    return permute(x, *axes)
+
+
+def swapaxes(x, axis1, axis2):
+    perm = list(range(x.ndim))
+    a, b = axis1 % x.ndim, axis2 % x.ndim
+    perm[a], perm[b] = perm[b], perm[a]
+    return Transpose(tuple(perm))(x)
+
+
+def getitem(x, key):
+    return GetItem(_raw_key(key))(x)
+
+
+def concat(tensors, axis=0, *, dim=None):
+    axis = dim if dim is not None else axis
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("concat: expected at least one tensor")
+    return Concat(axis % tensors[0].ndim)(*tensors)
+
+
+cat = concatenate = concat
+
+
+def stack(tensors, axis=0, *, dim=None):
+    axis = dim if dim is not None else axis
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("stack: expected at least one tensor")
+    return Stack(axis % (tensors[0].ndim + 1))(*tensors)
+
+
+def broadcast_to(x, *shape):
+    shape = _shape_arg("broadcast_to", shape)
+    if shape == x.shape:
+        return x
+    return BroadcastTo(shape)(x)
+
+
+def expand(x, *sizes):
+    """PyTorch's expand: -1 keeps a dim's size."""
+    sizes = _shape_arg("expand", sizes)
+    lead = len(sizes) - x.ndim
+    shape = tuple(x.shape[i - lead] if s == -1 and i >= lead else s for i, s in enumerate(sizes))
+    return broadcast_to(x, shape)
+
+
+def pad(x, pad, mode="constant", value=0.0):
+    """PyTorch's ``F.pad``: ``pad`` lists (before, after) pairs from the last dim back."""
+    if mode != "constant":
+        raise NotImplementedError(f"pad: mode {mode!r} is not supported; only 'constant'")
+    pad = tuple(int(p) for p in pad)
+    if len(pad) % 2 or len(pad) // 2 > x.ndim:
+        raise ValueError(f"pad: expected an even number of sizes, at most 2 per dim of a tensor "
+                         f"of shape {x.shape}, got {pad}")
+    if any(p < 0 for p in pad):
+        raise ValueError(f"pad: negative padding {pad} is not supported")
+    widths = [(0, 0)] * x.ndim
+    for i in range(len(pad) // 2):
+        widths[x.ndim - 1 - i] = (pad[2 * i], pad[2 * i + 1])
+    return Pad(tuple(widths), value)(x)

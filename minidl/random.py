@@ -1,0 +1,60 @@
+"""The framework's own random state, seeded by :func:`manual_seed`.
+
+Every random draw in minidl (initialisation, dropout, shuffling, augmentation,
+Numba kernels that draw) comes from here, never from NumPy's global state,
+so ``manual_seed(n)`` makes a run reproducible without touching the user's
+own use of ``numpy.random``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_seed = None
+_generator = np.random.default_rng()
+_cuda_generator = None
+
+
+def manual_seed(seed: int) -> np.random.Generator:
+    """Seed every random source minidl uses; returns the CPU generator."""
+    global _seed, _generator, _cuda_generator
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"manual_seed: expected a non-negative seed, got {seed}")
+    _seed = seed
+    _generator = np.random.default_rng(seed)
+    _cuda_generator = None  # re-created from the new seed on first use
+    from . import backend
+    if backend.numba_enabled():
+        # Numba keeps its own per-thread state for np.random inside kernels.
+        from .kernels import cpu_numba
+        if hasattr(cpu_numba, "seed"):
+            cpu_numba.seed(seed)
+    return _generator
+
+
+def default_generator() -> np.random.Generator:
+    """The CPU generator every minidl random draw uses."""
+    return _generator
+
+
+def generator_for(xp):
+    """A generator for the array module ``xp`` (NumPy's, or CuPy's on GPU)."""
+    global _cuda_generator
+    if xp is np:
+        return _generator
+    if _cuda_generator is None:
+        seed = _seed if _seed is not None else int(_generator.integers(2**63))
+        _cuda_generator = xp.random.default_rng(seed)
+    return _cuda_generator
+
+
+def get_rng_state() -> dict:
+    """The generator state, as a JSON-able dict (for checkpoints)."""
+    return {"seed": _seed, "bit_generator": _generator.bit_generator.state}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore a state from :func:`get_rng_state`."""
+    global _seed
+    _seed = state.get("seed")
+    _generator.bit_generator.state = state["bit_generator"]

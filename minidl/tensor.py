@@ -1,0 +1,450 @@
+"""Tensor, Function and the autograd engine.
+
+A :class:`Tensor` wraps one raw array (``numpy.ndarray`` or ``cupy.ndarray``).
+Every differentiable op is a :class:`Function` subclass whose ``forward`` and
+``backward`` sit side by side and work on raw arrays. Calling a Function on
+tensors records it as the ``creator`` of its outputs when any input requires
+a gradient and grad mode is on.
+
+The engine (:func:`run_backward`) is iterative: a heap of functions keyed by
+generation (the depth of the deepest input, so every consumer of a tensor
+runs before its producer), no recursion, so a 100,000-op chain is fine.
+Outputs are held by a function only through weak references, so the graph
+is owned by the loss alone and dies with it; by default ``backward`` also
+frees each function's saved arrays as soon as it has run.
+"""
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import weakref
+
+import numpy as np
+
+from . import backend
+
+_grad_enabled = True
+
+
+class no_grad(contextlib.ContextDecorator):
+    """Context manager and decorator that disables graph recording."""
+
+    def __enter__(self):
+        global _grad_enabled
+        self._prev, _grad_enabled = _grad_enabled, False
+        return self
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self._prev
+        return False
+
+
+class enable_grad(contextlib.ContextDecorator):
+    """Context manager and decorator that re-enables graph recording."""
+
+    def __enter__(self):
+        global _grad_enabled
+        self._prev, _grad_enabled = _grad_enabled, True
+        return self
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self._prev
+        return False
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+def _is_array(x) -> bool:
+    if isinstance(x, np.ndarray):
+        return True
+    cp = backend.cupy_module()
+    return cp is not None and isinstance(x, cp.ndarray)
+
+
+def as_array(data, dtype=None, device=None):
+    """Convert user data to a raw array following minidl's dtype rules.
+
+    Arrays keep their dtype (float64 stays float64, integers stay integers);
+    Python floats and float lists become float32, Python ints int64 and
+    bools bool, as ``torch.tensor`` does.
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    if _is_array(data):
+        array = data
+    else:
+        array = np.asarray(data)
+        if array.dtype.kind == "f":
+            array = array.astype(np.float32)
+        elif array.dtype.kind in "iu":
+            array = array.astype(np.int64)
+        elif array.dtype.kind not in "bc":
+            raise TypeError(f"tensor: cannot make a tensor from {type(data).__name__} "
+                            f"(NumPy dtype {array.dtype})")
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    if device is not None:
+        array = backend.to_device(array, device)
+    return array
+
+
+def _check_grad_dtype(array, where="requires_grad"):
+    if array.dtype.kind not in "fc":
+        raise TypeError(f"{where}: only floating-point tensors can require gradients, "
+                        f"got dtype {array.dtype}")
+
+
+class Tensor:
+    """An n-dimensional array that records the ops applied to it.
+
+    ``data`` is the raw array; ``grad`` a Tensor or None; ``creator`` the
+    Function that made it (None for leaves).
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "creator", "generation",
+                 "_out_index", "_retains_grad", "__weakref__")
+    # ndarray (op) Tensor must defer to Tensor's reflected operators.
+    __array_ufunc__ = None
+
+    def __init__(self, data, requires_grad=False, dtype=None, device=None):
+        self.data = as_array(data, dtype, device)
+        self.grad = None
+        self.creator = None
+        self.generation = 0
+        self._out_index = 0
+        self._retains_grad = False
+        if requires_grad:
+            _check_grad_dtype(self.data)
+        self.requires_grad = bool(requires_grad)
+
+    @classmethod
+    def _wrap(cls, array):
+        """A constant tensor around a raw array, with no checks (hot path)."""
+        t = object.__new__(cls)
+        t.data = array
+        t.grad = None
+        t.requires_grad = False
+        t.creator = None
+        t.generation = 0
+        t._out_index = 0
+        t._retains_grad = False
+        return t
+
+    # ---------------------------------------------------------- properties
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+    is_leaf = property(lambda self: self.creator is None)
+    grad_fn = property(lambda self: self.creator)
+
+    @property
+    def device(self) -> str:
+        return backend.device_of(self.data)
+
+    def numel(self) -> int:
+        return self.data.size
+
+    def dim(self) -> int:
+        return self.data.ndim
+
+    def __len__(self):
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.data.shape[0]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __hash__(self):
+        return id(self)
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor of shape {self.shape} is "
+                             "ambiguous; use .any() or .all()")
+        return bool(self.data)
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __index__(self):
+        if self.data.dtype.kind not in "iu" or self.data.size != 1:
+            raise TypeError("only integer tensors of one element can be used as an index")
+        return int(self.item())
+
+    def __array__(self, dtype=None, copy=None):
+        array = backend.as_numpy(self.data)
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+    def __repr__(self):
+        body = np.array2string(backend.as_numpy(self.data), separator=", ",
+                               prefix="tensor(", precision=4, threshold=200)
+        extras = []
+        if self.device != "cpu":
+            extras.append(f"device='{self.device}'")
+        if self.data.dtype != np.float32:
+            extras.append(f"dtype={self.data.dtype}")
+        if self.creator is not None:
+            extras.append(f"grad_fn=<{type(self.creator).__name__}>")
+        elif self.requires_grad:
+            extras.append("requires_grad=True")
+        return "tensor(" + ", ".join([body] + extras) + ")"
+
+    # -------------------------------------------------------- conversions
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item(): expected a tensor of one element, got shape {self.shape}")
+        return self.data.item()
+
+    def numpy(self) -> np.ndarray:
+        """The data as a NumPy array (a copy when it lives on the GPU)."""
+        return backend.as_numpy(self.data)
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def detach(self) -> "Tensor":
+        """A new leaf sharing this tensor's data, cut from the graph."""
+        return Tensor._wrap(self.data)
+
+    def requires_grad_(self, flag: bool = True) -> "Tensor":
+        if flag:
+            _check_grad_dtype(self.data)
+        if not flag and self.creator is not None:
+            raise RuntimeError("requires_grad_(False) only applies to leaf tensors; use detach()")
+        self.requires_grad = bool(flag)
+        return self
+
+    def retain_grad(self) -> None:
+        """Keep ``.grad`` on this non-leaf tensor after backward."""
+        self._retains_grad = True
+
+    def to(self, device=None, dtype=None) -> "Tensor":
+        """This tensor on another device and/or dtype (self when nothing changes)."""
+        if isinstance(device, (type, np.dtype)) or (isinstance(device, str) and device not in
+                                                     ("cpu", "cuda") and not device.startswith("cuda:")):
+            device, dtype = None, device
+        data = self.data
+        if device is not None and backend.parse_device(device) != self.device:
+            data = backend.to_device(data, device)
+        if dtype is not None and np.dtype(dtype) != data.dtype:
+            data = data.astype(dtype)
+        if data is self.data:
+            return self
+        out = Tensor._wrap(data)
+        if self.requires_grad and self.creator is None and data.dtype.kind in "fc":
+            out.requires_grad = True
+        return out
+
+    def cpu(self) -> "Tensor":
+        return self.to("cpu")
+
+    def cuda(self) -> "Tensor":
+        return self.to("cuda")
+
+    def astype(self, dtype) -> "Tensor":
+        from .ops.arith import cast
+        return cast(self, dtype)
+
+    def float(self) -> "Tensor":
+        return self.astype(np.float32)
+
+    def double(self) -> "Tensor":
+        return self.astype(np.float64)
+
+    def long(self) -> "Tensor":
+        return self.astype(np.int64)
+
+    # ---------------------------------------------------------- autograd
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    def backward(self, grad=None, retain_graph=False) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
+
+        ``grad`` (same shape as self) is required unless self has one element.
+        ``retain_graph=True`` keeps the graph for another backward.
+        """
+        if not self.requires_grad:
+            raise RuntimeError(f"backward: this tensor (shape {self.shape}) does not require grad "
+                               "and has no graph: did you compute it under no_grad(), or "
+                               "from tensors without requires_grad=True?")
+        xp = backend.get_array_module(self.data)
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward: grad can be implicitly created only for an output of one "
+                    f"element; this output has shape {self.shape}: pass grad= of that shape")
+            grad = xp.ones_like(self.data)
+            owned = True
+        else:
+            grad = as_array(grad)
+            if backend.device_of(grad) != self.device:
+                raise backend.DeviceError(f"backward: grad is on '{backend.device_of(grad)}' but the "
+                                          f"output is on '{self.device}'")
+            if grad.shape != self.shape:
+                raise ValueError(f"backward: grad has shape {grad.shape}, expected the output's "
+                                 f"shape {self.shape}")
+            grad = grad.astype(self.data.dtype, copy=False)
+            owned = False
+        run_backward(self, grad, retain_graph, owned)
+
+
+def sum_to(array, shape):
+    """Sum a broadcast gradient back to ``shape`` (the inverse of broadcasting)."""
+    if array.shape == tuple(shape):
+        return array
+    lead = array.ndim - len(shape)
+    if lead < 0:
+        raise ValueError(f"gradient of shape {array.shape} cannot be summed to {tuple(shape)}")
+    axes = tuple(range(lead)) + tuple(
+        i + lead for i, s in enumerate(shape) if s == 1 and array.shape[i + lead] != 1)
+    out = array.sum(axis=axes, keepdims=True) if axes else array
+    if lead:
+        out = out.reshape(shape)
+    if out.shape != tuple(shape):
+        raise ValueError(f"gradient of shape {array.shape} cannot be summed to {tuple(shape)}")
+    return out
+
+
+class Function:
+    """One differentiable op: ``forward`` and ``backward`` on raw arrays.
+
+    * ``forward(*arrays)`` returns an array or a tuple of arrays.
+    * ``backward(*grad_outputs)`` returns one gradient (array or None) per
+      input; it may skip inputs whose ``self.needs_input_grad[i]`` is False
+      and must never write into an array it did not allocate. Gradients of a
+      broadcast input may keep the broadcast shape: the engine sums them back.
+    * Non-tensor settings go to ``__init__``; whatever backward needs is saved
+      on ``self`` in forward and freed by the engine after backward.
+    """
+
+    inputs = None
+    generation = 0
+    needs_input_grad = ()
+
+    def __call__(self, *inputs):
+        tensors = [x if isinstance(x, Tensor) else Tensor._wrap(as_array(x)) for x in inputs]
+        arrays = [t.data for t in tensors]
+        if backend.cupy_module() is not None:
+            self._check_devices(tensors)
+        record = _grad_enabled and any(t.requires_grad for t in tensors)
+        self.needs_input_grad = tuple(t.requires_grad for t in tensors) if record \
+            else (False,) * len(tensors)
+        ys = self.forward(*arrays)
+        single = not isinstance(ys, tuple)
+        if single:
+            ys = (ys,)
+        outputs = tuple(Tensor._wrap(y) for y in ys)
+        if record:
+            self.generation = max(t.generation for t in tensors)
+            self.inputs = tensors
+            self.outputs = [weakref.ref(o) for o in outputs]
+            self._out_meta = [(y.shape, y.dtype) for y in ys] if len(ys) > 1 else None
+            for i, o in enumerate(outputs):
+                if o.data.dtype.kind in "fc":
+                    o.creator = self
+                    o.requires_grad = True
+                    o.generation = self.generation + 1
+                    o._out_index = i
+        return outputs[0] if single else outputs
+
+    def _check_devices(self, tensors):
+        devices = {t.device for t in tensors}
+        if len(devices) > 1:
+            shapes = ", ".join(f"{tuple(t.shape)} on '{t.device}'" for t in tensors)
+            raise backend.DeviceError(
+                f"{type(self).__name__}: inputs are on two devices ({shapes}); move them "
+                "to one device with .to(device) first")
+
+    def forward(self, *arrays):
+        raise NotImplementedError
+
+    def backward(self, *grad_outputs):
+        raise NotImplementedError
+
+    def release(self):
+        """Drop the saved arrays and inputs once backward has run."""
+        generation = self.generation
+        self.__dict__.clear()
+        self.generation = generation
+
+    def __repr__(self):
+        return f"<{type(self).__name__}>"
+
+
+_tie_breaker = itertools.count()
+
+
+def _accumulate_leaf(tensor, grad, owned_ids):
+    """Add ``grad`` to a leaf's ``.grad``, making sure no two leaves share an array."""
+    if grad.dtype != tensor.data.dtype:
+        grad = grad.astype(tensor.data.dtype)
+    elif id(grad) in owned_ids or grad.base is not None:
+        grad = grad.copy()
+    owned_ids.add(id(grad))
+    if tensor.grad is None:
+        tensor.grad = Tensor._wrap(grad)
+    else:
+        tensor.grad.data = tensor.grad.data + grad
+
+
+def run_backward(root, grad, retain_graph=False, owned=True):
+    """Backpropagate ``grad`` from ``root`` through its graph (iteratively)."""
+    owned_ids = set() if owned else {id(grad)}
+    if root.creator is None:
+        _accumulate_leaf(root, grad, owned_ids)
+        return
+    if root._retains_grad:
+        _accumulate_leaf(root, grad, owned_ids)
+    start = root.creator
+    _check_alive(start)
+    pending = {id(start): [None] * len(start.outputs)}
+    pending[id(start)][root._out_index] = grad
+    heap = [(-start.generation, next(_tie_breaker), start)]
+    while heap:
+        f = heapq.heappop(heap)[2]
+        grads_out = pending.pop(id(f))
+        if f._out_meta is not None:
+            xp = backend.get_array_module(*[g for g in grads_out if g is not None])
+            grads_out = [xp.zeros(shape, dtype) if g is None else g
+                         for g, (shape, dtype) in zip(grads_out, f._out_meta)]
+        grads_in = f.backward(*grads_out)
+        if not isinstance(grads_in, tuple):
+            grads_in = (grads_in,)
+        for x, gx, needed in zip(f.inputs, grads_in, f.needs_input_grad):
+            if gx is None or not needed:
+                continue
+            if gx.shape != x.data.shape:
+                gx = sum_to(gx, x.data.shape)
+            creator = x.creator
+            if creator is None:
+                _accumulate_leaf(x, gx, owned_ids)
+                continue
+            if x._retains_grad:
+                _accumulate_leaf(x, gx, owned_ids)
+            slots = pending.get(id(creator))
+            if slots is None:
+                _check_alive(creator)
+                slots = pending[id(creator)] = [None] * len(creator.outputs)
+                heapq.heappush(heap, (-creator.generation, next(_tie_breaker), creator))
+            i = x._out_index
+            slots[i] = gx if slots[i] is None else slots[i] + gx
+        if not retain_graph:
+            f.release()
+
+
+def _check_alive(function):
+    if function.inputs is None:
+        raise RuntimeError(
+            f"backward: trying to backward through the graph a second time ({function!r} was "
+            "already freed). Pass retain_graph=True to the first backward() if you need to.")

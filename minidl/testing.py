@@ -1,0 +1,168 @@
+"""Gradient checking and array comparison, for minidl's tests and for users' ops.
+
+``gradcheck`` follows ``torch.autograd.gradcheck``: float64 central
+differences with ``eps=1e-6, atol=1e-5, rtol=1e-3``, a random ``grad_output``
+(all-ones would hide transposition errors), every differentiable input
+checked in one call, plus structural checks (a zero ``grad_output`` gives
+zero gradients; two backward passes agree).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend
+from .tensor import Tensor, no_grad
+
+
+def _to_numpy(x):
+    return backend.as_numpy(x.data if isinstance(x, Tensor) else x)
+
+
+def assert_close(actual, expected, rtol=None, atol=None, msg=""):
+    """Assert ``|actual - expected| <= atol + rtol * |expected|`` elementwise.
+
+    Default tolerances per dtype as ``torch.testing.assert_close``: float32
+    rtol 1.3e-6 / atol 1e-5, float64 1e-7 / 1e-7. The message gives the number
+    of mismatches and the worst absolute and relative difference with its index.
+    """
+    a, e = np.asarray(_to_numpy(actual)), np.asarray(_to_numpy(expected))
+    if a.shape != e.shape:
+        raise AssertionError(f"{msg}shape mismatch: actual {a.shape}, expected {e.shape}")
+    low = np.float32 if np.float32 in (a.dtype, e.dtype) else np.float64
+    if rtol is None:
+        rtol = 1.3e-6 if low == np.float32 else 1e-7
+    if atol is None:
+        atol = 1e-5 if low == np.float32 else 1e-7
+    a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    diff = np.abs(a64 - e64)
+    bad = ~(diff <= atol + rtol * np.abs(e64))
+    bad |= np.isnan(a64) != np.isnan(e64)
+    if bad.any():
+        worst = np.unravel_index(np.nanargmax(np.where(bad, diff, -1)), diff.shape) if diff.ndim \
+            else ()
+        rel = diff[worst] / max(abs(e64[worst]), 1e-300)
+        raise AssertionError(
+            f"{msg}{int(bad.sum())} of {bad.size} elements differ (rtol={rtol}, atol={atol}); "
+            f"worst at index {tuple(int(i) for i in worst)}: actual {a64[worst]!r}, expected "
+            f"{e64[worst]!r} (abs diff {diff[worst]:.3g}, rel diff {rel:.3g})")
+
+
+def _prepare_inputs(inputs):
+    """float64 copies of the inputs (the caller's arrays are never touched)."""
+    prepared, differentiable = [], []
+    for x in inputs:
+        if isinstance(x, Tensor):
+            data, wants = x.data, x.requires_grad
+        elif x is None or isinstance(x, (int, float)):
+            prepared.append(x)
+            differentiable.append(False)
+            continue
+        else:
+            data, wants = x, True
+        if data.dtype.kind == "f":
+            t = Tensor._wrap(data.astype(np.float64))   # astype always copies here
+            t.requires_grad = wants
+            prepared.append(t)
+            differentiable.append(wants)
+        else:
+            prepared.append(Tensor._wrap(data))
+            differentiable.append(False)
+    return prepared, differentiable
+
+
+def _outputs(fn, inputs):
+    out = fn(*inputs)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return [o for o in outs if isinstance(o, Tensor) and o.data.dtype.kind == "f"]
+
+
+def _analytic(fn, inputs, diff_idx, grad_outputs):
+    for i in diff_idx:
+        inputs[i].grad = None
+    outs = _outputs(fn, inputs)
+    for k, (o, g) in enumerate(zip(outs, grad_outputs)):
+        if o.requires_grad:
+            o.backward(g, retain_graph=k < len(outs) - 1)
+    return [np.zeros(inputs[i].shape) if inputs[i].grad is None else
+            backend.as_numpy(inputs[i].grad.data).astype(np.float64) for i in diff_idx]
+
+
+def _objective(fn, inputs, grad_outputs):
+    with no_grad():
+        outs = _outputs(fn, inputs)
+    return sum(float((backend.as_numpy(o.data) * g).sum()) for o, g in zip(outs, grad_outputs))
+
+
+def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, directional=False, seed=0,
+              structural=True):
+    """Check the analytic gradients of ``fn(*inputs)`` against central differences.
+
+    ``inputs``: Tensors or arrays; floating ones are copied to float64 and
+    checked unless they are Tensors with ``requires_grad=False``. ``fn`` returns
+    a Tensor or a tuple of them. ``directional=True`` compares one random
+    direction (two forward calls) instead of every element, for larger shapes.
+    Returns True or raises AssertionError naming the input, the worst element,
+    both values and the tolerance.
+    """
+    rng = np.random.default_rng(seed)
+    inputs, differentiable = _prepare_inputs(inputs)
+    diff_idx = [i for i, d in enumerate(differentiable) if d]
+    if not diff_idx:
+        raise ValueError("gradcheck: no floating-point input requires a gradient")
+    outs = _outputs(fn, inputs)
+    if not outs:
+        raise ValueError("gradcheck: fn returned no floating-point tensor")
+    xp = backend.get_array_module(inputs[diff_idx[0]].data)
+    grad_outputs = [rng.standard_normal(o.shape) for o in outs]
+    device_grads = [xp.asarray(g) for g in grad_outputs]
+    analytic = _analytic(fn, inputs, diff_idx, device_grads)
+
+    if directional:
+        directions = [rng.standard_normal(inputs[i].shape) for i in diff_idx]
+        norm = np.sqrt(sum(float((d * d).sum()) for d in directions)) or 1.0
+        directions = [d / norm for d in directions]
+        originals = [inputs[i].data for i in diff_idx]
+        values = []
+        for sign in (1, -1):
+            for i, d, base in zip(diff_idx, directions, originals):
+                inputs[i].data = base + sign * eps * xp.asarray(d)
+            values.append(_objective(fn, inputs, grad_outputs))
+        for i, base in zip(diff_idx, originals):
+            inputs[i].data = base
+        numeric = (values[0] - values[1]) / (2 * eps)
+        predicted = sum(float((a * d).sum()) for a, d in zip(analytic, directions))
+        if not abs(predicted - numeric) <= atol + rtol * abs(numeric):
+            raise AssertionError(
+                f"gradcheck (directional): analytic {predicted!r} vs numeric {numeric!r} "
+                f"(atol={atol}, rtol={rtol})")
+    else:
+        for k, i in enumerate(diff_idx):
+            data = inputs[i].data
+            numeric = np.zeros(data.shape)
+            flat = data.reshape(-1)  # a view of the float64 copy
+            for j in range(flat.size):
+                old = flat[j].item()
+                flat[j] = old + eps
+                plus = _objective(fn, inputs, grad_outputs)
+                flat[j] = old - eps
+                minus = _objective(fn, inputs, grad_outputs)
+                flat[j] = old
+                numeric.reshape(-1)[j] = (plus - minus) / (2 * eps)
+            try:
+                assert_close(analytic[k], numeric, rtol=rtol, atol=atol,
+                             msg=f"gradcheck: input {i} (shape {data.shape}) analytic vs "
+                                 "numeric gradient: ")
+            except AssertionError as exc:
+                raise AssertionError(str(exc)) from None
+
+    if structural:
+        zeros = [xp.zeros(g.shape) for g in grad_outputs]
+        for k, g in zip(diff_idx, _analytic(fn, inputs, diff_idx, zeros)):
+            if np.any(g != 0):
+                raise AssertionError(f"gradcheck: input {k} got a non-zero gradient from a zero "
+                                     "grad_output")
+        again = _analytic(fn, inputs, diff_idx, device_grads)
+        for k, a, b in zip(diff_idx, analytic, again):
+            assert_close(b, a, rtol=1e-10, atol=1e-12,
+                         msg=f"gradcheck: input {k}: a second backward disagrees with the first: ")
+    return True
