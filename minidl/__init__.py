@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import backend, ops
+from . import backend, data, ops
 from .backend import cuda_is_available, get_num_threads, set_num_threads
 from .creation import (arange, empty, eye, from_numpy, full, linspace, ones, ones_like, rand,
                        randint, randn, tensor, zeros, zeros_like)

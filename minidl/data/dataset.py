@@ -1,0 +1,136 @@
+"""Datasets: the map-style protocol, arrays held whole, subsets and splits.
+
+A dataset has ``__len__`` and ``__getitem__(i)`` returning one sample (a
+tuple of arrays). A dataset that can also fetch a whole batch at once
+defines ``__getitems__(indices)`` returning a tuple of batch arrays; the
+DataLoader then indexes whole arrays instead of looping over samples.
+Transforms work on batches (first axis N), so the same transform serves
+both paths.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import get_array_module
+from .rng import default_generator, make_generator
+
+
+def raw_array(value):
+    """The raw array of a Tensor, array or array-like (Python numbers follow
+    minidl's rules: floats become float32, ints int64)."""
+    from ..tensor import Tensor
+    if isinstance(value, Tensor):
+        return value.data
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return value
+    array = np.asarray(value)
+    if array.dtype == np.float64:
+        return array.astype(np.float32)
+    return array.astype(np.int64) if array.dtype.kind in "iu" else array
+
+
+def default_collate(samples):
+    """Stack a list of samples (tuples of arrays or numbers) into a batch."""
+    first = samples[0]
+    if isinstance(first, (tuple, list)):
+        return tuple(default_collate([s[k] for s in samples]) for k in range(len(first)))
+    if isinstance(first, dict):
+        return {k: default_collate([s[k] for s in samples]) for k in first}
+    arrays = [raw_array(s) for s in samples]
+    return get_array_module(arrays[0]).stack(arrays)
+
+
+class Dataset:
+    """Base class: subclasses define ``__len__`` and ``__getitem__``, and
+    ``__getitems__`` when they can fetch a batch without a Python loop."""
+
+    def __len__(self):
+        raise NotImplementedError(f"{type(self).__name__} must define __len__")
+
+    def __getitem__(self, index):
+        raise NotImplementedError(f"{type(self).__name__} must define __getitem__")
+
+
+class TensorDataset(Dataset):
+    """Samples are rows of arrays (or Tensors) with the same first dimension.
+
+    ``transform`` is applied to batches of the first array and
+    ``target_transform`` to batches of the second.
+    """
+
+    def __init__(self, *arrays, transform=None, target_transform=None):
+        if not arrays:
+            raise ValueError("TensorDataset needs at least one array")
+        self.arrays = tuple(raw_array(a) for a in arrays)
+        lengths = [len(a) for a in self.arrays]
+        if len(set(lengths)) != 1:
+            raise ValueError(f"TensorDataset: arrays differ in length: {lengths}")
+        self.transform = transform
+        self.target_transform = target_transform
+
+    def __len__(self):
+        return len(self.arrays[0])
+
+    def __getitems__(self, indices):
+        """The batch at ``indices`` (an int array), one fancy index per array."""
+        batch = [a[indices] for a in self.arrays]
+        if self.transform is not None:
+            batch[0] = self.transform(batch[0])
+        if self.target_transform is not None and len(batch) > 1:
+            batch[1] = self.target_transform(batch[1])
+        return tuple(batch)
+
+    def __getitem__(self, index):
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n}")
+        return tuple(b[0] for b in self.__getitems__(np.array([index])))
+
+    def __repr__(self):
+        shapes = ", ".join(f"{a.dtype}{tuple(a.shape)}" for a in self.arrays)
+        return f"{type(self).__name__}({shapes})"
+
+
+class Subset(Dataset):
+    """The samples of ``dataset`` at ``indices``, in that order."""
+
+    def __init__(self, dataset, indices):
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.dataset[int(self.indices[index])]
+
+    def __getitems__(self, indices):
+        indices = self.indices[indices]
+        fetch = getattr(self.dataset, "__getitems__", None)
+        if fetch is not None:
+            return fetch(indices)
+        return default_collate([self.dataset[int(i)] for i in indices])
+
+
+def random_split(dataset, lengths, generator=None, seed=None):
+    """Split ``dataset`` into non-overlapping random :class:`Subset` s.
+
+    ``lengths`` are counts summing to ``len(dataset)``, or fractions summing
+    to 1 (the remainder after flooring goes one by one to the first parts).
+    """
+    n = len(dataset)
+    lengths = list(lengths)
+    if lengths and all(isinstance(x, float) for x in lengths) and math.isclose(sum(lengths), 1.0):
+        counts = [int(math.floor(n * f)) for f in lengths]
+        for i in range(n - sum(counts)):
+            counts[i % len(counts)] += 1
+        lengths = counts
+    if any(int(x) != x or x < 0 for x in lengths) or sum(lengths) != n:
+        raise ValueError(f"random_split: lengths {lengths} must be non-negative counts "
+                         f"summing to {n}, or fractions summing to 1")
+    rng = make_generator(generator, seed, "random_split") or default_generator()
+    order = rng.permutation(n)
+    ends = np.cumsum(lengths)
+    return [Subset(dataset, order[end - k:end]) for k, end in zip(lengths, ends)]
