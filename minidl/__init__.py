@@ -20,9 +20,10 @@ from . import backend, data, ops
 from .backend import cuda_is_available, get_num_threads, set_num_threads
 from .creation import (arange, empty, eye, from_numpy, full, linspace, ones, ones_like, rand,
                        randint, randn, tensor, zeros, zeros_like)
-from .ops import (abs, argmax, argmin, cat, clamp, clip, concat, exp, flatten, log, matmul,
-                  max, maximum, mean, min, minimum, permute, reshape, sigmoid, sqrt, stack,
-                  std, sum, swapaxes, tanh, transpose, var, where)
+from .ops import (abs, add, argmax, argmin, broadcast_to, cat, clamp, clip, concat, div, exp,
+                  expand, flatten, log, matmul, max, maximum, mean, min, minimum, mul, neg, pad,
+                  permute, pow, relu, reshape, sigmoid, sqrt, squeeze, stack, std, sub, sum,
+                  swapaxes, tanh, transpose, unsqueeze, var, where)
 from .random import default_generator, manual_seed
 from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad
 

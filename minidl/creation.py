@@ -5,7 +5,7 @@ import numpy as np
 
 from . import backend
 from .random import generator_for
-from .tensor import Tensor, as_array
+from .tensor import Tensor
 
 
 def _make(array, requires_grad):
@@ -59,7 +59,9 @@ def ones_like(t, dtype=None, requires_grad=False):
 def arange(start, end=None, step=1, dtype=None, device="cpu"):
     if end is None:
         start, end = 0, start
-    array = as_array(np.arange(start, end, step))
+    array = np.arange(start, end, step)
+    if dtype is None and array.dtype.kind == "f":
+        dtype = np.float32  # float bounds give float32, as torch.arange (NumPy: float64)
     if dtype is not None:
         array = array.astype(dtype)
     return Tensor._wrap(backend.to_device(array, device))

@@ -26,7 +26,12 @@ def manual_seed(seed: int) -> np.random.Generator:
     from . import backend
     if backend.numba_enabled():
         # Numba keeps its own per-thread state for np.random inside kernels.
-        from .kernels import cpu_numba
+        # The Numba kernels may be absent or still unimportable (they are
+        # optional); seeding must never fail because of them.
+        try:
+            from .kernels import cpu_numba
+        except ImportError:
+            cpu_numba = None
         if hasattr(cpu_numba, "seed"):
             cpu_numba.seed(seed)
     return _generator

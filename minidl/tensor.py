@@ -229,20 +229,28 @@ class Tensor:
         self._retains_grad = True
 
     def to(self, device=None, dtype=None) -> "Tensor":
-        """This tensor on another device and/or dtype (self when nothing changes)."""
+        """This tensor on another device and/or dtype (self when nothing changes).
+
+        A dtype change is a differentiable cast (the gradient flows back, as
+        in PyTorch). A device change gives a new leaf that requires grad when
+        self is a leaf that did (a parameter moved to the GPU); it does not
+        carry a graph across devices.
+        """
         if isinstance(device, (type, np.dtype)) or (isinstance(device, str) and device not in
                                                      ("cpu", "cuda") and not device.startswith("cuda:")):
             device, dtype = None, device
-        data = self.data
+            try:
+                np.dtype(dtype)
+            except TypeError:  # a typo'd device would otherwise read "data type not understood"
+                raise ValueError(f"to: unknown device or dtype {dtype!r}; devices are "
+                                 f"{backend.DEVICES}") from None
+        out = self
         if device is not None and backend.parse_device(device) != self.device:
-            data = backend.to_device(data, device)
-        if dtype is not None and np.dtype(dtype) != data.dtype:
-            data = data.astype(dtype)
-        if data is self.data:
-            return self
-        out = Tensor._wrap(data)
-        if self.requires_grad and self.creator is None and data.dtype.kind in "fc":
-            out.requires_grad = True
+            out = Tensor._wrap(backend.to_device(self.data, device))
+            out.requires_grad = self.requires_grad and self.creator is None
+        if dtype is not None and np.dtype(dtype) != out.data.dtype:
+            from .ops.arith import cast
+            out = cast(out, dtype)
         return out
 
     def cpu(self) -> "Tensor":
@@ -340,7 +348,15 @@ class Function:
         record = _grad_enabled and any(t.requires_grad for t in tensors)
         self.needs_input_grad = tuple(t.requires_grad for t in tensors) if record \
             else (False,) * len(tensors)
-        ys = self.forward(*arrays)
+        try:
+            ys = self.forward(*arrays)
+        except ValueError as exc:
+            # NumPy's broadcasting error names neither the op nor the dtypes.
+            if "could not be broadcast" not in str(exc):
+                raise
+            shapes = ", ".join(f"{a.shape} {a.dtype}" for a in arrays)
+            raise ValueError(f"{type(self).__name__}: input shapes cannot be broadcast "
+                             f"together: {shapes}") from None
         single = not isinstance(ys, tuple)
         if single:
             ys = (ys,)

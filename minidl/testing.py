@@ -38,8 +38,10 @@ def assert_close(actual, expected, rtol=None, atol=None, msg=""):
     bad = ~(diff <= atol + rtol * np.abs(e64))
     bad |= np.isnan(a64) != np.isnan(e64)
     if bad.any():
-        worst = np.unravel_index(np.nanargmax(np.where(bad, diff, -1)), diff.shape) if diff.ndim \
-            else ()
+        # A NaN mismatch ranks worst (nanargmax would skip it, or fail when
+        # every mismatch is NaN).
+        score = np.where(bad, np.where(np.isnan(diff), np.inf, diff), -1.0)
+        worst = np.unravel_index(np.argmax(score), diff.shape) if diff.ndim else ()
         rel = diff[worst] / max(abs(e64[worst]), 1e-300)
         raise AssertionError(
             f"{msg}{int(bad.sum())} of {bad.size} elements differ (rtol={rtol}, atol={atol}); "
@@ -53,19 +55,26 @@ def _prepare_inputs(inputs):
     for x in inputs:
         if isinstance(x, Tensor):
             data, wants = x.data, x.requires_grad
-        elif x is None or isinstance(x, (int, float)):
+        elif x is None or (isinstance(x, (int, float)) and not isinstance(x, np.generic)):
+            # Python numbers are constants; NumPy scalars (what NumPy gives
+            # for 0-d results) are checked like arrays.
             prepared.append(x)
             differentiable.append(False)
             continue
         else:
             data, wants = x, True
-        if data.dtype.kind == "f":
-            t = Tensor._wrap(data.astype(np.float64))   # astype always copies here
+        if np.dtype(data.dtype).kind == "f":
+            # A C-ordered copy: the caller's array is never touched, and the
+            # element loop below perturbs it through a reshape(-1) *view*
+            # (astype's default order='K' would keep a transposed input
+            # F-ordered, and reshape(-1) would silently copy).
+            xp = backend.get_array_module(data)
+            t = Tensor._wrap(xp.array(data, dtype=np.float64, order="C"))
             t.requires_grad = wants
             prepared.append(t)
             differentiable.append(wants)
         else:
-            prepared.append(Tensor._wrap(data))
+            prepared.append(Tensor._wrap(data if isinstance(x, Tensor) else np.asarray(data)))
             differentiable.append(False)
     return prepared, differentiable
 

@@ -33,11 +33,20 @@ def constant_like(value, ref: Tensor) -> Tensor:
 def operands(a, b):
     """Both operands as tensors; a non-tensor takes the other's dtype and device."""
     if isinstance(a, Tensor):
-        return a, (b if isinstance(b, Tensor) else constant_like(b, a))
-    if isinstance(b, Tensor):
-        return constant_like(a, b), b
-    a = Tensor._wrap(as_array(a))
-    return a, constant_like(b, a)
+        b = b if isinstance(b, Tensor) else constant_like(b, a)
+    elif isinstance(b, Tensor):
+        a = constant_like(a, b)
+    else:
+        a = Tensor._wrap(as_array(a))
+        b = constant_like(b, a)
+    # An integer operand meeting a float one takes the float's dtype, as in
+    # PyTorch: NumPy would turn int64 (op) float32 into float64.
+    ka, kb = a.data.dtype.kind, b.data.dtype.kind
+    if ka in "iu" and kb == "f":
+        a = Tensor._wrap(a.data.astype(b.data.dtype))
+    elif kb in "iu" and ka == "f":
+        b = Tensor._wrap(b.data.astype(a.data.dtype))
+    return a, b
 
 
 # ------------------------------------------------------------------ binary
@@ -111,6 +120,8 @@ class PowScalar(Function):
 
     def backward(self, gy):
         a, c = self.a, self.c
+        if c == 0:  # a ** -1 would warn (and give nan) at a == 0; torch gives 0
+            return gy * a.dtype.type(0)
         if c == 2:
             return gy * (a + a)
         return gy * (a.dtype.type(c) * a ** a.dtype.type(c - 1))

@@ -7,6 +7,7 @@ semantics); their gradient is shared equally among tied maxima, as amax's.
 from __future__ import annotations
 
 import builtins
+import operator
 
 from .. import backend
 from ..tensor import Function, Tensor
@@ -22,7 +23,8 @@ def reduction_axis(op, ndim, axis=None, keepdims=False, dim=None, keepdim=None):
         keepdims = keepdim
     if axis is None:
         return None, bool(keepdims)
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    # operator.index accepts NumPy integers too (e.g. an axis from np.argmax).
+    axes = (operator.index(axis),) if not isinstance(axis, (tuple, list)) else tuple(axis)
     normalized = []
     for a in axes:
         if not -ndim <= a < builtins.max(ndim, 1):

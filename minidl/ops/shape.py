@@ -208,12 +208,13 @@ def permute(x, *dims):
 
 
 def transpose(x, *axes):
-    """No axes: reverse them. Two axes on a tensor of more than two dims: swap
-    them (PyTorch's ``transpose(dim0, dim1)``). A full list: permute (NumPy)."""
+    """No axes: reverse them. Two axes: swap them (PyTorch's ``transpose(dim0,
+    dim1)``; on 2-D this differs from NumPy only for the identity ``(0, 1)``,
+    which nobody means). A full list otherwise: permute (NumPy)."""
     axes = _shape_arg("transpose", axes) if axes else ()
     if not axes:
         return Transpose(tuple(reversed(range(x.ndim))))(x)
-    if len(axes) == 2 and x.ndim != 2:
+    if len(axes) == 2:
         return swapaxes(x, *axes)
     return permute(x, *axes)
 

@@ -1,0 +1,463 @@
+"""Every differentiable op, gradchecked in float64 (hypothesis draws shapes,
+broadcasting pairs, axes and index patterns), a few composite expressions
+compared with PyTorch, and the float32 dtype discipline of every op."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import broadcast_shapes, distinct, randn, seeds, shapes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from torch_helpers import check_vs_torch
+
+import minidl
+from minidl import ops
+from minidl.testing import gradcheck
+
+# ------------------------------------------------------------- arithmetic
+
+
+@given(broadcast_shapes(), seeds, st.sampled_from(["add", "sub", "mul", "div"]))
+def test_binary_broadcasting(pair, seed, op):
+    a = randn(seed, pair[0])
+    b = randn(seed + 1, pair[1], low=0.5)  # a divisor away from zero
+    fn = {"add": lambda x, y: x + y, "sub": lambda x, y: x - y,
+          "mul": lambda x, y: x * y, "div": lambda x, y: x / y}[op]
+    gradcheck(fn, [a, b])
+
+
+@given(shapes(), seeds)
+def test_binary_with_python_scalars(shape, seed):
+    x = randn(seed, shape, low=0.5)
+    gradcheck(lambda x: 2.5 - x * 3.0 + 1.5 / x - x / 4.0 + (1 + x), [x])
+
+
+@given(broadcast_shapes(), seeds)
+def test_pow_tensor_tensor(pair, seed):
+    a = 0.5 + np.abs(randn(seed, pair[0]))  # positive base: log(a) exists
+    b = randn(seed + 1, pair[1])
+    gradcheck(lambda a, b: a ** b, [a, b])
+
+
+@given(shapes(), seeds, st.sampled_from([2, 3, 0.5, -1.5, 1 / 3, 1, -2]))
+def test_pow_scalar(shape, seed, c):
+    x = 0.5 + np.abs(randn(seed, shape))
+    gradcheck(lambda x: x ** c, [x])
+
+
+def test_pow_zero_exponent_has_zero_gradient_even_at_zero():
+    x = minidl.tensor([0.0, 2.0], requires_grad=True)
+    (x ** 0).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0])
+
+
+@given(shapes(), seeds)
+def test_rpow_and_neg(shape, seed):
+    x = randn(seed, shape)
+    gradcheck(lambda x: 2.0 ** x, [x])
+    gradcheck(lambda x: -x, [x])
+
+
+# ----------------------------------------------------------------- matmul
+
+@st.composite
+def matmul_shapes(draw):
+    n, k, m = (draw(st.integers(1, 3)) for _ in range(3))
+    kind = draw(st.sampled_from(["mm", "vec_left", "vec_right", "dot"]))
+    if kind == "dot":
+        return (k,), (k,)
+    batch_a, batch_b = draw(broadcast_shapes(min_dims=0, max_dims=2, max_side=2))
+    if kind == "vec_left":
+        return (k,), batch_b + (k, m)
+    if kind == "vec_right":
+        return batch_a + (n, k), (k,)
+    return batch_a + (n, k), batch_b + (k, m)
+
+
+@given(matmul_shapes(), seeds)
+@settings(max_examples=25)
+def test_matmul(shapes_ab, seed):
+    a, b = randn(seed, shapes_ab[0]), randn(seed + 1, shapes_ab[1])
+    gradcheck(lambda a, b: a @ b, [a, b])
+
+
+@pytest.mark.parametrize("sa, sb", [
+    ((3,), (3,)), ((3,), (2, 3, 4)), ((2, 4, 3), (3,)), ((2, 1, 2, 3), (3, 3, 4)),
+    ((2, 5, 3), (3, 4)),          # a shared weight under a batch (the one-GEMM path)
+    ((5, 3), (2, 3, 4)), ((1, 2, 3), (3, 2)),
+])
+def test_matmul_cases(sa, sb):
+    a, b = randn(1, sa), randn(2, sb)
+    gradcheck(lambda a, b: a @ b, [a, b])
+    gradcheck(lambda a, b: minidl.matmul(a, b), [a, b])
+
+
+def test_matmul_non_contiguous():
+    a = randn(3, (3, 4)).T   # a transposed (F-ordered) operand, (4, 3)
+    b = randn(4, (2, 5, 3))[:, ::2]   # strided, (2, 3, 3)
+    gradcheck(lambda a, b: a @ b, [a, b])
+    gradcheck(lambda a, b: b @ a.mT, [a, b])
+
+
+# ------------------------------------------------------------------ unary
+
+UNARY = {
+    "exp": (lambda x: x.exp(), None),
+    "log": (lambda x: minidl.log(x), "positive"),
+    "sqrt": (lambda x: x.sqrt(), "positive"),
+    "abs": (lambda x: abs(x), "away"),
+    "tanh": (lambda x: x.tanh(), None),
+    "sigmoid": (lambda x: minidl.sigmoid(x), None),
+    "relu": (lambda x: x.relu(), "away"),
+}
+
+
+@given(shapes(), seeds, st.sampled_from(sorted(UNARY)))
+@settings(max_examples=25)
+def test_unary(shape, seed, name):
+    fn, domain = UNARY[name]
+    x = randn(seed, shape, low=0.1 if domain else None)
+    if domain == "positive":
+        x = np.abs(x)
+    gradcheck(fn, [x])
+
+
+def test_unary_large_magnitudes_stay_finite():
+    x = minidl.tensor(np.array([-1000.0, -50.0, 0.0, 50.0, 1000.0]), requires_grad=True)
+    y = x.sigmoid()
+    y.sum().backward()
+    assert np.isfinite(y.numpy()).all() and np.isfinite(x.grad.numpy()).all()
+    np.testing.assert_allclose(y.numpy()[[0, -1]], [0.0, 1.0])
+
+
+@st.composite
+def tie_free_pair(draw):
+    """Operands on interleaved grids (even and odd multiples of 0.1): no ties."""
+    sa, sb = draw(broadcast_shapes())
+    seed = draw(seeds)
+    rng = np.random.default_rng(seed)
+    return 0.2 * rng.integers(-5, 5, sa), 0.2 * rng.integers(-5, 5, sb) + 0.1
+
+
+@given(tie_free_pair(), st.booleans())
+def test_maximum_minimum(pair, use_max):
+    fn = minidl.maximum if use_max else minidl.minimum
+    gradcheck(fn, list(pair))
+    gradcheck(lambda a: fn(a, 0.05), [pair[0]])
+
+
+def test_maximum_ties_split_the_gradient_as_torch():
+    a = np.array([1.0, 2.0, 3.0, 2.0])
+    b = np.array([1.0, 0.0, 3.5, 2.0])
+    check_vs_torch(lambda x, y: x.maximum(y) * 2 + x.minimum(y), [a, b],
+                   lambda x, y: minidl.maximum(x, y) * 2 + minidl.minimum(x, y))
+
+
+@given(shapes(), seeds, st.sampled_from([(-0.45, 0.55), (None, 0.15), (-0.25, None)]))
+def test_clip(shape, seed, bounds):
+    # Values on a 0.2 grid + 0.1 never meet the bounds (kinks).
+    x = 0.2 * np.random.default_rng(seed).integers(-5, 5, shape) + 0.1
+    gradcheck(lambda x: x.clip(*bounds), [x])
+    gradcheck(lambda x: minidl.clamp(x, min=bounds[0], max=bounds[1]), [x])
+
+
+# ------------------------------------------------------------- reductions
+
+@st.composite
+def shape_and_axes(draw, min_dims=0):
+    shape = draw(shapes(min_dims=min_dims))
+    ndim = len(shape)
+    if ndim == 0 or draw(st.booleans()):
+        axis = draw(st.sampled_from([None] + ([0, -1] if ndim else [])))
+    else:
+        picked = draw(st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim,
+                               unique=True))
+        # negative spellings too
+        axis = tuple(a - ndim if draw(st.booleans()) else a for a in picked)
+        if len(axis) == 1 and draw(st.booleans()):
+            axis = axis[0]
+    return shape, axis, draw(st.booleans()), draw(st.booleans())
+
+
+def _reduce(name, x, axis, keepdims, torch_spelling, **kw):
+    method = getattr(x, name)
+    if torch_spelling:
+        return method(dim=axis, keepdim=keepdims, **kw)
+    return method(axis=axis, keepdims=keepdims, **kw)
+
+
+@given(shape_and_axes(), seeds, st.sampled_from(["sum", "mean", "var", "max", "min"]))
+@settings(max_examples=30)
+def test_reductions(case, seed, name):
+    shape, axis, keepdims, torch_spelling = case
+    x = distinct(seed, shape) if name in ("max", "min") else randn(seed, shape)
+    gradcheck(lambda x: _reduce(name, x, axis, keepdims, torch_spelling), [x])
+    expected = getattr(np, name)(x, axis=axis, keepdims=keepdims)
+    got = _reduce(name, minidl.tensor(x), axis, keepdims, torch_spelling)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+@given(shape_and_axes(min_dims=1), seeds)
+def test_var_std_unbiased(case, seed):
+    shape, axis, keepdims, _ = case
+    x = randn(seed, shape)
+    count = x.size if axis is None else np.prod([shape[a] for a in np.atleast_1d(axis)])
+    if count < 2:
+        return  # n - 1 == 0
+    gradcheck(lambda x: x.var(axis, keepdims, ddof=1), [x])
+    gradcheck(lambda x: x.std(dim=axis, keepdim=keepdims, correction=1), [x])
+    gradcheck(lambda x: minidl.var(x, axis, unbiased=True), [x])
+
+
+def test_max_min_ties_share_gradient_as_torch_amax():
+    x = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]])
+    check_vs_torch(lambda x: x.amax(dim=1), [x], lambda x: x.max(dim=1))
+    check_vs_torch(lambda x: x.amin(), [x], lambda x: x.min())
+
+
+def test_reduction_axis_accepts_numpy_integers():
+    x = minidl.tensor(np.arange(6.0).reshape(2, 3))
+    assert x.sum(axis=np.int64(1)).shape == (2,)
+    with pytest.raises(ValueError, match="axis 2 is out of range"):
+        x.sum(axis=2)
+    with pytest.raises(ValueError, match="repeated axis"):
+        x.sum(axis=(0, -2))
+
+
+# ------------------------------------------------------------------ shape
+
+@given(shapes(), seeds)
+def test_reshape_view_flatten(shape, seed):
+    x = randn(seed, shape)
+    gradcheck(lambda x: x.reshape(-1), [x])
+    gradcheck(lambda x: x.view(tuple(reversed(shape))) * 1.0, [x])
+    gradcheck(lambda x: minidl.reshape(x, (1,) + shape + (1,)), [x])
+    gradcheck(lambda x: x.flatten(), [x])
+    if len(shape) >= 2:
+        gradcheck(lambda x: x.flatten(1) * 2, [x])
+        gradcheck(lambda x: minidl.flatten(x, 0, -2) * 2, [x])
+
+
+@given(st.data(), shapes(min_dims=1), seeds)
+def test_transpose_permute_swapaxes(data, shape, seed):
+    x = randn(seed, shape)
+    ndim = len(shape)
+    perm = data.draw(st.permutations(range(ndim)))
+    a, b = data.draw(st.integers(-ndim, ndim - 1)), data.draw(st.integers(-ndim, ndim - 1))
+    gradcheck(lambda x: x.permute(*perm), [x])
+    if ndim != 2:  # two axes mean a swap (PyTorch), tested below
+        gradcheck(lambda x: x.transpose(perm), [x])
+    gradcheck(lambda x: x.swapaxes(a, b), [x])
+    gradcheck(lambda x: x.T, [x])
+    if ndim >= 2:
+        gradcheck(lambda x: x.mT, [x])
+        gradcheck(lambda x: x.transpose(a, b), [x])
+
+
+@given(st.data(), shapes(min_dims=1), seeds)
+@settings(max_examples=25)
+def test_getitem_basic(data, shape, seed):
+    key = data.draw(hnp.basic_indices(shape, allow_newaxis=True, allow_ellipsis=True))
+    x = randn(seed, shape)
+    gradcheck(lambda x: x[key], [x])
+    np.testing.assert_array_equal(minidl.tensor(x)[key].numpy(), x[key])
+
+
+@given(st.data(), shapes(min_dims=1), seeds)
+def test_getitem_integer_arrays(data, shape, seed):
+    # Small index arrays over small dims: repeated indices are the common case.
+    key = data.draw(hnp.integer_array_indices(
+        shape, result_shape=hnp.array_shapes(min_dims=1, max_dims=2, max_side=5)))
+    x = randn(seed, shape)
+    gradcheck(lambda x: x[key], [x])
+    gradcheck(lambda x: x[tuple(minidl.tensor(k) for k in key)], [x])
+
+
+def test_getitem_repeated_indices_accumulate():
+    x = minidl.tensor(np.arange(4.0), requires_grad=True)
+    x[[0, 0, 2, 0]].sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [3.0, 0.0, 1.0, 0.0])
+    gradcheck(lambda x: x[np.array([[1, 1], [0, 2]]), 1:], [randn(0, (3, 4))])
+    gradcheck(lambda x: x[:, [2, 2, 0]], [randn(1, (2, 3))])
+
+
+@given(shapes(min_dims=1), seeds)
+def test_getitem_boolean_mask(shape, seed):
+    x = randn(seed, shape)
+    mask = np.random.default_rng(seed + 1).random(shape) > 0.4
+    gradcheck(lambda x: x[mask], [x])
+    gradcheck(lambda x: x[minidl.tensor(mask)] * 2, [x])
+    row_mask = np.random.default_rng(seed + 2).random(shape[0]) > 0.5
+    gradcheck(lambda x: x[row_mask], [x])
+
+
+@given(st.data(), shapes(min_dims=1, max_dims=3, max_side=3), seeds)
+def test_concat_stack(data, shape, seed):
+    count = data.draw(st.integers(1, 3))
+    ndim = len(shape)
+    axis = data.draw(st.integers(-ndim, ndim - 1))
+    sizes = data.draw(st.lists(st.integers(1, 3), min_size=count, max_size=count))
+    parts = []
+    for i, n in enumerate(sizes):
+        s = list(shape)
+        s[axis] = n
+        parts.append(randn(seed + i, tuple(s)))
+    gradcheck(lambda *xs: minidl.concat(xs, axis=axis), parts)
+    gradcheck(lambda *xs: minidl.cat(list(xs), dim=axis), parts)
+    same = [randn(seed + i, shape) for i in range(count)]
+    stack_axis = data.draw(st.integers(-ndim - 1, ndim))
+    gradcheck(lambda *xs: minidl.stack(xs, axis=stack_axis), same)
+
+
+@given(broadcast_shapes(num_shapes=3), seeds)
+def test_where(shape3, seed):
+    cond = np.random.default_rng(seed).random(shape3[0]) > 0.5
+    a, b = randn(seed, shape3[1]), randn(seed + 1, shape3[2])
+    gradcheck(lambda a, b: minidl.where(cond, a, b), [a, b])
+    gradcheck(lambda a: minidl.where(minidl.tensor(cond), a, 0.5), [a])
+    gradcheck(lambda b: minidl.where(cond, -1.0, b), [b])
+
+
+@st.composite
+def expandable(draw):
+    """(shape, target, expand sizes with -1s) with shape broadcastable to target."""
+    target = draw(shapes(max_dims=4, max_side=3))
+    keep = draw(st.integers(0, len(target)))
+    tail = target[len(target) - keep:]
+    shape = tuple(s if draw(st.booleans()) else 1 for s in tail)
+    lead = len(target) - len(shape)
+    sizes = tuple(-1 if i >= lead and shape[i - lead] == t and draw(st.booleans()) else t
+                  for i, t in enumerate(target))
+    return shape, target, sizes
+
+
+@given(expandable(), seeds)
+def test_expand_broadcast_to(case, seed):
+    shape, target, sizes = case
+    x = randn(seed, shape)
+    gradcheck(lambda x: ops.broadcast_to(x, target) * 1.0, [x])
+    gradcheck(lambda x: x.broadcast_to(target) * 1.0, [x])
+    gradcheck(lambda x: x.expand(*sizes) * 1.0, [x])
+
+
+@given(st.data(), shapes(min_dims=1), seeds)
+def test_pad(data, shape, seed):
+    dims = data.draw(st.integers(1, len(shape)))
+    widths = data.draw(st.lists(st.integers(0, 2), min_size=2 * dims, max_size=2 * dims))
+    value = data.draw(st.sampled_from([0.0, -1.5]))
+    x = randn(seed, shape)
+    gradcheck(lambda x: ops.pad(x, widths, value=value), [x])
+    torch_f = pytest.importorskip("torch.nn.functional")
+    check_vs_torch(lambda x: torch_f.pad(x, widths, value=value), [x],
+                   lambda x: ops.pad(x, widths, value=value))
+
+
+def test_squeeze_unsqueeze_cast():
+    x = randn(0, (2, 1, 3))
+    gradcheck(lambda x: x.squeeze(1).unsqueeze(0), [x])
+    gradcheck(lambda x: ops.squeeze(x) * 2, [x])
+    gradcheck(lambda x: x.astype(np.float64) * 2, [x])
+
+
+# --------------------------------------------------- composites vs torch
+
+def test_torch_parity_mlp_cross_entropy():
+    labels = np.array([0, 2, 1, 2])
+
+    def loss(x, w1, b1, w2, fw):
+        h = (x @ w1 + b1).relu()
+        logits = h @ w2
+        z = logits - logits.amax(dim=1, keepdim=True) if fw == "t" else \
+            logits - logits.max(axis=1, keepdims=True)
+        logp = z - z.exp().sum(dim=1, keepdim=True).log()
+        return -logp[np.arange(4), labels].mean()
+
+    check_vs_torch(lambda *a: loss(*a, "t"), [(4, 5), (5, 6), (6,), (6, 3)],
+                   lambda *a: loss(*a, "m"))
+
+
+def test_torch_parity_attention_layernorm():
+    def attention(q, k, v, g):
+        scores = q @ k.swapaxes(-1, -2) * (1 / np.sqrt(4))
+        e = (scores - scores.detach().amax(dim=-1, keepdim=True) if hasattr(scores, "amax")
+             else scores - scores.detach().max(axis=-1, keepdims=True)).exp()
+        out = (e / e.sum(dim=-1, keepdim=True)) @ v
+        mu = out.mean(dim=-1, keepdim=True)
+        var = ((out - mu) ** 2).mean(dim=-1, keepdim=True)
+        return ((out - mu) / (var + 1e-5).sqrt() * g).tanh()
+
+    check_vs_torch(attention, [(2, 3, 5, 4), (2, 3, 5, 4), (2, 3, 5, 4), (4,)])
+
+
+def test_torch_parity_elementwise_mix():
+    check_vs_torch(
+        lambda x, y: ((x * y).sigmoid() + (x - y).abs() / (1 + y ** 2)
+                      - x.clamp(-0.5, 0.5) * y.exp() + x.maximum(y)).sum(dim=0).sqrt(),
+        [np.abs(randn(0, (3, 4))) + 1, randn(1, (4,), low=0.3)])
+
+
+def test_torch_parity_shapes_and_indexing():
+    idx = np.array([2, 0, 2, 1])
+
+    def fn(x, y):
+        z = x.permute(2, 0, 1).reshape(4, 6)[idx] * y
+        return (z.flatten()[::3].unsqueeze(0) * 2, z.transpose(0, 1)[1:, :].mean())
+
+    check_vs_torch(fn, [(2, 3, 4), (6,)])
+    check_vs_torch(lambda x: x.var(dim=1), [(3, 5)],
+                   lambda x: x.var(dim=1, correction=1))
+
+
+def test_torch_parity_float32_forward_and_grad_dtypes():
+    check_vs_torch(lambda x, w: (x @ w).tanh().mean(dim=0) * 0.5, [(8, 4), (4, 3)],
+                   dtype=np.float32, rtol=1e-5, atol=1e-6)
+
+
+# -------------------------------------------------------- dtype discipline
+
+F64 = np.float64
+_C = np.full((4,), 0.75)             # a float64 ndarray constant
+_M = np.ones((4, 2))                 # a float64 matrix constant
+
+DTYPE_CASES = {
+    "add": lambda x: x + 2.5, "radd": lambda x: F64(2.5) + x, "add_arr": lambda x: x + _C,
+    "sub": lambda x: x - F64(1), "rsub": lambda x: 1.0 - x, "rsub_arr": lambda x: _C - x,
+    "mul": lambda x: x * F64(2), "rmul": lambda x: 3 * x, "mul_0d": lambda x: x * np.array(2.0),
+    "div": lambda x: x / 3.0, "rdiv": lambda x: F64(3) / x, "div_arr": lambda x: x / _C,
+    "pow": lambda x: x ** 2, "pow_half": lambda x: x ** 0.5, "pow_f64": lambda x: x ** F64(3),
+    "pow_arr": lambda x: x ** _C, "rpow": lambda x: 2.0 ** x, "rpow_f64": lambda x: F64(2) ** x,
+    "neg": lambda x: -x, "matmul": lambda x: x @ _M, "rmatmul": lambda x: _M.T @ x.T,
+    "exp": lambda x: x.exp(), "log": lambda x: x.log(), "sqrt": lambda x: x.sqrt(),
+    "abs": lambda x: abs(x), "tanh": lambda x: x.tanh(), "sigmoid": lambda x: x.sigmoid(),
+    "relu": lambda x: x.relu(),
+    "maximum": lambda x: minidl.maximum(x, F64(0.5)), "minimum": lambda x: minidl.minimum(0.5, x),
+    "clip": lambda x: x.clip(F64(0.1), 0.9),
+    "sum": lambda x: x.sum(axis=0), "mean": lambda x: x.mean(), "max": lambda x: x.max(1),
+    "min": lambda x: x.min(dim=0), "var": lambda x: x.var(1), "std": lambda x: x.std(),
+    "reshape": lambda x: x.reshape(-1), "transpose": lambda x: x.T,
+    "getitem": lambda x: x[[0, 0]], "mask": lambda x: x[x.numpy() > 0.5],
+    "concat": lambda x: minidl.concat([x, x * 2.0]), "stack": lambda x: minidl.stack([x, x]),
+    "where": lambda x: minidl.where(x > 0.5, x, 0.0),
+    "where_f64": lambda x: minidl.where(x.numpy() > 0.5, F64(1.0), x),
+    "expand": lambda x: x.expand(2, 3, 4), "pad": lambda x: ops.pad(x, (1, 1), value=F64(1.5)),
+    "int_tensor": lambda x: x * minidl.tensor([1, 2, 3, 4]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DTYPE_CASES))
+def test_float32_stays_float32(name):
+    data = np.random.default_rng(0).random((3, 4)).astype(np.float32) + 0.1
+    x = minidl.tensor(data, requires_grad=True)
+    y = DTYPE_CASES[name](x)
+    assert y.dtype == np.float32, f"{name}: forward gave {y.dtype}"
+    y.sum().backward()
+    assert x.grad.dtype == np.float32, f"{name}: gradient is {x.grad.dtype}"
+
+
+def test_integer_tensor_with_float_gives_float32():
+    labels = minidl.tensor([1, 2, 3])
+    assert (labels * 0.5).dtype == np.float32
+    assert (labels + minidl.tensor([0.5, 1.0, 1.5])).dtype == np.float32
+    assert (labels + 1).dtype == np.int64

@@ -1,0 +1,211 @@
+"""The Tensor API: construction dtype rules, conversions, non-differentiable
+ops, error messages for bad input, seeding and threads."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minidl
+from minidl import ops
+
+
+# ------------------------------------------------------------------ dtypes
+
+@pytest.mark.parametrize("data, dtype", [
+    (np.zeros(3, np.float64), np.float64),    # NumPy arrays keep their dtype
+    (np.zeros(3, np.float32), np.float32),
+    (np.zeros(3, np.float16), np.float16),
+    (np.zeros(3, np.int32), np.int32),
+    (np.zeros(3, np.uint8), np.uint8),
+    (np.zeros(3, bool), np.bool_),
+    (1.5, np.float32),                         # Python floats -> float32
+    ([1.0, 2], np.float32),
+    ([[0.5], [1.5]], np.float32),
+    (3, np.int64),                             # Python ints -> int64, as torch
+    ([1, 2, 3], np.int64),
+    (True, np.bool_),
+    ([True, False], np.bool_),
+])
+def test_tensor_dtype_rules(data, dtype):
+    t = minidl.tensor(data)
+    assert t.dtype == dtype
+    np.testing.assert_array_equal(t.numpy(), np.asarray(data))
+
+
+def test_tensor_from_a_tensor_and_explicit_dtype():
+    t = minidl.tensor([1, 2], dtype=np.float64)
+    assert t.dtype == np.float64
+    assert minidl.tensor(t).dtype == np.float64
+    assert minidl.Tensor(np.arange(3), dtype=np.float32).dtype == np.float32
+
+
+def test_factories_default_to_float32():
+    for t in (minidl.zeros(2, 3), minidl.ones((2, 3)), minidl.randn(2), minidl.rand(2),
+              minidl.full((2,), 1.5), minidl.linspace(0, 1, 3), minidl.eye(2)):
+        assert t.dtype == np.float32
+    assert minidl.zeros(2, 3).shape == (2, 3)
+    assert minidl.arange(3).dtype == np.int64
+    assert minidl.arange(0.0, 1.0, 0.5).dtype == np.float32
+    assert minidl.randint(0, 5, (4,)).dtype == np.int64
+
+
+# ----------------------------------------------------------- conversions
+
+def test_properties_and_conversions():
+    a = np.arange(6.0).reshape(2, 3)
+    t = minidl.tensor(a, requires_grad=True)
+    assert t.shape == (2, 3) and t.ndim == 2 and t.size == 6 and t.numel() == 6
+    assert t.device == "cpu" and t.is_leaf and t.grad is None
+    assert t.data is a  # the raw array, not a copy
+    assert t.to("cpu") is t
+    assert t.cpu() is t
+    assert t.to(np.float32).dtype == np.float32
+    assert t.to("cpu", np.float32).dtype == np.float32
+    assert t.to(np.float32).requires_grad
+    # a dtype change is differentiable: the gradient reaches t in its own dtype
+    (t.to(np.float32) * 2).sum().backward()
+    assert t.grad.dtype == np.float64
+    np.testing.assert_array_equal(t.grad.numpy(), np.full((2, 3), 2.0))
+    h = (t * 1).to("float32")
+    assert h.creator is not None and h.dtype == np.float32
+    assert minidl.tensor([1, 2]).to(np.float32).dtype == np.float32
+    n = t.numpy()
+    assert isinstance(n, np.ndarray)
+    np.testing.assert_array_equal(n, a)
+    assert minidl.tensor(2.5).item() == 2.5
+    assert isinstance(minidl.tensor(3).item(), int)
+    assert float(minidl.tensor([1.5])) == 1.5
+    assert t.tolist() == a.tolist()
+    assert "requires_grad=True" in repr(t) and "float64" in repr(t)
+    with pytest.raises(ValueError, match=r"item\(\).*shape \(2, 3\)"):
+        t.item()
+    with pytest.raises(ValueError, match="ambiguous"):
+        bool(t)
+
+
+def test_detach_shares_data_and_cuts_grad():
+    x = minidl.tensor([1.0, 2.0], requires_grad=True)
+    y = x * 2
+    d = y.detach()
+    assert d.data is y.data and not d.requires_grad and d.creator is None
+    assert d.is_leaf
+
+
+def test_comparisons_and_argmax_are_not_differentiable():
+    x = minidl.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 4.0]], requires_grad=True)
+    for out in (x > 1, x >= 1.0, x < x, x <= 2, x == 3.0, x != x):
+        assert out.dtype == np.bool_ and not out.requires_grad and out.creator is None
+    np.testing.assert_array_equal((x > 1.5).numpy(), [[False, True, True], [False, False, True]])
+    am = x.argmax(dim=1)
+    assert am.dtype == np.int64 and not am.requires_grad
+    np.testing.assert_array_equal(am.numpy(), [1, 2])
+    assert minidl.argmax(x).item() == 5
+    np.testing.assert_array_equal(x.argmin(axis=0, keepdims=True).numpy(), [[1, 1, 0]])
+    # a comparison mask can index and select without breaking the graph
+    minidl.where(x > 1, x, 0.0).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [[0, 1, 1], [0, 0, 1]])
+
+
+def test_reflected_ops_with_numpy_operands_return_tensors():
+    x = minidl.tensor([1.0, 2.0], requires_grad=True)
+    for y in (np.float64(2) * x, np.ones(2) + x, np.ones((3, 2)) @ x, 1 - x, 2 / x):
+        assert isinstance(y, minidl.Tensor) and y.requires_grad
+
+
+# ---------------------------------------------------------------- errors
+
+def test_integer_tensors_cannot_require_grad():
+    with pytest.raises(TypeError, match=r"floating-point.*int64"):
+        minidl.tensor([1, 2], requires_grad=True)
+    with pytest.raises(TypeError, match=r"floating-point.*int32"):
+        minidl.tensor(np.zeros(2, np.int32)).requires_grad_()
+    with pytest.raises(TypeError, match=r"floating-point.*bool"):
+        minidl.zeros(2, dtype=bool, requires_grad=True)
+
+
+def test_matmul_shape_mismatch_names_op_and_shapes():
+    with pytest.raises(ValueError, match=r"matmul.*\(2, 3\).*\(4, 5\)"):
+        minidl.ones(2, 3) @ minidl.ones(4, 5)
+    with pytest.raises(ValueError, match=r"matmul.*\(7, 2, 3\).*\(2,\)"):
+        minidl.ones(7, 2, 3) @ minidl.ones(2)
+    with pytest.raises(ValueError, match=r"matmul.*at least one dimension"):
+        minidl.ones(3) @ minidl.tensor(2.0)
+
+
+def test_broadcast_mismatch_names_op_shapes_and_dtypes():
+    with pytest.raises(ValueError, match=r"Add.*\(2, 3\) float32.*\(4,\) float32"):
+        minidl.ones(2, 3) + minidl.ones(4)
+    with pytest.raises(ValueError, match=r"Mul.*\(2, 3\) float64.*\(2,\) float64"):
+        minidl.ones(2, 3, dtype=np.float64) * np.ones(2)
+    with pytest.raises(ValueError, match=r"Where.*\(3,\).*\(2,\)"):
+        minidl.where(np.ones(3, bool), minidl.ones(3), minidl.ones(2))
+    with pytest.raises(ValueError, match=r"broadcast_to.*\(2, 3\) to \(4, 4\)"):
+        ops.broadcast_to(minidl.ones(2, 3), (4, 4))
+
+
+def test_other_shape_errors_name_the_op():
+    with pytest.raises(ValueError, match=r"reshape.*\(2, 3\).*\(4,\)"):
+        minidl.ones(2, 3).reshape(4)
+    with pytest.raises(ValueError, match=r"concat.*\(2, 3\).*\(3, 2\)"):
+        minidl.concat([minidl.ones(2, 3), minidl.ones(3, 2)])
+    with pytest.raises(ValueError, match=r"stack.*\(2,\).*\(3,\)"):
+        minidl.stack([minidl.ones(2), minidl.ones(3)])
+    with pytest.raises(IndexError, match=r"getitem.*shape \(2, 3\)"):
+        minidl.ones(2, 3)[5]
+    with pytest.raises(ValueError, match=r"permute.*\(2, 3\)"):
+        minidl.ones(2, 3).permute(0, 0)
+
+
+def test_backward_errors():
+    x = minidl.tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    y = x * 2
+    with pytest.raises(RuntimeError, match=r"backward.*one element.*shape \(2, 3\)"):
+        y.backward()
+    loss = y.sum()
+    loss.backward()
+    with pytest.raises(RuntimeError, match=r"backward.*second time.*<Sum>.*retain_graph"):
+        loss.backward()
+
+
+# ------------------------------------------------------- seeding, threads
+
+def test_manual_seed_reproducible_and_independent_of_numpy_global_state():
+    minidl.manual_seed(123)
+    a = (minidl.randn(3, 4), minidl.rand(5), minidl.randint(0, 10, (6,)))
+    np.random.seed(0)
+    np.random.rand(100)  # the user's own NumPy use does not disturb minidl's stream
+    minidl.manual_seed(123)
+    b = (minidl.randn(3, 4), minidl.rand(5), minidl.randint(0, 10, (6,)))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
+    minidl.manual_seed(124)
+    assert not np.array_equal(minidl.randn(3, 4).numpy(), a[0].numpy())
+
+    np.random.seed(7)
+    expected = np.random.rand(3)
+    np.random.seed(7)
+    minidl.manual_seed(1)
+    minidl.randn(10)
+    np.testing.assert_array_equal(np.random.rand(3), expected)  # NumPy's state untouched
+    assert minidl.manual_seed(5) is minidl.default_generator()
+    with pytest.raises(ValueError, match="non-negative"):
+        minidl.manual_seed(-1)
+
+
+def test_set_num_threads(monkeypatch):
+    numba = pytest.importorskip("numba")
+    old = minidl.get_num_threads()
+    try:
+        assert minidl.set_num_threads(1) == 1
+        assert minidl.get_num_threads() == 1
+        assert numba.get_num_threads() == 1
+        with pytest.raises(ValueError, match="positive"):
+            minidl.set_num_threads(0)
+    finally:
+        minidl.set_num_threads(old)
+    for var in ("MINIDL_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert minidl.backend._default_threads() == 1
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
+    assert minidl.backend._default_threads() == 2
