@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import backend, data, ops
+from . import backend, data, nn, ops, optim
 from .backend import cuda_is_available, get_num_threads, set_num_threads
 from .creation import (arange, empty, eye, from_numpy, full, linspace, ones, ones_like, rand,
                        randint, randn, tensor, zeros, zeros_like)
@@ -25,6 +25,7 @@ from .ops import (abs, add, argmax, argmin, broadcast_to, cat, clamp, clip, conc
                   permute, pow, relu, reshape, sigmoid, sqrt, squeeze, stack, std, sub, sum,
                   swapaxes, tanh, transpose, unsqueeze, var, where)
 from .random import default_generator, manual_seed
+from .serialization import load, save
 from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad
 
 float32, float64, int64, int32, bool_ = np.float32, np.float64, np.int64, np.int32, np.bool_

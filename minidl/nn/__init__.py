@@ -1,0 +1,22 @@
+"""Neural-network building blocks with PyTorch's names: ``minidl.nn``.
+
+``Module``/``Parameter``/containers in :mod:`.module`; layers in :mod:`.layers`,
+:mod:`.norm`, :mod:`.attention`; losses in :mod:`.losses`; the functional
+API in :mod:`.functional` (``from minidl.nn import functional as F``);
+initialisers in :mod:`.init`; ``clip_grad_norm_`` in :mod:`.utils`.
+"""
+from __future__ import annotations
+
+from . import functional, init, utils
+from .attention import AttentionPool2d, ChannelAttention, MultiheadAttention
+from .layers import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, Dropout, Flatten, GELU, Identity,
+                     Linear, MaxPool2d, ReLU, Sigmoid, Softmax, Tanh)
+from .losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
+from .module import Module, ModuleList, Parameter, Sequential
+from .norm import BatchNorm2d, LayerNorm
+
+__all__ = ["Module", "Parameter", "Sequential", "ModuleList", "Linear", "Conv2d", "MaxPool2d",
+           "AvgPool2d", "AdaptiveAvgPool2d", "ReLU", "GELU", "Sigmoid", "Tanh", "Softmax",
+           "Dropout", "Flatten", "Identity", "LayerNorm", "BatchNorm2d", "MultiheadAttention",
+           "ChannelAttention", "AttentionPool2d", "CrossEntropyLoss", "NLLLoss", "MSELoss",
+           "BCEWithLogitsLoss", "functional", "init", "utils"]

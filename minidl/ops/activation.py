@@ -1,0 +1,216 @@
+"""Softmax, log-softmax, GELU and dropout as fused ops.
+
+Each is one Function with one backward, so a softmax costs one saved array
+and no graph of small ops. Hot paths work in place on arrays they allocated.
+
+* ``softmax(x, dim)``: y = exp(x - max) / sum(exp(x - max)); backward
+  ``gx = y * (gy - sum(gy * y))``. Subtracting the max keeps inputs of any
+  magnitude finite; a row that is entirely -inf (fully masked attention)
+  gives zeros, not NaN.
+* ``log_softmax(x, dim)``: y = x - max - log(sum(exp(x - max))); backward
+  ``gx = gy - exp(y) * sum(gy)``.
+* ``gelu(x, approximate='none'|'tanh')``: x * Phi(x) as PyTorch.
+* ``dropout(x, p, training)``: inverted dropout; the kept elements are
+  scaled by 1/(1-p) in training, so eval is the identity.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backend
+from ..random import generator_for
+from ..tensor import Function, Tensor
+
+
+def _axis(op, x, dim):
+    ndim = max(x.ndim, 1)
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"{op}: dim {dim} is out of range for a tensor of shape {tuple(x.shape)}")
+    return dim % ndim
+
+
+def _safe_max(x, axis, xp):
+    """max over ``axis`` (keepdims) with non-finite maxima (all -inf rows) replaced by 0."""
+    m = x.max(axis=axis, keepdims=True)
+    if not xp.isfinite(m).all():
+        m[~xp.isfinite(m)] = 0
+    return m
+
+
+class Softmax(Function):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        y = x - _safe_max(x, self.axis, xp)
+        xp.exp(y, out=y)
+        s = y.sum(axis=self.axis, keepdims=True)
+        s[s == 0] = 1  # fully masked rows: 0 / 1 = 0
+        y /= s
+        self.y = y
+        return y
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        y = self.y
+        gx = gy * y                                   # the one full-size allocation
+        s = gx.sum(axis=self.axis, keepdims=True)
+        xp.subtract(gy, s, out=gx)
+        gx *= y
+        return gx
+
+
+class LogSoftmax(Function):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        y = x - _safe_max(x, self.axis, xp)
+        e = xp.exp(y)
+        s = e.sum(axis=self.axis, keepdims=True)
+        s[s == 0] = 1  # fully masked rows stay -inf, without a log(0) warning
+        y -= xp.log(s)
+        self.y = y
+        return y
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        gx = xp.exp(self.y)
+        gx *= -gy.sum(axis=self.axis, keepdims=True)
+        gx += gy
+        return gx
+
+
+def softmax(x, dim=-1, *, axis=None):
+    """Softmax over ``dim`` (default the last; PyTorch's name, ``axis`` is accepted too).
+
+    Numerically stable for any magnitude; a row that is entirely -inf gives
+    zeros (PyTorch gives NaN there)."""
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    return Softmax(_axis("softmax", x, axis if axis is not None else dim))(x)
+
+
+def log_softmax(x, dim=-1, *, axis=None):
+    """log(softmax(x)) over ``dim`` (default the last), computed directly (stable at any
+    magnitude)."""
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    return LogSoftmax(_axis("log_softmax", x, axis if axis is not None else dim))(x)
+
+
+# --------------------------------------------------------------------- GELU
+
+_erf_cpu = None
+
+
+def _erf(x, xp):
+    global _erf_cpu
+    if xp is not np:
+        from cupyx.scipy.special import erf
+        return erf(x)
+    if _erf_cpu is None:
+        import numba
+
+        @numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)
+        def erf(v):
+            return math.erf(v)
+        _erf_cpu = erf
+    return _erf_cpu(x)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+class GELU(Function):
+    """x * Phi(x); ``approximate='tanh'`` uses PyTorch's tanh formula."""
+
+    def __init__(self, approximate):
+        self.approximate = approximate
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        self.x = x
+        if self.approximate == "tanh":
+            inner = x * x
+            inner *= 0.044715 * x
+            inner += x
+            inner *= _SQRT_2_OVER_PI
+            t = xp.tanh(inner)
+            self.t = t
+            y = t + 1
+            y *= 0.5 * x
+            return y
+        cdf = _erf(x * _INV_SQRT_2, xp)
+        cdf += 1
+        cdf *= 0.5
+        self.cdf = cdf
+        return x * cdf
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        x = self.x
+        if self.approximate == "tanh":
+            t = self.t
+            # d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) u'(x)
+            du = x * x
+            du *= 3 * 0.044715
+            du += 1
+            du *= _SQRT_2_OVER_PI
+            sech2 = 1 - t * t
+            g = 0.5 * x * sech2 * du
+            g += 0.5 * (1 + t)
+            g *= gy
+            return g
+        pdf = xp.exp(-0.5 * x * x)
+        pdf *= _INV_SQRT_2PI
+        pdf *= x
+        pdf += self.cdf
+        pdf *= gy
+        return pdf
+
+
+def gelu(x, approximate="none"):
+    """GELU as ``torch.nn.functional.gelu``: exact (erf) or ``approximate='tanh'``."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    return GELU(approximate)(x)
+
+
+# ------------------------------------------------------------------ dropout
+
+class Dropout(Function):
+    def __init__(self, p):
+        self.p = p
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        dtype = x.dtype if x.dtype.kind == "f" else np.float32
+        keep = generator_for(xp).random(x.shape, dtype=dtype) >= dtype.type(self.p)
+        # One array holds the mask and the 1/(1-p) scale: y = x * m, gx = gy * m.
+        mask = keep.astype(dtype)
+        mask *= dtype.type(1.0 / (1.0 - self.p))
+        self.mask = mask
+        return x * mask
+
+    def backward(self, gy):
+        return gy * self.mask
+
+
+def dropout(x, p=0.5, training=True, inplace=False):
+    """Inverted dropout: zero each element with probability ``p`` and scale the
+    rest by 1/(1-p) while ``training``; the identity otherwise. Draws come from
+    minidl's generator (``minidl.manual_seed``)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    return Dropout(float(p))(x)

@@ -1,0 +1,43 @@
+"""``linear(x, W, b) = x @ W.T + b`` as one op (one GEMM each way, no transpose node).
+
+Shapes: x (..., in), W (out, in), b (out,) -> (..., out). Backward:
+gx = gy @ W, gW = gy2.T @ x2 over all leading rows, gb = gy2.sum(0).
+"""
+from __future__ import annotations
+
+from ..tensor import Function, Tensor
+
+
+class LinearFunction(Function):
+    def forward(self, x, w, b=None):
+        y = x @ w.T
+        if b is not None:
+            y += b
+        self.x, self.w = (x if self.needs_input_grad[1] else None), \
+            (w if self.needs_input_grad[0] else None)
+        return y
+
+    def backward(self, gy):
+        gx = gw = gb = None
+        if self.needs_input_grad[0]:
+            gx = gy @ self.w
+        gy2 = gy.reshape(-1, gy.shape[-1])
+        if self.needs_input_grad[1]:
+            x2 = self.x.reshape(-1, self.x.shape[-1])
+            gw = gy2.T @ x2
+        if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
+            gb = gy2.sum(axis=0)
+        return gx, gw, gb
+
+
+def linear(input, weight, bias=None):
+    """``input @ weight.T + bias`` as ``torch.nn.functional.linear``."""
+    x = input if isinstance(input, Tensor) else Tensor(input)
+    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input {tuple(x.shape)} does not match weight "
+                         f"{tuple(weight.shape)}: expected (*, {weight.shape[1]})")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"linear: input dtype {x.dtype} and weight dtype {weight.dtype} differ "
+                        "(cast one; minidl never promotes silently)")
+    fn = LinearFunction()
+    return fn(x, weight) if bias is None else fn(x, weight, bias)

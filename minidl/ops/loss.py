@@ -1,0 +1,337 @@
+"""Losses with PyTorch's signatures; cross-entropy is one fused op.
+
+Notation: N batch, C classes, M = N * d1 * ... (rows after moving the class
+dim last), t_i the target class of row i, w the class weights (ones when
+not given), eps the label smoothing.
+
+Cross-entropy with class-index targets, per row (0 for ignored rows)::
+
+    l_i = (1 - eps) * w[t_i] * -logp[i, t_i]  +  (eps / C) * sum_c w[c] * -logp[i, c]
+
+and ``reduction='mean'`` divides the sum by ``sum_i w[t_i]`` over rows not
+ignored (PyTorch's rule). With class-probability targets q (same shape as
+the logits), ``l_i = -sum_c w[c] q'[i, c] logp[i, c]`` with
+``q' = (1 - eps) q + eps / C``, and 'mean' divides by the number of rows.
+
+Either way the row's loss is ``-sum_c a[i, c] logp[i, c]`` for a coefficient
+matrix ``a``, so the one backward is ``gx = g_i * (p[i] * sum_c a[i, c] - a[i])``
+with p the softmax: forward keeps only p.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..tensor import Function, Tensor
+from .activation import _safe_max
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_reduction(op, reduction):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _as_tensor(x):
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _raw(x):
+    return None if x is None else (x.data if isinstance(x, Tensor) else x)
+
+
+def _rows(x):
+    """(N, C, d1, ...) -> (M, C) view/copy with the class dim last."""
+    if x.ndim == 2:
+        return x
+    if x.ndim == 1:
+        return x[None, :]
+    C = x.shape[1]
+    return x.reshape(x.shape[0], C, -1).transpose(0, 2, 1).reshape(-1, C)
+
+
+def _target_shape(shape):
+    return (shape[0],) + tuple(shape[2:]) if len(shape) > 1 else ()
+
+
+def _unrows(g, shape):
+    if len(shape) == 2:
+        return g
+    if len(shape) == 1:
+        return g[0]
+    N, C = shape[:2]
+    return g.reshape(N, -1, C).transpose(0, 2, 1).reshape(shape)
+
+
+class CrossEntropy(Function):
+    def __init__(self, target, weight, ignore_index, reduction, label_smoothing):
+        self.target, self.weight = target, weight
+        self.ignore_index, self.reduction, self.eps = ignore_index, reduction, label_smoothing
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        shape, dtype = x.shape, x.dtype
+        z = _rows(x)
+        C = z.shape[1]
+        z = z - _safe_max(z, 1, xp)                  # (M, C), ours
+        p = xp.exp(z)
+        s = p.sum(axis=1, keepdims=True)
+        p /= s
+        log_s = xp.log(s)[:, 0]                      # logp = z - log_s
+        w, eps, target = self.weight, self.eps, self.target
+        if target.dtype.kind == "f":                 # class probabilities
+            q = _rows(target).astype(dtype, copy=False)
+            a = q * (1 - eps) + eps / C if eps else q
+            if w is not None:
+                a = a * w
+            a_sum = a.sum(axis=1)
+            loss = a_sum * log_s - (a * z).sum(axis=1)
+            denom = dtype.type(z.shape[0])
+            self.a, self.rows = a, None
+        else:
+            t = target.reshape(-1)
+            valid = t != self.ignore_index
+            t_safe = xp.where(valid, t, 0)
+            if not ((t_safe >= 0) & (t_safe < C)).all():
+                bad = t[valid & ((t < 0) | (t >= C))]
+                raise IndexError(f"cross_entropy: target {int(bad[0])} is out of range for "
+                                 f"{C} classes (expected 0..{C - 1} or ignore_index="
+                                 f"{self.ignore_index})")
+            rows = xp.arange(t.shape[0])
+            wt = valid.astype(dtype) if w is None else w[t_safe] * valid
+            c_nll = wt * (1 - eps)                   # coefficient of -logp[i, t_i]
+            loss = c_nll * (log_s - z[rows, t_safe])
+            if eps:
+                validf = valid.astype(dtype)
+                if w is None:
+                    smooth = C * log_s - z.sum(axis=1)
+                    w_total = C
+                else:
+                    smooth = w.sum() * log_s - z @ w
+                    w_total = w.sum()
+                loss += (eps / C) * validf * smooth
+                a_sum = c_nll + (eps / C) * w_total * validf
+                self.validf = validf
+            else:
+                a_sum = c_nll
+            denom = wt.sum()
+            self.rows, self.t, self.c_nll = rows, t_safe, c_nll
+        self.p, self.a_sum, self.shape = p, a_sum.astype(dtype, copy=False), shape
+        if self.reduction == "none":   # rows are ordered (N, d1, ...), as the targets
+            return loss.reshape(_target_shape(shape)).astype(dtype, copy=False)
+        total = loss.sum()
+        if self.reduction == "mean":
+            self.denom = denom
+            total = total / denom
+        return xp.asarray(total, dtype=dtype)
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        shape = self.shape
+        if self.reduction == "none":
+            g = gy.reshape(-1)
+        else:
+            scale = gy / self.denom if self.reduction == "mean" else gy
+            g = xp.broadcast_to(scale, self.a_sum.shape)
+        gx = self.p * (g * self.a_sum)[:, None]
+        if self.rows is None:
+            gx -= self.a * g[:, None]
+        else:
+            gx[self.rows, self.t] -= g * self.c_nll
+            if self.eps:
+                C = gx.shape[1]
+                cw = (self.eps / C) * (g * self.validf)
+                gx -= cw[:, None] * (1 if self.weight is None else self.weight)
+        return _unrows(gx, shape)
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                  reduction="mean", label_smoothing=0.0):
+    """Cross-entropy of ``input`` logits (N, C) or (N, C, d1, ...) against class
+    indices (N) / (N, d1, ...) or class probabilities (same shape as input),
+    as ``torch.nn.functional.cross_entropy``: log-softmax and NLL in one op
+    with one backward (see the module docstring for the formula)."""
+    if size_average is not None or reduce is not None:
+        raise TypeError("cross_entropy: size_average/reduce are deprecated; use reduction=")
+    _check_reduction("cross_entropy", reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    x = _as_tensor(input)
+    t = _raw(target)
+    if not isinstance(t, np.ndarray) and backend.device_of(t) == "cpu":
+        t = np.asarray(t)
+    if x.ndim < 1 or x.data.dtype.kind != "f":
+        raise ValueError(f"cross_entropy: expected floating logits (N, C) or (N, C, d1, ...), "
+                         f"got shape {tuple(x.shape)} dtype {x.dtype}")
+    C = x.shape[1] if x.ndim > 1 else x.shape[0]
+    if t.dtype.kind == "f":
+        if t.shape != x.shape:
+            raise ValueError(f"cross_entropy: probability targets must have the input's shape "
+                             f"{tuple(x.shape)}, got {t.shape}")
+    else:
+        if t.dtype.kind not in "iu":
+            raise TypeError(f"cross_entropy: targets must be integer class indices or float "
+                            f"probabilities, got dtype {t.dtype}")
+        expected = (x.shape[0],) + tuple(x.shape[2:]) if x.ndim > 1 else ()
+        if t.shape != expected:
+            raise ValueError(f"cross_entropy: logits of shape {tuple(x.shape)} need targets of "
+                             f"shape {expected}, got {t.shape}")
+    t = backend.to_device(t, x.device)
+    w = _raw(weight)
+    if w is not None:
+        w = backend.to_device(np.asarray(w) if isinstance(w, (list, tuple)) else w, x.device)
+        if w.shape != (C,):
+            raise ValueError(f"cross_entropy: weight must have shape ({C},), got {w.shape}")
+        w = w.astype(x.data.dtype, copy=False)
+    return CrossEntropy(t, w, ignore_index, reduction, float(label_smoothing))(x)
+
+
+class NLLLoss(Function):
+    def __init__(self, target, weight, ignore_index, reduction):
+        self.target, self.weight = target, weight
+        self.ignore_index, self.reduction = ignore_index, reduction
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        shape, dtype = x.shape, x.dtype
+        z = _rows(x)
+        C = z.shape[1]
+        t = self.target.reshape(-1)
+        valid = t != self.ignore_index
+        t_safe = xp.where(valid, t, 0)
+        if not ((t_safe >= 0) & (t_safe < C)).all():
+            bad = t[valid & ((t < 0) | (t >= C))]
+            raise IndexError(f"nll_loss: target {int(bad[0])} is out of range for {C} classes")
+        rows = xp.arange(t.shape[0])
+        wt = valid.astype(dtype) if self.weight is None else self.weight[t_safe] * valid
+        loss = -wt * z[rows, t_safe]
+        self.rows, self.t, self.wt, self.shape = rows, t_safe, wt, shape
+        if self.reduction == "none":
+            return loss.reshape(_target_shape(shape))
+        total = loss.sum()
+        if self.reduction == "mean":
+            self.denom = wt.sum()
+            total = total / self.denom
+        return xp.asarray(total, dtype=dtype)
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        shape = self.shape
+        if self.reduction == "none":
+            g = gy.reshape(-1)
+        else:
+            g = gy / self.denom if self.reduction == "mean" else gy
+        gx = xp.zeros((self.rows.shape[0], shape[1] if len(shape) > 1 else shape[0]), gy.dtype)
+        gx[self.rows, self.t] = -g * self.wt
+        return _unrows(gx, shape)
+
+
+def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+             reduction="mean"):
+    """Negative log-likelihood of log-probabilities ``input`` (N, C) or (N, C, d1, ...)
+    at integer ``target``, as ``torch.nn.functional.nll_loss``."""
+    _check_reduction("nll_loss", reduction)
+    x = _as_tensor(input)
+    t = _raw(target)
+    t = np.asarray(t) if backend.device_of(t) == "cpu" else t
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"nll_loss: targets must be integer class indices, got dtype {t.dtype}")
+    expected = (x.shape[0],) + tuple(x.shape[2:]) if x.ndim > 1 else ()
+    if t.shape != expected:
+        raise ValueError(f"nll_loss: input of shape {tuple(x.shape)} needs targets of shape "
+                         f"{expected}, got {t.shape}")
+    t = backend.to_device(t, x.device)
+    w = _raw(weight)
+    if w is not None:
+        w = backend.to_device(w, x.device).astype(x.data.dtype, copy=False)
+    return NLLLoss(t, w, ignore_index, reduction)(x)
+
+
+def _reduce(loss, reduction, xp, dtype):
+    if reduction == "none":
+        return loss
+    return xp.asarray(loss.mean() if reduction == "mean" else loss.sum(), dtype=dtype)
+
+
+def _unreduce(gy, shape, reduction, xp):
+    if reduction == "none":
+        return gy
+    g = gy / np.prod(shape, dtype=np.int64) if reduction == "mean" else gy
+    return xp.broadcast_to(g, shape)
+
+
+class MSELoss(Function):
+    def __init__(self, reduction):
+        self.reduction = reduction
+
+    def forward(self, x, y):
+        xp = backend.get_array_module(x)
+        d = x - y
+        self.d = d
+        return _reduce(d * d, self.reduction, xp, x.dtype)
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        g = self.d * (2 * _unreduce(gy, self.d.shape, self.reduction, xp))
+        return (g if self.needs_input_grad[0] else None,
+                -g if self.needs_input_grad[1] else None)
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+    """Mean squared error, as ``torch.nn.functional.mse_loss`` (shapes must match)."""
+    _check_reduction("mse_loss", reduction)
+    x, y = _as_tensor(input), _as_tensor(target)
+    if x.shape != y.shape:
+        raise ValueError(f"mse_loss: input {tuple(x.shape)} and target {tuple(y.shape)} must "
+                         "have the same shape")
+    return MSELoss(reduction)(x, y)
+
+
+class BCEWithLogits(Function):
+    """l = (1 - y) x + lw * softplus(-x), lw = 1 + (pos_weight - 1) y, times weight."""
+
+    def __init__(self, weight, pos_weight, reduction):
+        self.weight, self.pos_weight, self.reduction = weight, pos_weight, reduction
+
+    def forward(self, x, y):
+        xp = backend.get_array_module(x)
+        sp = xp.logaddexp(0, -x).astype(x.dtype, copy=False)   # softplus(-x), stable
+        lw = 1 if self.pos_weight is None else 1 + (self.pos_weight - 1) * y
+        loss = (1 - y) * x + lw * sp
+        if self.weight is not None:
+            loss = loss * self.weight
+        self.x, self.y, self.sp, self.lw = x, y, sp, lw
+        self.shape = loss.shape
+        return _reduce(loss, self.reduction, xp, x.dtype)
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        g = _unreduce(gy, self.shape, self.reduction, xp)
+        if self.weight is not None:
+            g = g * self.weight
+        x, y = self.x, self.y
+        gx = gy_ = None
+        if self.needs_input_grad[0]:
+            sig = 0.5 * xp.tanh(0.5 * x) + 0.5
+            gx = g * ((1 - y) + self.lw * (sig - 1))
+        if self.needs_input_grad[1]:
+            gy_ = -x if self.pos_weight is None else -x + (self.pos_weight - 1) * self.sp
+            gy_ = g * gy_
+        return gx, gy_
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
+                                     reduction="mean", pos_weight=None):
+    """Sigmoid + binary cross-entropy in one stable op, as PyTorch's."""
+    _check_reduction("binary_cross_entropy_with_logits", reduction)
+    x, y = _as_tensor(input), _as_tensor(target)
+    if x.shape != y.shape:
+        raise ValueError(f"binary_cross_entropy_with_logits: target {tuple(y.shape)} must have "
+                         f"the input's shape {tuple(x.shape)}")
+    if y.data.dtype != x.data.dtype:
+        y = Tensor._wrap(y.data.astype(x.data.dtype))
+    w, pw = _raw(weight), _raw(pos_weight)
+    w = None if w is None else backend.to_device(w, x.device).astype(x.data.dtype, copy=False)
+    pw = None if pw is None else backend.to_device(pw, x.device).astype(x.data.dtype, copy=False)
+    return BCEWithLogits(w, pw, reduction)(x, y)

@@ -1,0 +1,9 @@
+"""Optimizers and learning-rate schedulers: ``minidl.optim``, PyTorch's names."""
+from __future__ import annotations
+
+from . import lr_scheduler
+from .adam import Adam, AdamW
+from .optimizer import Optimizer
+from .sgd import SGD
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "lr_scheduler"]

@@ -1,0 +1,87 @@
+"""Adam and AdamW: one rule, ``decoupled`` weight decay being the only difference.
+
+Per parameter, step t, with g the gradient::
+
+    Adam:  g = g + weight_decay * p          AdamW:  p *= 1 - lr * weight_decay
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g^2        (amsgrad: vmax = max(vmax, v), used below)
+    p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+as ``torch.optim.Adam``/``AdamW``; in place on preallocated arrays.
+"""
+from __future__ import annotations
+
+import math
+
+from .. import backend
+from .optimizer import Optimizer
+
+
+class Adam(Optimizer):
+    _decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, *, maximize=False):
+        if lr < 0 or eps < 0 or weight_decay < 0:
+            raise ValueError(f"{type(self).__name__}: lr, eps and weight_decay must be >= 0")
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize))
+
+    def _update(self, group, params, grads):
+        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        wd, amsgrad = group["weight_decay"], group["amsgrad"]
+        for p, g in zip(params, grads):
+            xp = backend.get_array_module(p.data)
+            dt = p.data.dtype.type
+            state = self.state.setdefault(p, {})
+            if "step" not in state:
+                state["step"] = 0
+                state["exp_avg"] = xp.zeros_like(p.data)
+                state["exp_avg_sq"] = xp.zeros_like(p.data)
+                if amsgrad:
+                    state["max_exp_avg_sq"] = xp.zeros_like(p.data)
+            state["step"] += 1
+            t = state["step"]
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            s = self._buffer(p, "s")
+            if group["maximize"]:
+                gm = self._buffer(p, "g")
+                xp.negative(g, out=gm)
+                g = gm
+            if wd and self._decoupled:
+                p.data *= dt(1 - lr * wd)
+            elif wd:
+                ge = self._buffer(p, "g")
+                xp.multiply(p.data, dt(wd), out=ge)
+                ge += g
+                g = ge
+            m *= dt(b1)
+            xp.multiply(g, dt(1 - b1), out=s)
+            m += s
+            v *= dt(b2)
+            xp.multiply(g, g, out=s)
+            s *= dt(1 - b2)
+            v += s
+            if amsgrad:
+                vmax = state["max_exp_avg_sq"]
+                xp.maximum(vmax, v, out=vmax)
+                v = vmax
+            bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+            xp.sqrt(v, out=s)
+            s /= dt(math.sqrt(bc2))
+            s += dt(eps)
+            xp.divide(m, s, out=s)
+            s *= dt(lr / bc1)
+            p.data -= s
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (default 0.01, as PyTorch)."""
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)

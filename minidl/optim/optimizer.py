@@ -1,0 +1,153 @@
+"""The Optimizer base: param groups, per-parameter state, zero_grad, state dicts.
+
+Subclasses implement ``_update(group, params, grads)``, one rule for the
+whole family, applied in place to the parameter arrays. Per-parameter
+state (momentum, moments) lives in ``self.state[param]`` and is allocated
+on the first step; scratch arrays (``self._scratch``) likewise, so a step
+allocates nothing after the first. Gradient arrays are only read.
+
+``state_dict()`` has PyTorch's layout: ``{'state': {index: {...}},
+'param_groups': [{..., 'params': [indices]}]}``.
+"""
+from __future__ import annotations
+
+import copy
+
+from .. import backend
+from ..tensor import Tensor, no_grad
+
+
+class Optimizer:
+    def __init__(self, params, defaults):
+        self.defaults = dict(defaults)
+        self.state = {}
+        self._scratch = {}
+        self.param_groups = []
+        params = list(params)
+        if not params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        if not isinstance(params[0], dict):
+            params = [{"params": params}]
+        for group in params:
+            self.add_param_group(group)
+
+    def add_param_group(self, group):
+        group = dict(group)
+        ps = group["params"]
+        ps = [ps] if isinstance(ps, Tensor) else list(ps)
+        for p in ps:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"{type(self).__name__}: parameters must be Tensors, got "
+                                f"{type(p).__name__}")
+            if not p.requires_grad:
+                raise ValueError(f"{type(self).__name__}: a parameter of shape {tuple(p.shape)} "
+                                 "does not require grad")
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in seen for p in ps):
+            raise ValueError(f"{type(self).__name__}: a parameter appears in two param groups")
+        group["params"] = ps
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        self.param_groups.append(group)
+
+    def zero_grad(self, set_to_none=True):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if set_to_none or p.grad is None:
+                    p.grad = None
+                else:
+                    p.grad = Tensor._wrap(backend.get_array_module(p.data).zeros_like(p.data))
+
+    @no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            from ..tensor import enable_grad
+            with enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._update(group, params, [p.grad.data for p in params])
+        return loss
+
+    def _update(self, group, params, grads):
+        raise NotImplementedError
+
+    def _buffer(self, p, name, like=None):
+        """Per-parameter scratch array (not saved), allocated once."""
+        slot = self._scratch.setdefault(id(p), {})
+        buf = slot.get(name)
+        data = p.data if like is None else like
+        if buf is None or buf.shape != data.shape or buf.dtype != data.dtype or \
+                backend.device_of(buf) != backend.device_of(data):
+            buf = slot[name] = backend.get_array_module(data).empty_like(data)
+        return buf
+
+    # ------------------------------------------------------ state dicts
+    def state_dict(self):
+        index = {}
+        groups = []
+        for group in self.param_groups:
+            g = {k: v for k, v in group.items() if k != "params"}
+            ids = []
+            for p in group["params"]:
+                index.setdefault(id(p), len(index))
+                ids.append(index[id(p)])
+            g["params"] = ids
+            groups.append(g)
+        state = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p in self.state:
+                    state[index[id(p)]] = {k: (Tensor._wrap(v) if _is_array(v) else v)
+                                           for k, v in self.state[p].items()}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state has "
+                             f"{len(groups)} param groups, the optimizer {len(self.param_groups)}")
+        params = {}
+        for saved, group in zip(groups, self.param_groups):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"{type(self).__name__}.load_state_dict: a param group has "
+                                 f"{len(saved['params'])} parameters in the state but "
+                                 f"{len(group['params'])} in the optimizer")
+            for i, p in zip(saved["params"], group["params"]):
+                params[int(i)] = p
+        new_state = {}
+        for key, values in state_dict["state"].items():
+            p = params[int(key)]
+            entry = {}
+            for k, v in values.items():
+                if isinstance(v, Tensor) or _is_array(v):
+                    array = v.data if isinstance(v, Tensor) else v
+                    if k != "step" and tuple(array.shape) != tuple(p.data.shape):
+                        raise ValueError(f"{type(self).__name__}.load_state_dict: state '{k}' of "
+                                         f"parameter {key} has shape {tuple(array.shape)}, the "
+                                         f"parameter {tuple(p.data.shape)}")
+                    array = backend.to_device(array, p.device)
+                    dtype = p.data.dtype if array.dtype.kind == "f" else array.dtype
+                    v = array.astype(dtype, copy=True)
+                entry[k] = v
+            new_state[p] = entry
+        self.state = new_state
+        for saved, group in zip(groups, self.param_groups):
+            for k, v in saved.items():
+                if k != "params":
+                    group[k] = copy.deepcopy(v)
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for k in sorted(group):
+                if k != "params":
+                    lines.append(f"    {k}: {group[k]}")
+        return "\n".join(lines) + "\n)"
+
+
+def _is_array(v):
+    return hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, Tensor)

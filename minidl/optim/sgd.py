@@ -1,0 +1,67 @@
+"""SGD with momentum, dampening, Nesterov and (coupled) weight decay, as ``torch.optim.SGD``.
+
+Per parameter, with g the gradient::
+
+    d = g + weight_decay * p
+    buf = d                                   (first step)
+    buf = momentum * buf + (1 - dampening) * d
+    d = d + momentum * buf  (nesterov)   or   d = buf
+    p -= lr * d
+
+All in place on preallocated arrays (``maximize`` negates g).
+"""
+from __future__ import annotations
+
+from .. import backend
+from .optimizer import Optimizer
+
+
+class SGD(Optimizer):
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, *, maximize=False):
+        if lr < 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0, got lr={lr}, "
+                             f"momentum={momentum}, weight_decay={weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: nesterov needs momentum > 0 and dampening = 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov,
+                                      maximize=maximize))
+
+    def _update(self, group, params, grads):
+        lr, mom, damp = group["lr"], group["momentum"], group["dampening"]
+        wd, nesterov, sign = group["weight_decay"], group["nesterov"], \
+            (-1 if group["maximize"] else 1)
+        for p, g in zip(params, grads):
+            xp = backend.get_array_module(p.data)
+            dt = p.data.dtype.type
+            d = self._buffer(p, "d")
+            if wd:
+                xp.multiply(p.data, dt(wd), out=d)
+                if sign > 0:
+                    d += g
+                else:
+                    d -= g
+            else:
+                xp.multiply(g, dt(sign), out=d)
+            if mom:
+                state = self.state.setdefault(p, {})
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = d.copy()
+                else:
+                    buf *= dt(mom)
+                    if damp:
+                        t = self._buffer(p, "t")
+                        xp.multiply(d, dt(1 - damp), out=t)
+                        buf += t
+                    else:
+                        buf += d
+                if nesterov:
+                    t = self._buffer(p, "t")
+                    xp.multiply(buf, dt(mom), out=t)
+                    d += t
+                else:
+                    d[...] = buf
+            d *= dt(lr)
+            p.data -= d

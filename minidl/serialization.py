@@ -1,0 +1,171 @@
+"""Safe checkpoints: ``save(obj, path)`` / ``load(path)`` in the safetensors format.
+
+No pickle: a file holds only arrays and JSON, so loading a checkpoint can
+never run code, and other frameworks can read it (``safetensors.torch.
+load_file`` gives a PyTorch state dict).
+
+Layout. ``obj`` may nest dicts, lists and tuples of tensors/arrays and
+JSON values (numbers, strings, bools, None); dict keys may be strings or
+ints (an optimizer's state is keyed by parameter index). Every array is
+stored as one safetensors tensor; its key is the path of names to it
+joined by '.' (``model.fc1.weight``, ``optimizer.state.0.momentum_buffer``),
+so a plain state dict is stored under its own names and loads in PyTorch
+as it is. The structure itself (where each array goes, and every
+non-array value) is JSON in the header's metadata, under ``minidl``.
+
+Writing is atomic: a temporary file in the same directory, flushed and
+fsync'd, then ``os.replace``, so a crash never leaves half a checkpoint.
+A truncated or foreign file raises :class:`CheckpointError` naming it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from . import backend
+from .tensor import Tensor
+
+FORMAT = "minidl.checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """The file is not a readable minidl/safetensors checkpoint."""
+
+
+def _is_array(v):
+    return isinstance(v, np.ndarray) or (backend.cupy_module() is not None and
+                                         isinstance(v, backend.cupy_module().ndarray))
+
+
+def _encode(obj, path, tensors):
+    """JSON skeleton of ``obj``; arrays go to ``tensors`` under their dotted path."""
+    if isinstance(obj, Tensor) or _is_array(obj):
+        array = backend.as_numpy(obj.data if isinstance(obj, Tensor) else obj)
+        key = ".".join(path) if path else "tensor"
+        if key in tensors:
+            raise ValueError(f"save: two arrays would be stored under the key {key!r}")
+        tensors[key] = np.ascontiguousarray(array)
+        node = {"__tensor__": key, "kind": "tensor" if isinstance(obj, Tensor) else "ndarray"}
+        if array.ndim == 0:   # safetensors' NumPy API stores a 0-d array as shape (1,)
+            node["shape"] = []
+        return node
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj) and "__tensor__" not in obj:
+            return {"__dict__": {k: _encode(v, path + [k], tensors) for k, v in obj.items()}}
+        items = []
+        for k, v in obj.items():
+            if not isinstance(k, (str, int, bool)) and k is not None:
+                raise TypeError(f"save: dict keys must be str or int, got {type(k).__name__} at "
+                                f"{'.'.join(path) or '<root>'}")
+            items.append([k, _encode(v, path + [str(k)], tensors)])
+        return {"__items__": items}
+    if isinstance(obj, (list, tuple)):
+        enc = [_encode(v, path + [str(i)], tensors) for i, v in enumerate(obj)]
+        return {"__tuple__": enc} if isinstance(obj, tuple) else {"__list__": enc}
+    if isinstance(obj, np.generic):
+        return {"__value__": obj.item()}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return {"__value__": obj}
+    raise TypeError(f"save: cannot store a {type(obj).__name__} at "
+                    f"{'.'.join(path) or '<root>'}: only tensors, arrays, dicts, lists, tuples, "
+                    "numbers, strings, bools and None (no pickle)")
+
+
+def _decode(node, tensors, path):
+    if "__tensor__" in node:
+        array = tensors[node["__tensor__"]]
+        if "shape" in node:
+            array = array.reshape(node["shape"])
+        return Tensor._wrap(array) if node.get("kind") == "tensor" else array
+    if "__dict__" in node:
+        return {k: _decode(v, tensors, path) for k, v in node["__dict__"].items()}
+    if "__items__" in node:
+        return {k: _decode(v, tensors, path) for k, v in node["__items__"]}
+    if "__list__" in node:
+        return [_decode(v, tensors, path) for v in node["__list__"]]
+    if "__tuple__" in node:
+        return tuple(_decode(v, tensors, path) for v in node["__tuple__"])
+    if "__value__" in node:
+        return node["__value__"]
+    raise CheckpointError(f"load: {path} has an unknown entry in its minidl metadata: {node!r}")
+
+
+def save(obj, path):
+    """Write ``obj`` (a state dict, or nested dicts of them and metadata) to ``path``
+    in the safetensors format, atomically."""
+    from safetensors.numpy import save as st_save
+    tensors = {}
+    skeleton = _encode(obj, [], tensors)
+    metadata = {"format": "pt", "minidl": json.dumps(skeleton), "minidl_format": FORMAT}
+    blob = st_save(tensors, metadata=metadata)
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load(path):
+    """Read a checkpoint written by :func:`save` (arrays come back as Tensors
+    where Tensors were saved). A safetensors file from elsewhere loads as a
+    flat dict name -> Tensor. Raises :class:`CheckpointError` naming the file
+    when it is truncated, corrupt or not safetensors."""
+    from safetensors.numpy import load as st_load
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        blob = f.read()
+    header = _read_header(blob, path)
+    try:
+        tensors = st_load(blob)
+    except Exception as exc:
+        raise CheckpointError(f"load: {path} is not a valid safetensors file (truncated or "
+                              f"corrupt?): {exc}") from None
+    metadata = header.get("__metadata__") or {}
+    if "minidl" not in metadata:
+        return {k: Tensor._wrap(v) for k, v in tensors.items()}
+    try:
+        skeleton = json.loads(metadata["minidl"])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"load: {path} has corrupt minidl metadata: {exc}") from None
+    try:
+        return _decode(skeleton, tensors, path)
+    except KeyError as exc:
+        raise CheckpointError(f"load: {path} names a tensor {exc} that it does not "
+                              "contain") from None
+
+
+def _read_header(blob, path):
+    """The JSON header, checked before anything is parsed further."""
+    if len(blob) < 8:
+        raise CheckpointError(f"load: {path} is not a safetensors checkpoint ({len(blob)} bytes: "
+                              "empty or truncated)")
+    n = int.from_bytes(blob[:8], "little")
+    if n <= 0 or 8 + n > len(blob):
+        raise CheckpointError(f"load: {path} is not a safetensors checkpoint (its header claims "
+                              f"{n} bytes but the file has {len(blob)}: truncated, or another "
+                              "format such as a pickle/.pt file)")
+    try:
+        header = json.loads(blob[8:8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"load: {path} is not a safetensors checkpoint (its header is not "
+                              "JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"load: {path} is not a safetensors checkpoint")
+    end = max((v["data_offsets"][1] for k, v in header.items()
+               if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+    if 8 + n + end > len(blob):
+        raise CheckpointError(f"load: {path} is truncated: the header describes "
+                              f"{8 + n + end} bytes, the file has {len(blob)}")
+    return header

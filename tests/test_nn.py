@@ -1,0 +1,351 @@
+"""nn.Module and the layers: registration, traversal, modes, state dicts, init,
+PyTorch parity of every layer (forward and gradients, same weights), gradcheck
+of every layer's parameters, bad input naming the layer."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import distinct, randn
+
+import minidl
+from minidl import backend, nn
+from minidl.nn import functional as F
+from minidl.testing import assert_close, gradcheck
+
+
+@pytest.fixture(autouse=True)
+def _numpy_kernels():
+    """Conv/pool kernels are tested on every backend in test_conv.py; here the plain
+    NumPy ones keep this file fast (no Numba compilation)."""
+    with backend.use_numba(False):
+        yield
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+def to_torch_state(module):
+    torch = _torch()
+    return {k: torch.tensor(v.numpy()) for k, v in module.state_dict().items()}
+
+
+def call_with(module, names, x, *params):
+    """module(x) with the named parameters replaced by ``params`` (for gradcheck)."""
+    for name, p in zip(names, params):
+        *path, leaf = name.split(".")
+        sub = module
+        for part in path:
+            sub = getattr(sub, part)
+        sub._parameters[leaf] = p
+    return module(x)
+
+
+def check_layer(m, t, x, *, train=False, rtol=1e-7, atol=1e-7):
+    """Same weights in both (via the state dict), float64: forward, input and parameter grads."""
+    torch = _torch()
+    m = m.double()
+    t = t.double()
+    t.load_state_dict(to_torch_state(m))
+    m.train(train)
+    t.train(train)
+    mx = minidl.tensor(x, requires_grad=True)
+    tx = torch.tensor(x, requires_grad=True)
+    my, ty = m(mx), t(tx)
+    assert_close(my, ty.detach().numpy(), rtol=rtol, atol=atol, msg="forward: ")
+    g = np.random.default_rng(7).standard_normal(ty.shape)
+    my.backward(g)
+    ty.backward(torch.tensor(g))
+    assert_close(mx.grad, tx.grad.numpy(), rtol=rtol, atol=atol, msg="input grad: ")
+    tparams = dict(t.named_parameters())
+    for name, p in m.named_parameters():
+        assert_close(p.grad, tparams[name].grad.numpy(), rtol=rtol, atol=atol, msg=f"{name}: ")
+    tstate = t.state_dict()
+    for name, v in m.state_dict().items():  # running statistics too
+        assert_close(v.numpy(), tstate[name].numpy().astype(v.numpy().dtype), msg=f"{name}: ")
+
+
+def test_every_layer_matches_torch():
+    torch = _torch()
+    tn = torch.nn
+    x4 = randn(0, (2, 3, 6, 6))
+    cases = [
+        (nn.Linear(6, 4), tn.Linear(6, 4), randn(1, (2, 3, 6))),
+        (nn.Linear(6, 4, bias=False), tn.Linear(6, 4, bias=False), randn(1, (5, 6))),
+        (nn.Conv2d(3, 4, 3, padding=1), tn.Conv2d(3, 4, 3, padding=1), x4),
+        (nn.Conv2d(3, 4, (3, 2), stride=2, bias=False), tn.Conv2d(3, 4, (3, 2), stride=2,
+                                                                  bias=False), x4),
+        (nn.MaxPool2d(2), tn.MaxPool2d(2), distinct(2, (2, 3, 6, 6))),
+        (nn.AvgPool2d(3, 2, 1), tn.AvgPool2d(3, 2, 1), x4),
+        (nn.ReLU(), tn.ReLU(), randn(3, (4, 5), low=0.01)),
+        (nn.GELU(), tn.GELU(), x4), (nn.GELU("tanh"), tn.GELU("tanh"), x4),
+        (nn.Sigmoid(), tn.Sigmoid(), x4), (nn.Tanh(), tn.Tanh(), x4),
+        (nn.Softmax(dim=1), tn.Softmax(dim=1), x4),
+        (nn.Flatten(), tn.Flatten(), x4), (nn.Identity(), tn.Identity(), x4),
+        (nn.Dropout(0.3).eval(), tn.Dropout(0.3), x4),
+        (nn.LayerNorm(6), tn.LayerNorm(6), x4),
+        (nn.LayerNorm((6, 6)), tn.LayerNorm((6, 6)), x4),
+    ]
+    for m, t, x in cases:
+        check_layer(m, t, x)
+    for train in (True, False):
+        m, t = nn.BatchNorm2d(3), tn.BatchNorm2d(3)
+        with torch.no_grad():
+            t.weight.uniform_(0.5, 1.5)
+            t.bias.uniform_(-1, 1)
+        m.load_state_dict({k: v.numpy() for k, v in t.state_dict().items()})
+        check_layer(m, t, x4, train=train)
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(16, 5))
+    tseq = tn.Sequential(tn.Conv2d(3, 4, 3), tn.ReLU(), tn.MaxPool2d(2), tn.Flatten(),
+                         tn.Linear(16, 5))
+    check_layer(seq, tseq, x4)
+
+
+def test_batchnorm_running_stats_and_eval():
+    bn = nn.BatchNorm2d(2, momentum=None)
+    for i in range(3):
+        bn(minidl.randn(4, 2, 3, 3))
+    assert int(bn.num_batches_tracked.item()) == 3
+    bn.eval()
+    x = minidl.randn(4, 2, 3, 3)
+    expected = (x.numpy() - bn.running_mean.numpy()[:, None, None]) / np.sqrt(
+        bn.running_var.numpy()[:, None, None] + 1e-5)
+    assert_close(bn(x), expected.astype(np.float32), atol=1e-5, rtol=1e-5)
+    assert int(bn.num_batches_tracked.item()) == 3
+    assert set(bn.state_dict()) == {"weight", "bias", "running_mean", "running_var",
+                                    "num_batches_tracked"}
+
+
+def test_layer_parameters_gradcheck():
+    layers = [
+        (nn.Linear(4, 3), randn(0, (2, 4))),
+        (nn.Conv2d(2, 3, 3, padding=1), randn(0, (2, 2, 4, 4))),
+        (nn.LayerNorm(4), randn(0, (3, 4))),
+        (nn.BatchNorm2d(2), randn(0, (3, 2, 2, 2))),
+        (nn.ChannelAttention(2, 2, 2, hidden=(5, 4), dropout=0.0, fusion="sum"),
+         randn(0, (3, 2, 2, 2))),
+        (nn.ChannelAttention(2, 2, 2, hidden=(5,), dropout=0.0, fusion="reweight"),
+         randn(0, (3, 2, 2, 2))),
+    ]
+    for m, x in layers:
+        m = m.double()
+        names = [n for n, _ in m.named_parameters()]
+        params = [p.numpy().copy() for p in m.parameters()]
+        gradcheck(lambda x, *ps, m=m, names=names: call_with(m, names, x, *ps), [x] + params)
+
+
+def test_default_init_as_torch_and_seeded():
+    minidl.manual_seed(0)
+    a = nn.Linear(400, 50)
+    minidl.manual_seed(0)
+    b = nn.Linear(400, 50)
+    assert_close(a.weight, b.weight.numpy())
+    bound = 1 / math.sqrt(400)
+    w = a.weight.numpy()
+    assert a.weight.dtype == np.float32 and np.abs(w).max() <= bound
+    assert abs(w.std() - bound / math.sqrt(3)) < 0.05 * bound      # U(-b, b)
+    assert np.abs(a.bias.numpy()).max() <= bound
+    c = nn.Conv2d(8, 16, 3)
+    fan_in = 8 * 9
+    assert np.abs(c.weight.numpy()).max() <= 1 / math.sqrt(fan_in)
+    assert abs(c.weight.numpy().std() - 1 / math.sqrt(3 * fan_in)) < 0.1 / math.sqrt(fan_in)
+
+
+def test_init_functions():
+    t = nn.Parameter(np.empty((200, 300), np.float32))
+    nn.init.xavier_uniform_(t)
+    assert np.abs(t.numpy()).max() <= math.sqrt(6 / 500)
+    nn.init.kaiming_uniform_(t, nonlinearity="relu")
+    assert np.abs(t.numpy()).max() <= math.sqrt(2) * math.sqrt(3 / 300)
+    nn.init.normal_(t, 1.0, 0.5)
+    assert abs(t.numpy().mean() - 1.0) < 0.01 and abs(t.numpy().std() - 0.5) < 0.01
+    nn.init.uniform_(t, 2, 3)
+    assert t.numpy().min() >= 2 and t.numpy().max() <= 3 and t.dtype == np.float32
+    nn.init.zeros_(t)
+    assert not t.numpy().any()
+    nn.init.ones_(t)
+    assert (t.numpy() == 1).all()
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.BatchNorm2d(2))
+        self.blocks = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 4)])
+        self.drop = nn.Dropout(0.5)
+        self.scale = nn.Parameter(np.ones(1, np.float32))
+        self.register_buffer("counter", minidl.zeros(1))
+        self.note = "not state"
+
+    def forward(self, x):
+        h = self.features(x).flatten(1)
+        for b in self.blocks:
+            h = self.drop(b(h))
+        return h * self.scale
+
+
+def test_module_registration_traversal_and_modes():
+    net = Net()
+    names = [n for n, _ in net.named_parameters()]
+    assert names == ["scale", "features.0.weight", "features.0.bias", "features.2.weight",
+                     "features.2.bias", "blocks.0.weight", "blocks.0.bias", "blocks.1.weight",
+                     "blocks.1.bias"]
+    assert list(net.state_dict())[:2] == ["scale", "counter"]
+    assert "features.2.running_var" in net.state_dict()
+    assert [n for n, _ in net.named_children()] == ["features", "blocks", "drop"]
+    assert len(list(net.modules())) == 9
+    net.eval()
+    assert not any(m.training for m in net.modules())
+    net.train()
+    assert all(m.training for m in net.modules())
+    out = net(minidl.randn(2, 1, 4, 4))
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    net.zero_grad()
+    assert all(p.grad is None for p in net.parameters())
+    params = list(net.parameters())
+    assert net.to("cpu") is net and list(net.parameters())[0] is params[0]
+    net.double()
+    assert net.features[0].weight.dtype == np.float64 and params[1] is net.features[0].weight
+    text = repr(net)
+    assert "(features): Sequential(" in text and "(0): Conv2d(1, 2, kernel_size=(3, 3)" in text
+    assert "(1): Linear(in_features=8, out_features=4, bias=True)" in text
+    del net.drop
+    assert "drop" not in dict(net.named_children())
+
+
+def test_load_state_dict_errors_name_keys_and_leave_model_untouched():
+    net = Net()
+    before = {k: v.numpy().copy() for k, v in net.state_dict().items()}
+    state = {k: v.numpy() + 1 for k, v in net.state_dict().items()}
+    del state["blocks.1.bias"]
+    state["extra.weight"] = np.zeros(3)
+    state["blocks.0.weight"] = np.zeros((8, 7), np.float32)
+    with pytest.raises(RuntimeError) as err:
+        net.load_state_dict(state)
+    msg = str(err.value)
+    assert "missing keys: blocks.1.bias" in msg and "unexpected keys: extra.weight" in msg
+    assert "blocks.0.weight: checkpoint shape (8, 7), model shape (8, 8)" in msg
+    for k, v in net.state_dict().items():
+        assert_close(v, before[k])
+    result = net.load_state_dict(state, strict=False)     # loads what matches, reports the rest
+    missing, unexpected = result
+    assert missing == ["blocks.1.bias"] and unexpected == ["extra.weight"]
+    assert result.mismatched_keys == ["blocks.0.weight"]
+    assert_close(net.blocks[0].weight, before["blocks.0.weight"])
+    state["blocks.0.weight"] = np.zeros((8, 8), np.float32)
+    net.load_state_dict(state, strict=False)
+    assert not net.blocks[0].weight.numpy().any()
+    assert_close(net.scale, before["scale"] + 1)
+    assert net.load_state_dict(net.state_dict()).missing_keys == []
+
+
+def test_bad_input_names_layer_and_expected_shape():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with pytest.raises(ValueError, match=r"Linear '1' \(in_features=784.*expected input "
+                                         r"\(\*, 784\), got \(2, 100\)"):
+        model(minidl.randn(2, 1, 10, 10))
+    with pytest.raises(ValueError,
+                       match=r"Conv2d.*expected input \(N, 3, H, W\), got \(2, 1, 5, 5\)"):
+        nn.Conv2d(3, 4, 3)(minidl.randn(2, 1, 5, 5))
+    with pytest.raises(ValueError, match=r"BatchNorm2d.*\(N, 4, H, W\)"):
+        nn.BatchNorm2d(4)(minidl.randn(2, 4, 5))
+    with pytest.raises(ValueError, match=r"LayerNorm.*\(\*, 5\)"):
+        nn.LayerNorm(5)(minidl.randn(2, 4))
+    with pytest.raises(ValueError,
+                       match=r"ChannelAttention 'att'.*\(B, 16, 7, 7\), got \(2, 8, 7, 7\)"):
+        m = nn.Module()
+        m.att = nn.ChannelAttention(16, 7, 7)
+        m.att(minidl.randn(2, 8, 7, 7))
+
+
+def test_channel_attention_weights_and_fusions():
+    minidl.manual_seed(0)
+    x = minidl.randn(3, 4, 5, 5)
+    att = nn.ChannelAttention(4, 5, 5, hidden=(16, 8), fusion="sum").eval()
+    fused, w = att(x)
+    assert fused.shape == (3, 5, 5) and w.shape == (3, 4) and fused.dtype == np.float32
+    assert_close(w.numpy().sum(axis=1), np.ones(3, np.float32), atol=1e-6)
+    assert np.ptp(w.numpy(), axis=1).min() > 0        # not the article's all-ones weights
+    assert_close(fused, (x.numpy() * w.numpy()[:, :, None, None]).sum(1), atol=1e-6)
+    att.fusion = "reweight"
+    fused, w2 = att(x)
+    assert fused.shape == (3, 4, 5, 5)
+    assert_close(fused, x.numpy() * 4 * w2.numpy()[:, :, None, None], atol=1e-6)
+    # uniform weights (a zero scoring layer) make 'reweight' the identity
+    nn.init.zeros_(att.score.weight)
+    nn.init.zeros_(att.score.bias)
+    assert_close(att(x)[0], x.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="fusion"):
+        nn.ChannelAttention(4, 5, 5, fusion="mean")
+
+
+def test_channel_attention_matches_a_torch_version():
+    torch = _torch()
+    tn = torch.nn
+
+    class TorchChannelAttention(tn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = tn.Sequential(tn.Linear(36, 8), tn.ReLU(), tn.Dropout(0.2))
+            self.score = tn.Linear(8, 4)
+
+        def forward(self, x):
+            w = torch.softmax(self.score(self.mlp(x.flatten(1))), dim=1)
+            return (x * w[:, :, None, None]).sum(1)
+
+    m = nn.ChannelAttention(4, 3, 3, hidden=(8,), fusion="sum")
+    forward = m.forward
+    m.forward = lambda x: forward(x)[0]
+    check_layer(m, TorchChannelAttention(), randn(0, (2, 4, 3, 3)))
+
+
+def test_clip_grad_norm_matches_torch():
+    torch = _torch()
+    a, b = randn(0, (3, 4)), randn(1, (5,))
+    ps = [minidl.tensor(a, requires_grad=True), minidl.tensor(b, requires_grad=True)]
+    tps = [torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)]
+    for p, t, g in zip(ps, tps, (a * 3, b * 2)):
+        p.grad = minidl.tensor(g)
+        t.grad = torch.tensor(g)
+    grad0 = ps[0].grad.data
+    for norm_type in (2.0, math.inf):
+        total = nn.utils.clip_grad_norm_(ps, 1.0, norm_type)
+        ttotal = torch.nn.utils.clip_grad_norm_(tps, 1.0, norm_type)
+        assert_close(total, ttotal.numpy())
+        for p, t in zip(ps, tps):
+            assert_close(p.grad, t.grad.numpy())
+    assert_close(grad0, a * 3)     # the old gradient array was not written in place
+    with pytest.raises(RuntimeError, match="nan"):
+        ps[0].grad = minidl.tensor(np.full((3, 4), np.nan))
+        nn.utils.clip_grad_norm_(ps, 1.0, error_if_nonfinite=True)
+
+
+def test_functional_namespace():
+    for name in ("relu", "sigmoid", "tanh", "gelu", "softmax", "log_softmax", "dropout", "conv2d",
+                 "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "pad", "linear",
+                 "cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits",
+                 "layer_norm", "batch_norm", "scaled_dot_product_attention"):
+        assert callable(getattr(F, name)), name
+
+
+def test_float32_stays_float32_through_every_layer():
+    minidl.manual_seed(0)
+    x4 = minidl.randn(2, 3, 6, 6, requires_grad=True)
+    layers = [nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.AvgPool2d(2), nn.ReLU(), nn.GELU(),
+              nn.Sigmoid(), nn.Tanh(), nn.Softmax(dim=1), nn.Dropout(0.3), nn.Flatten(),
+              nn.LayerNorm(6), nn.BatchNorm2d(3), nn.Identity(), nn.Linear(6, 2)]
+    for layer in layers:
+        x4.grad = None
+        out = layer(x4)
+        out = out[0] if isinstance(out, tuple) else out
+        assert out.dtype == np.float32, type(layer).__name__
+        (out * 0.5).sum().backward()
+        assert x4.grad.dtype == np.float32, type(layer).__name__
+        assert all(p.grad.dtype == np.float32 for p in layer.parameters())
+    for layer in (nn.ChannelAttention(3, 6, 6, hidden=(4,)), nn.AttentionPool2d(3, 6, 6)):
+        fused, weights = layer(x4)
+        assert fused.dtype == weights.dtype == np.float32

@@ -1,0 +1,162 @@
+"""Optimizers and schedulers against torch.optim: 20-step trajectories, lr sequences,
+in-place updates without per-step allocation, param groups, state dicts."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minidl
+from minidl import nn, optim
+from minidl.optim import lr_scheduler as LS
+from minidl.testing import assert_close
+
+CONFIGS = [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.9)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.3, weight_decay=0.01)),
+    ("SGD", dict(lr=0.1, momentum=0.5, maximize=True)),
+    ("Adam", dict(lr=0.01)),
+    ("Adam", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+    ("AdamW", dict(lr=0.01, weight_decay=0.1)),
+    ("AdamW", dict(lr=0.01, betas=(0.8, 0.9), eps=1e-6)),
+]
+
+
+def _loss(lib, X, w, b):
+    return ((X @ w + b).tanh() ** 2).sum()
+
+
+@pytest.mark.parametrize("kind,kwargs", CONFIGS)
+def test_trajectory_matches_torch(kind, kwargs):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    w0, b0, X = rng.standard_normal((3, 4)), rng.standard_normal(4), rng.standard_normal((5, 3))
+    mw, mb = minidl.tensor(w0, requires_grad=True), minidl.tensor(b0, requires_grad=True)
+    tw, tb = torch.tensor(w0, requires_grad=True), torch.tensor(b0, requires_grad=True)
+    mo = getattr(optim, kind)([mw, mb], **kwargs)
+    to = getattr(torch.optim, kind)([tw, tb], **kwargs)
+    w_array = mw.data
+    for _ in range(20):
+        mo.zero_grad()
+        to.zero_grad()
+        _loss(minidl, minidl.tensor(X), mw, mb).backward()
+        _loss(torch, torch.tensor(X), tw, tb).backward()
+        mo.step()
+        to.step()
+    assert mw.data is w_array                   # updated in place
+    assert_close(mw, tw.detach().numpy(), rtol=1e-10, atol=1e-12)
+    assert_close(mb, tb.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["SGD", "Adam"])
+def test_float32_no_allocation_after_first_step_and_grads_untouched(kind):
+    p = minidl.tensor(np.ones((4, 4), np.float32), requires_grad=True)
+    opt = getattr(optim, kind)([p], lr=0.1, weight_decay=0.1,
+                               **({"momentum": 0.9, "nesterov": True} if kind == "SGD" else {}))
+    grad = np.full((4, 4), 0.5, np.float32)
+    p.grad = minidl.tensor(grad)
+    opt.step()
+    state_ids = [id(v) for v in opt.state[p].values() if isinstance(v, np.ndarray)]
+    scratch_ids = [id(v) for v in opt._scratch[id(p)].values()]
+    opt.step()
+    assert [id(v) for v in opt.state[p].values() if isinstance(v, np.ndarray)] == state_ids
+    assert [id(v) for v in opt._scratch[id(p)].values()] == scratch_ids
+    assert (grad == 0.5).all() and p.grad.data is grad
+    assert p.dtype == np.float32 and all(v.dtype == np.float32 for v in opt.state[p].values()
+                                         if isinstance(v, np.ndarray))
+
+
+def test_param_groups_zero_grad_and_state_dict_roundtrip():
+    minidl.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt = optim.SGD([{"params": model[0].parameters(), "lr": 0.5},
+                     {"params": model[2].parameters()}], lr=0.1, momentum=0.9)
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.1]
+    x = minidl.randn(5, 3)
+
+    def step(o):
+        o.zero_grad()
+        model(x).sum().backward()
+        o.step()
+
+    step(opt)
+    state = opt.state_dict()   # shares the live buffers, as PyTorch: copy for a snapshot
+    state["state"] = {i: {k: minidl.tensor(v.numpy().copy()) for k, v in s.items()}
+                      for i, s in state["state"].items()}
+    assert sorted(state["state"]) == [0, 1, 2, 3]
+    assert state["param_groups"][1]["params"] == [2, 3]
+    snapshot = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    step(opt)
+    after = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    model.load_state_dict(snapshot)
+    opt2 = optim.SGD([{"params": model[0].parameters(), "lr": 9.0},
+                      {"params": model[2].parameters()}], lr=9.0, momentum=0.9)
+    opt2.load_state_dict(state)
+    assert opt2.param_groups[0]["lr"] == 0.5
+    step(opt2)
+    for k, v in model.state_dict().items():
+        assert_close(v, after[k])
+    opt2.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    opt2.zero_grad()
+    model(x).sum().backward()
+    opt2.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.numpy().any() for p in model.parameters())
+    with pytest.raises(ValueError, match="nesterov"):
+        optim.SGD(model.parameters(), lr=0.1, nesterov=True)
+
+
+SCHEDULES = [
+    ("StepLR", dict(step_size=3, gamma=0.5)),
+    ("CosineAnnealingLR", dict(T_max=7, eta_min=0.001)),
+    ("OneCycleLR", dict(max_lr=0.5, total_steps=20)),
+    ("OneCycleLR", dict(max_lr=0.5, total_steps=20, three_phase=True, anneal_strategy="linear")),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", SCHEDULES)
+@pytest.mark.parametrize("kind", ["SGD", "Adam"])
+def test_scheduler_lrs_match_torch(name, kwargs, kind):
+    torch = pytest.importorskip("torch")
+    extra = {"momentum": 0.9} if kind == "SGD" else {}
+    p, tp = minidl.tensor(np.zeros(2), requires_grad=True), torch.zeros(2, requires_grad=True)
+    mo = getattr(optim, kind)([p], lr=0.1, **extra)
+    to = getattr(torch.optim, kind)([tp], lr=0.1, **extra)
+    ms = getattr(LS, name)(mo, **kwargs)
+    ts = getattr(torch.optim.lr_scheduler, name)(to, **kwargs)
+    mine, theirs = [], []
+    for _ in range(19):
+        for out, o in ((mine, mo), (theirs, to)):
+            g = o.param_groups[0]
+            out += [g["lr"], g["momentum"] if kind == "SGD" else g["betas"][0]]
+        to.step()
+        mo.step()
+        ms.step()
+        ts.step()
+    assert_close(np.array(mine), np.array(theirs), rtol=1e-12, atol=1e-14)
+    assert_close(np.array(ms.get_last_lr()), np.array(ts.get_last_lr()), rtol=1e-12)
+
+
+def test_scheduler_state_dict_resumes_sequence():
+    p = minidl.tensor(np.zeros(2), requires_grad=True)
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    sched = LS.OneCycleLR(opt, max_lr=1.0, total_steps=10)
+    for _ in range(4):
+        sched.step()
+    state = sched.state_dict()
+    expected = []
+    for _ in range(3):
+        sched.step()
+        expected.append(opt.param_groups[0]["lr"])
+    opt2 = optim.SGD([p], lr=0.1, momentum=0.9)
+    sched2 = LS.OneCycleLR(opt2, max_lr=1.0, total_steps=10)
+    sched2.load_state_dict(state)
+    got = []
+    for _ in range(3):
+        sched2.step()
+        got.append(opt2.param_groups[0]["lr"])
+    assert got == expected
+    lam = LS.LambdaLR(optim.SGD([p], lr=0.2), lambda s: 0.5 ** s)
+    lam.step()
+    assert lam.get_last_lr() == [0.1] and "lr_lambdas" not in lam.state_dict()
