@@ -1,0 +1,123 @@
+"""Run every benchmark, save the JSON, and regenerate the README's results table.
+
+    python benchmarks/run_all.py            # ~5 minutes on 2 cores
+    python benchmarks/run_all.py --quick    # a tiny setting (what the tests run)
+    python benchmarks/run_all.py --table-only   # rebuild the README table from results.json
+
+Results go to benchmarks/results.json; the README section between
+``<!-- bench:start -->`` and ``<!-- bench:end -->`` is rewritten from it, never
+typed by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results.json")
+README = os.path.join(ROOT, "README.md")
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def run(script, args, quick):
+    """Run one benchmark script with --json into a temp file; return its JSON."""
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        cmd = [sys.executable, os.path.join(HERE, script), *args, "--json", path]
+        print("$", " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd),
+              flush=True)
+        subprocess.run(cmd, check=True, timeout=1800)
+        with open(path) as f:
+            return json.load(f)
+    finally:
+        os.unlink(path)
+
+
+def table(results):
+    """Markdown for the README from the merged results."""
+    lines = []
+    train = results.get("train")
+    if train:
+        env = train["environment"]
+        lines += [f"Measured {env['date']} on {env['cpu']}, {env['threads']} threads, Python "
+                  f"{env['python']}, NumPy {env['numpy']}, PyTorch {env.get('torch', '-')}, "
+                  f"minidl {env['minidl']} (Numba kernels: {env['numba']}). Reproduce with "
+                  f"`python benchmarks/run_all.py`.", "",
+                  "| model | measure | minidl | PyTorch | minidl / PyTorch |",
+                  "|---|---|---:|---:|---:|"]
+        for r in train["archs"]:
+            for batch, e in r["train"].items():
+                lines.append(f"| {r['arch']} | training, batch {batch} (img/s) | "
+                             f"{e['minidl']:,.0f} | {e.get('torch', 0):,.0f} | "
+                             f"{e.get('ratio', 0):.2f}x |")
+            e = r["inference"]["1000"]
+            lines.append(f"| {r['arch']} | inference, batch 1000 (img/s) | {e['minidl']:,.0f} | "
+                         f"{e.get('torch', 0):,.0f} | {e.get('ratio', 0):.2f}x |")
+            m = r.get("peak_rss_mib")
+            if m and m.get("minidl") and m.get("torch"):
+                lines.append(f"| {r['arch']} | peak RSS training (MiB, lower is better) | "
+                             f"{m['minidl']:,.0f} | {m['torch']:,.0f} | "
+                             f"{m['minidl'] / m['torch']:.2f}x |")
+    ops = results.get("ops")
+    if ops and ops.get("rows"):
+        lines += ["", "| op (forward + backward) | minidl Numba (ms) | minidl NumPy (ms) | "
+                      "PyTorch (ms) | speed-up vs PyTorch |", "|---|---:|---:|---:|---:|"]
+        for row in ops["rows"]:
+            lines.append(f"| {row['name']} | {row['numba_ms']:.3f} | {row['numpy_ms']:.3f} | "
+                         f"{row['torch_ms']:.3f} | {row['ratio']:.2f}x |")
+    graph = results.get("graph")
+    if graph:
+        lines += ["", f"Graph overhead: a 1000-op elementwise chain on 64x64, forward + "
+                      f"backward: minidl {graph['minidl_ms']:.1f} ms, PyTorch "
+                      f"{graph['torch_ms']:.1f} ms (ratio {graph['ratio']:.2f})."]
+    return "\n".join(lines)
+
+
+def update_readme(text):
+    with open(README) as f:
+        readme = f.read()
+    if START not in readme or END not in readme:
+        raise SystemExit(f"run_all: {README} has no {START} ... {END} section")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n{text}\n{END}{tail}"
+    tmp = README + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(new)
+    os.replace(tmp, README)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny settings; no README update")
+    p.add_argument("--table-only", action="store_true")
+    p.add_argument("--out", default=RESULTS)
+    args = p.parse_args(argv)
+    if args.table_only:
+        with open(args.out) as f:
+            update_readme(table(json.load(f)))
+        return
+    q = args.quick
+    results = {
+        "train": run("bench_train.py", ["--windows", "1", "--steps", "2", "--batch-sizes", "8",
+                                        "--arch", "seed", "--no-memory"] if q else [], q),
+        "ops": run("bench_ops.py", ["--quick"] if q else [], q),
+        "graph": run("bench_graph.py", ["--quick"] if q else [], q),
+    }
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, args.out)
+    print(table(results))
+    if not q:
+        update_readme(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The benchmark scripts run (on a tiny setting); their timings are never asserted."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_train_runs_on_a_tiny_setting(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "train.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_train.py"),
+                    "--arch", "seed", "--batch-sizes", "4", "--windows", "1", "--steps", "1",
+                    "--no-memory", "--json", str(out)], check=True, capture_output=True,
+                   timeout=600)
+    result = json.loads(out.read_text())
+    entry = result["archs"][0]["train"]["4"]
+    assert entry["minidl"] > 0 and entry["torch"] > 0 and entry["ratio"] > 0
+    assert result["environment"]["threads"] >= 1
+
+
+def test_readme_table_is_generated_from_json(tmp_path, monkeypatch):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import run_all
+    finally:
+        sys.path.pop(0)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\noutro\n")
+    monkeypatch.setattr(run_all, "README", str(readme))
+    results = {"train": {"environment": {"date": "2026-01-01", "cpu": "cpu", "threads": 2,
+                                         "python": "3", "numpy": "2", "torch": "2.13",
+                                         "minidl": "0.1", "numba": True},
+                         "archs": [{"arch": "seed",
+                                    "train": {"64": {"minidl": 3.0, "torch": 2.0, "ratio": 1.5}},
+                                    "inference": {"1000": {"minidl": 4.0, "torch": 2.0,
+                                                           "ratio": 2.0}}}]}}
+    run_all.update_readme(run_all.table(results))
+    text = readme.read_text()
+    assert "old" not in text and "| seed | training, batch 64 (img/s) | 3 | 2 | 1.50x |" in text
+    assert text.startswith("intro\n") and text.endswith("outro\n")
