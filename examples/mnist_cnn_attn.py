@@ -149,7 +149,7 @@ def attention_maps(model, images):
     model.eval()
     with minidl.no_grad():
         x = minidl.Tensor(images, device=next(model.parameters()).device)
-        maps = model.features(x)
+        maps = model.feature_maps(x)
         logits, weights = model(x, return_attention=True)
     w = weights.numpy()
     spatial = np.einsum("bc,bchw->bhw", w, maps.numpy())

@@ -146,3 +146,20 @@ def test_predict_reads_a_png(tmp_path, mnist_small):
     assert result.returncode == 0, result.stderr
     top = result.stdout.split(":", 1)[1].split()[0]
     assert int(top) == int(test_y[i]), result.stdout
+
+
+def test_pool_before_relu_is_exact():
+    """feature_maps pools before the ReLU; outputs and gradients equal the literal order."""
+    minidl.manual_seed(3)
+    model = CNNAttention("seed")
+    x = minidl.randn(6, 1, 28, 28)
+    x.data[0] = -1.0                      # windows whose maximum is negative, and ties
+    results = []
+    for run in (model.feature_maps, model.features):
+        model.zero_grad()
+        out = run(x)
+        (out * minidl.tensor(np.linspace(-1, 1, out.size, dtype=np.float32)
+                             .reshape(out.shape))).sum().backward()
+        results.append([out.numpy()] + [p.grad.numpy() for p in model.features.parameters()])
+    for fast, literal in zip(*results):
+        np.testing.assert_array_equal(fast, literal)

@@ -74,10 +74,25 @@ class CNNAttention(nn.Module):
             raise ValueError(
                 f"CNNAttention: expected input (B, {self.in_channels}, {self.image_size}, "
                 f"{self.image_size}), got {tuple(x.shape)}")
-        maps = self.features(x)
+        maps = self.feature_maps(x)
         fused, weights = self.attention(maps)
         logits = self.classifier(fused)
         return (logits, weights) if return_attention else logits
+
+
+    def feature_maps(self, x):
+        """The CNN: (conv -> ReLU -> maxpool 2x2) twice; (B, 1, 28, 28) -> (B, C, 7, 7).
+
+        Runs each max-pool before its ReLU. ReLU is monotone, so max-pooling
+        commutes with it: outputs are identical, and so are gradients (a window
+        whose maximum is positive sends its gradient to the same first maximum;
+        one whose maximum is <= 0 sends none either way). The ReLU then touches
+        a quarter of the elements. ``self.features`` keeps the article's order
+        for reading, printing and state dicts.
+        """
+        conv1, relu1, pool1, conv2, relu2, pool2 = self.features
+        x = relu1(pool1(conv1(x)))
+        return relu2(pool2(conv2(x)))
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -1,0 +1,264 @@
+"""Forward+backward time of conv2d and max_pool2d: minidl (Numba), minidl
+(NumPy only) and PyTorch CPU with the same thread count, in one run.
+
+    python benchmarks/bench_ops.py [--threads N] [--repeat R] [--quick] [--json PATH]
+
+``--json PATH`` also writes the results there (``-`` for stdout), as
+``benchmarks/run_all.py`` reads them: rows of ``name``, ``numba_ms``,
+``numpy_ms``, ``torch_ms`` and ``ratio`` (torch / Numba). ``--quick``
+runs a tiny batch a few times (a smoke test, not a measurement).
+
+Shapes: the model's layers at batch 64 (conv 1->8 and 8->16, 3x3 pad 1, on
+28x28 and 14x14; 2x2 max pooling on both) and a larger conv (32->64 on
+28x28). The first conv's input needs no gradient (it is the image), as in
+the model. Each figure is the fastest of R timed forward+backward steps
+after warm-up (the minimum, as ``timeit`` advises: on a shared 2-core
+machine the median mostly measures the neighbours; the load average is
+printed alongside); Numba's compile time is excluded there and reported apart:
+the time a fresh process takes to import minidl and finish its first conv
+forward+backward, with the on-disk cache (warm) and without it (cold).
+Ratios are torch time / minidl time: above 1 means minidl is faster.
+
+PyTorch is timed in a child process (``--only torch``): imported into the
+same process its OpenMP runtime made Numba's 2-thread kernels 3-4x slower,
+which would measure the cohabitation, not minidl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+# Numba's OpenMP workers must not spin against BLAS (see minidl.kernels.cpu_numba);
+# set before minidl.set_num_threads starts them.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import minidl  # noqa: E402
+from minidl import backend  # noqa: E402
+from minidl.ops.conv import conv2d, max_pool2d  # noqa: E402
+
+def cases(N):
+    """(name, op, input shape, weight shape (conv), input needs grad) at batch N."""
+    return [
+        ("conv 1->8 28x28", "conv", (N, 1, 28, 28), (8, 1, 3, 3), False),
+        ("pool 2x2 8@28x28", "pool", (N, 8, 28, 28), None, True),
+        ("conv 8->16 14x14", "conv", (N, 8, 14, 14), (16, 8, 3, 3), True),
+        ("pool 2x2 16@14x14", "pool", (N, 16, 14, 14), None, True),
+        ("conv 32->64 28x28", "conv", (N, 32, 28, 28), (64, 32, 3, 3), True),
+    ]
+
+
+
+MODEL_CASES = 4   # the first four are the model's shapes (target 1.5x); the last 0.8x
+
+
+def _best_times(steps, repeat, warmup=3):
+    """Fastest time of each step over ``repeat`` runs, one contender after the
+    other (interleaving them let one pool's spin-waiting threads slow the next
+    contender's step)."""
+    best = {}
+    for name, step in steps.items():
+        for _ in range(warmup):
+            step()
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        best[name] = min(times)
+    return best
+
+
+class _Kernels:
+    """Run a step with the Numba or the NumPy kernels selected."""
+
+    def __init__(self, step, numba):
+        self.step, self.numba = step, numba
+
+    def __call__(self):
+        with backend.use_numba(self.numba):
+            self.step()
+
+
+def minidl_step(case, rng):
+    _, op, xs, ws, x_grad = case
+    x = minidl.Tensor(rng.standard_normal(xs).astype(np.float32), requires_grad=x_grad)
+    if op == "conv":
+        w = minidl.Tensor((rng.standard_normal(ws) * 0.1).astype(np.float32), requires_grad=True)
+        b = minidl.Tensor(np.zeros(ws[0], np.float32), requires_grad=True)
+        gy = rng.standard_normal((xs[0], ws[0], xs[2], xs[3])).astype(np.float32)
+        params = [x, w, b]
+
+        def step():
+            for p in params:
+                p.grad = None
+            conv2d(x, w, b, padding=1).backward(gy)
+    else:
+        gy = rng.standard_normal((xs[0], xs[1], xs[2] // 2, xs[3] // 2)).astype(np.float32)
+
+        def step():
+            x.grad = None
+            max_pool2d(x, 2).backward(gy)
+    return step
+
+
+def torch_step(case, rng, torch):
+    _, op, xs, ws, x_grad = case
+    F = torch.nn.functional
+    x = torch.tensor(rng.standard_normal(xs).astype(np.float32), requires_grad=x_grad)
+    if op == "conv":
+        w = torch.tensor((rng.standard_normal(ws) * 0.1).astype(np.float32), requires_grad=True)
+        b = torch.zeros(ws[0], requires_grad=True)
+        gy = torch.tensor(rng.standard_normal((xs[0], ws[0], xs[2], xs[3])).astype(np.float32))
+        params = [x, w, b]
+
+        def step():
+            for p in params:
+                p.grad = None
+            F.conv2d(x, w, b, padding=1).backward(gy)
+    else:
+        gy = torch.tensor(rng.standard_normal((xs[0], xs[1], xs[2] // 2,
+                                               xs[3] // 2)).astype(np.float32))
+
+        def step():
+            x.grad = None
+            F.max_pool2d(x, 2).backward(gy)
+    return step
+
+
+_FIRST_CONV = """
+import time; t0 = time.perf_counter()
+import numpy as np, minidl
+from minidl.ops.conv import conv2d, max_pool2d
+x = minidl.Tensor(np.ones((2, 1, 28, 28), np.float32))
+w = minidl.Tensor(np.ones((8, 1, 3, 3), np.float32), requires_grad=True)
+y = max_pool2d(conv2d(x, w, padding=1), 2)
+y.backward(np.ones(y.shape, np.float32))
+print(time.perf_counter() - t0)
+"""
+
+
+def first_conv_seconds(cache: bool) -> float:
+    """Seconds a fresh process takes to import minidl and run its first conv
+    + pool forward+backward (Numba on), with or without Numba's disk cache."""
+    env = dict(os.environ, MINIDL_NUMBA="1", MINIDL_NUMBA_CACHE="1" if cache else "0")
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", _FIRST_CONV], env=env, check=True,
+                         capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _torch_in_child(threads, args):
+    """(version, rows) of PyTorch's timings from a child process, or None
+    when torch is not installed."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--only", "torch", "--threads",
+           str(threads), "--repeat", str(args.repeat)] + (["--quick"] if args.quick else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        if "ModuleNotFoundError" in out.stderr:
+            return None
+        raise RuntimeError(f"bench_ops: the PyTorch child failed:\n{out.stderr}")
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return data["torch"], data["rows"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for minidl (Numba + BLAS) and torch (default: all cores)")
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--quick", action="store_true", help="batch 4, 2 repeats: smoke test")
+    parser.add_argument("--only", choices=["minidl", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON "
+                                                       "('-': stdout)")
+    args = parser.parse_args(argv)
+    batch, repeat = (4, 2) if args.quick else (64, args.repeat)
+
+    threads = minidl.set_num_threads(args.threads)
+    torch = None
+    if args.only == "torch":
+        import torch
+        torch.set_num_threads(threads)
+        rows = []
+        for case in cases(batch):
+            best = _best_times({"torch_ms": torch_step(case, np.random.default_rng(0), torch)},
+                               repeat)
+            rows.append({"name": case[0], "torch_ms": 1e3 * best["torch_ms"]})
+        print(json.dumps({"torch": torch.__version__, "rows": rows}))
+        return
+    torch_rows = _torch_in_child(threads, args) if args.only is None else None
+
+    compile_cold = compile_warm = None
+    if backend.numba_available() and not args.quick:
+        # fresh processes; the cold one rewrites the cache the warm one then reads
+        compile_cold = first_conv_seconds(cache=False)
+        first_conv_seconds(cache=True)
+        compile_warm = first_conv_seconds(cache=True)
+
+    torch_version = None
+    if torch_rows is not None:
+        torch_version, torch_rows = torch_rows
+    load = os.getloadavg()
+    rows = []
+    for case in cases(batch):
+        rng = np.random.default_rng(0)
+        steps = {}
+        if backend.numba_available():
+            steps["numba_ms"] = _Kernels(minidl_step(case, rng), True)
+        steps["numpy_ms"] = _Kernels(minidl_step(case, rng), False)
+        row = {"name": case[0]}
+        row.update({k: 1e3 * v for k, v in _best_times(steps, repeat).items()})
+        if torch_rows is not None:
+            row["torch_ms"] = torch_rows[len(rows)]["torch_ms"]
+            mine = row.get("numba_ms", row["numpy_ms"])
+            row["ratio"] = row["torch_ms"] / mine
+            row["ratio_numpy"] = row["torch_ms"] / row["numpy_ms"]
+        rows.append(row)
+
+    result = {"threads": threads, "batch": batch, "repeat": repeat,
+              "load_average": [round(load[0], 2), round(os.getloadavg()[0], 2)],
+              "torch": torch_version, "numpy": np.__version__,
+              "numba": backend.numba_available(), "rows": rows,
+              "first_conv_fresh_process_s": {"numba_cache": compile_warm,
+                                             "no_cache": compile_cold}}
+    if torch_rows is not None and backend.numba_available():
+        result["model_shapes_ratio"] = (sum(r["torch_ms"] for r in rows[:MODEL_CASES]) /
+                                        sum(r["numba_ms"] for r in rows[:MODEL_CASES]))
+    if args.json:
+        text = json.dumps(result, indent=2)
+        if args.json == "-":
+            print(text)
+            return result
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+
+    def fmt(v, spec, suffix=""):
+        return f"{'-':>{spec[:2]}}" if v is None else format(v, spec) + suffix
+
+    print(f"forward+backward, float32, batch {batch}, {threads} thread(s), best of {repeat}; "
+          f"load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
+    print(f"{'case':<20}{'numba ms':>10}{'numpy ms':>10}{'torch ms':>10}"
+          f"{'torch/numba':>13}{'torch/numpy':>13}")
+    for r in rows:
+        print(f"{r['name']:<20}{fmt(r.get('numba_ms'), '10.2f')}"
+              f"{fmt(r.get('numpy_ms'), '10.2f')}{fmt(r.get('torch_ms'), '10.2f')}"
+              f"{fmt(r.get('ratio'), '12.2f', 'x')}{fmt(r.get('ratio_numpy'), '12.2f', 'x')}")
+    if "model_shapes_ratio" in result:
+        print(f"model shapes together: torch/numba = {result['model_shapes_ratio']:.2f}x "
+              f"(target >= 1.5x); large conv: {rows[-1]['ratio']:.2f}x (target >= 0.8x)")
+    if compile_warm is not None:
+        print(f"fresh process to its first conv+pool forward+backward: {compile_warm:.2f} s "
+              f"with Numba's cache (target < 2 s), {compile_cold:.2f} s compiling from scratch")
+    return result
+
+
+if __name__ == "__main__":
+    main()

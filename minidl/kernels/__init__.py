@@ -1,0 +1,12 @@
+"""Raw-array kernels for convolution and pooling, one module per backend.
+
+* :mod:`.cpu_numpy` - strided views, one vectorised copy per kernel offset
+* :mod:`.cpu_numba` - ``@njit(parallel=True)`` loops, ``prange`` over N x C
+* :mod:`.cuda_cupy` - CuPy ``ElementwiseKernel`` s; col2im and max-pool
+  backward are gathers (deterministic, no atomics)
+
+All three expose the same functions with the same signatures; ops pick one
+through :func:`minidl.backend.kernels_for` and never import them directly.
+None of them depends on :class:`minidl.Tensor`, and importing one compiles
+nothing. Shape letters follow the Notation block of :mod:`minidl.ops.conv`.
+"""

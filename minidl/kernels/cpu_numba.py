@@ -1,0 +1,350 @@
+"""Convolution and pooling kernels compiled by Numba (the default CPU path).
+
+Same functions and signatures as :mod:`.cpu_numpy`. Each kernel is a
+``@njit(parallel=True, cache=...)`` driver with ``prange`` over the N x C
+planes only, calling a plain ``@njit`` function for one plane: every plane
+is independent work, while col2im and the max-pool backward accumulate into
+overlapping pixels of one plane and so are never split by output position.
+Indices are 64-bit throughout.
+
+Fast paths, each checked against the naive loops in the tests: a
+'same'-width stride-1 window plane is the input plane shifted by one flat
+offset (one long vectorised run instead of OH short rows); 2x2 pooling with
+every window inside the input is unrolled.
+
+The Python wrappers allocate the outputs and hand the jitted loops
+C-contiguous arrays and Python ints, so each kernel compiles at most once
+per dtype (float32, float64); nothing is compiled at import, and Numba's
+on-disk cache (``MINIDL_NUMBA_CACHE=0`` turns it off) makes later processes
+start fast.
+
+Notation as in :mod:`minidl.ops.conv`. A kernel offset ``k`` of output row
+``o`` reads input row ``o*S - P + k*D``; rows outside ``[0, H)`` are padding.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from numba import njit, prange
+
+_CACHE = os.environ.get("MINIDL_NUMBA_CACHE", "1") != "0"
+
+# Numba's OpenMP workers spin-wait after each kernel by default; the BLAS GEMM
+# that follows an im2col then fights them for the cores (conv forward+backward
+# 3-5x slower on 2 cores). Unless the user chose a policy, let them sleep. The
+# OpenMP runtime reads this when Numba first starts its threads (the first
+# parallel kernel), which is after this import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@njit(inline="always", cache=_CACHE)
+def _valid_range(size, k, S, P, D, O):
+    """[lo, hi) of output positions whose row ``o*S - P + k*D`` lies in [0, size)."""
+    off = k * D - P
+    lo = 0
+    if off < 0:
+        lo = (-off + S - 1) // S
+    hi = 0
+    if size - 1 - off >= 0:
+        hi = (size - 1 - off) // S + 1
+    if hi > O:
+        hi = O
+    if lo > hi:
+        lo = hi
+    return lo, hi
+
+
+# Inner loops run over a row view indexed from 0, so Numba's negative-index
+# wraparound folds away and LLVM vectorises them. A strided view has layout
+# 'A' (unknown stride), so each caller branches on ``S == 1`` to hand the
+# unit-stride case a contiguous view: one body, two specialisations. The
+# loops run over the shorter view: for an empty output range the window
+# slice's stop can go negative and wrap, giving a view of the wrong length.
+
+@njit(inline="always", cache=_CACHE)
+def _copy(dst, src):
+    for k in range(min(dst.shape[0], src.shape[0])):
+        dst[k] = src[k]
+
+
+@njit(inline="always", cache=_CACHE)
+def _add(dst, src):
+    for k in range(min(dst.shape[0], src.shape[0])):
+        dst[k] += src[k]
+
+
+@njit(cache=_CACHE)
+def _im2col_plane(xp, col, n, c, cf, SH, SW, PH, PW, DH, DW, pad_value):
+    """One channel plane xp (H, W) -> its KH x KW window planes of ``col``,
+    ``col[c, i, j, n]`` when ``cf`` (channels first) else ``col[n, c, i, j]``
+    (either way a C-contiguous (OH, OW) plane, so one specialisation)."""
+    H, W = xp.shape
+    KH, KW = (col.shape[1], col.shape[2]) if cf else (col.shape[2], col.shape[3])
+    OH, OW = col.shape[4], col.shape[5]
+    flat = SH == 1 and SW == 1 and OW == W
+    for i in range(KH):
+        oh_lo, oh_hi = _valid_range(H, i, SH, PH, DH, OH)
+        for j in range(KW):
+            ow_lo, ow_hi = _valid_range(W, j, SW, PW, DW, OW)
+            cp = col[c, i, j, n] if cf else col[n, c, i, j]
+            if flat and oh_lo < oh_hi and ow_lo < ow_hi:
+                # 'same'-width, stride 1: the window plane is the input plane
+                # shifted by one flat offset; copy it in one long run, then
+                # overwrite the few padding columns and rows.
+                cflat, xf = cp.reshape(OH * OW), xp.reshape(H * W)
+                shift = (i * DH - PH) * W + j * DW - PW
+                lo, hi = oh_lo * OW + ow_lo, (oh_hi - 1) * OW + ow_hi
+                _copy(cflat[lo:hi], xf[lo + shift:hi + shift])
+                for k in range(lo):
+                    cflat[k] = pad_value
+                for k in range(hi, OH * OW):
+                    cflat[k] = pad_value
+                for oh in range(oh_lo, oh_hi):
+                    for ow in range(ow_lo):
+                        cp[oh, ow] = pad_value
+                    for ow in range(ow_hi, OW):
+                        cp[oh, ow] = pad_value
+                continue
+            for oh in range(OH):
+                cr = cp[oh]
+                if oh < oh_lo or oh >= oh_hi:
+                    for ow in range(OW):
+                        cr[ow] = pad_value
+                    continue
+                for ow in range(ow_lo):
+                    cr[ow] = pad_value
+                for ow in range(ow_hi, OW):
+                    cr[ow] = pad_value
+                row, base = xp[oh * SH - PH + i * DH], j * DW - PW
+                if SW == 1:
+                    _copy(cr[ow_lo:ow_hi], row[ow_lo + base:ow_hi + base])
+                else:
+                    _copy(cr[ow_lo:ow_hi], row[ow_lo * SW + base:(ow_hi - 1) * SW + base + 1:SW])
+
+
+@njit(cache=_CACHE)
+def _col2im_plane(col, n, c, cf, ip, SH, SW, PH, PW, DH, DW):
+    """The window planes of (n, c) in ``col`` (laid out as in _im2col_plane)
+    summed into one image plane ip (H, W), serially."""
+    H, W = ip.shape
+    KH, KW = (col.shape[1], col.shape[2]) if cf else (col.shape[2], col.shape[3])
+    OH, OW = col.shape[4], col.shape[5]
+    for h in range(H):
+        for w in range(W):
+            ip[h, w] = 0
+    flat = SH == 1 and SW == 1 and OW == W
+    for i in range(KH):
+        oh_lo, oh_hi = _valid_range(H, i, SH, PH, DH, OH)
+        for j in range(KW):
+            ow_lo, ow_hi = _valid_range(W, j, SW, PW, DW, OW)
+            cp = col[c, i, j, n] if cf else col[n, c, i, j]
+            if flat and oh_lo < oh_hi and ow_lo < ow_hi:
+                # as in im2col: one long shifted run; the padding columns
+                # inside it land on the neighbouring row's edge pixels, so
+                # their contributions are taken back out right after.
+                cflat, If = cp.reshape(OH * OW), ip.reshape(H * W)
+                shift = (i * DH - PH) * W + j * DW - PW
+                lo, hi = oh_lo * OW + ow_lo, (oh_hi - 1) * OW + ow_hi
+                _add(If[lo + shift:hi + shift], cflat[lo:hi])
+                for oh in range(oh_lo, oh_hi):
+                    for ow in range(ow_hi, OW):
+                        k = oh * OW + ow
+                        if k < hi:
+                            If[k + shift] -= cflat[k]
+                    for ow in range(ow_lo):
+                        k = oh * OW + ow
+                        if k >= lo:
+                            If[k + shift] -= cflat[k]
+                continue
+            for oh in range(oh_lo, oh_hi):
+                row, base = ip[oh * SH - PH + i * DH], j * DW - PW
+                if SW == 1:
+                    _add(row[ow_lo + base:ow_hi + base], cp[oh, ow_lo:ow_hi])
+                else:
+                    _add(row[ow_lo * SW + base:(ow_hi - 1) * SW + base + 1:SW],
+                         cp[oh, ow_lo:ow_hi])
+
+
+# The per-plane loops live in plain @njit functions called from the prange
+# drivers below: compiled inside a prange body the same loops ran about 3x
+# slower (parfor lowering keeps LLVM from optimising them as well).
+
+@njit(parallel=True, cache=_CACHE)
+def _im2col(x, col, cf, SH, SW, PH, PW, DH, DW, pad_value):
+    N, C = x.shape[0], x.shape[1]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        _im2col_plane(x[n, c], col, n, c, cf, SH, SW, PH, PW, DH, DW, pad_value)
+
+
+@njit(parallel=True, cache=_CACHE)
+def _col2im(col, cf, img, SH, SW, PH, PW, DH, DW):
+    N, C = img.shape[0], img.shape[1]
+    for nc in prange(N * C):  # one plane per task: its overlapping adds stay serial
+        n = nc // C
+        c = nc - n * C
+        _col2im_plane(col, n, c, cf, img[n, c], SH, SW, PH, PW, DH, DW)
+
+
+@njit(cache=_CACHE)
+def _maxpool_plane(xp, yp, ip, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf):
+    H, W = xp.shape
+    OH, OW = yp.shape
+    inside = (PH == 0 and PW == 0 and DH == 1 and DW == 1 and (OH - 1) * SH + KH <= H
+              and (OW - 1) * SW + KW <= W)
+    if inside and KH == 2 and KW == 2:
+        # the CNN's 2x2 pooling, unrolled (runtime-length loops of two taps
+        # cost 3-5x here); same scan order and comparisons as below
+        for oh in range(OH):
+            yr, ir = yp[oh], ip[oh]
+            r0, r1 = xp[oh * SH], xp[oh * SH + 1]
+            for ow in range(OW):
+                w0 = ow * SW
+                best, k = r0[w0], 0
+                v = r0[w0 + 1]
+                if v > best or v != v:
+                    best, k = v, 1
+                v = r1[w0]
+                if v > best or v != v:
+                    best, k = v, W
+                v = r1[w0 + 1]
+                if v > best or v != v:
+                    best, k = v, W + 1
+                yr[ow] = best
+                ir[ow] = oh * SH * W + w0 + k
+        return
+    if inside:
+        # every window inside the input, no dilation: no bounds to clip
+        for oh in range(OH):
+            yr, ir = yp[oh], ip[oh]
+            for ow in range(OW):
+                h0, w0 = oh * SH, ow * SW
+                best = neg_inf
+                best_i = h0 * W + w0
+                for i in range(KH):
+                    xr = xp[h0 + i]
+                    for j in range(KW):
+                        v = xr[w0 + j]
+                        if v > best or v != v:
+                            best = v
+                            best_i = (h0 + i) * W + w0 + j
+                yr[ow] = best
+                ir[ow] = best_i
+        return
+    for oh in range(OH):
+        h0 = oh * SH - PH
+        h1 = min(h0 + (KH - 1) * DH + 1, H)
+        while h0 < 0:
+            h0 += DH
+        yr, ir = yp[oh], ip[oh]
+        for ow in range(OW):
+            w0 = ow * SW - PW
+            w1 = min(w0 + (KW - 1) * DW + 1, W)
+            while w0 < 0:
+                w0 += DW
+            # PyTorch's loop: start at -inf with the first in-bounds pixel,
+            # take strictly greater values (first maximum wins) or NaN.
+            best = neg_inf
+            best_i = h0 * W + w0
+            h = h0
+            while h < h1:
+                xr = xp[h]
+                w = w0
+                while w < w1:
+                    v = xr[w]
+                    if v > best or v != v:
+                        best = v
+                        best_i = h * W + w
+                    w += DW
+                h += DH
+            yr[ow] = best
+            ir[ow] = best_i
+
+
+@njit(parallel=True, cache=_CACHE)
+def _maxpool_fwd(x, y, idx, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf):
+    N, C = x.shape[0], x.shape[1]
+    for nc in prange(N * C):   # the plane's loops live in a plain @njit function:
+        n = nc // C            # compiled inside a prange body they ran 3x slower
+        c = nc - n * C
+        _maxpool_plane(x[n, c], y[n, c], idx[n, c], KH, KW, SH, SW, PH, PW, DH, DW, neg_inf)
+
+
+@njit(cache=_CACHE)
+def _maxpool_bwd_plane(gp, ipl, gxp):
+    H, W = gxp.shape
+    OH, OW = gp.shape
+    for h in range(H):
+        for w in range(W):
+            gxp[h, w] = 0
+    for oh in range(OH):
+        gr, ir = gp[oh], ipl[oh]
+        for ow in range(OW):
+            k = ir[ow]
+            if 0 <= k < H * W:  # outside only for a window with no real pixel
+                gxp[k // W, k % W] += gr[ow]
+
+
+@njit(parallel=True, cache=_CACHE)
+def _maxpool_bwd(gy, idx, gx):
+    N, C = gy.shape[0], gy.shape[1]
+    for nc in prange(N * C):  # one plane per task: windows may pick the same pixel
+        n = nc // C
+        c = nc - n * C
+        _maxpool_bwd_plane(gy[n, c], idx[n, c], gx[n, c])
+
+
+def _output(out, shape, dtype):
+    """A fresh array, or ``out`` checked to fit (C-contiguous, shape, dtype)."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(f"im2col: out must be a C-contiguous {tuple(shape)} {dtype} array, got "
+                         f"{out.shape} {out.dtype}")
+    return out
+
+
+def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=0.0, channels_first=False,
+           out=None):
+    """(N, C, H, W) -> contiguous (N, C, KH, KW, OH, OW) of the windows' pixels,
+    or (C, KH, KW, N, OH, OW) with ``channels_first`` (one GEMM for the batch).
+    ``out``: a C-contiguous array of that shape and x's dtype to fill (reuse)."""
+    x = np.ascontiguousarray(x)  # one C-layout specialisation per dtype
+    N, C = x.shape[:2]
+    shape = (C, KH, KW, N, OH, OW) if channels_first else (N, C, KH, KW, OH, OW)
+    col = _output(out, shape, x.dtype)
+    _im2col(x, col, bool(channels_first), SH, SW, PH, PW, DH, DW, x.dtype.type(pad_value))
+    return col
+
+
+def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False):
+    """Sum the windows of ``col`` (laid out as :func:`im2col` makes it) back
+    into (N, C, H, W)."""
+    col = np.ascontiguousarray(col)
+    N, C = (col.shape[3], col.shape[0]) if channels_first else col.shape[:2]
+    img = np.empty((N, C, H, W), dtype=col.dtype)
+    _col2im(col, bool(channels_first), img, SH, SW, PH, PW, DH, DW)
+    return img
+
+
+def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
+    """Max over each window: (y, int64 indices into the input's H*W plane).
+    Padding counts as -inf; ties go to the first maximum (PyTorch's rule)."""
+    x = np.ascontiguousarray(x)
+    N, C = x.shape[:2]
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    idx = np.empty((N, C, OH, OW), dtype=np.int64)
+    _maxpool_fwd(x, y, idx, KH, KW, SH, SW, PH, PW, DH, DW, x.dtype.type(-np.inf))
+    return y, idx
+
+
+def maxpool2d_backward(gy, indices, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
+    """Scatter-add gy (N, C, OH, OW) into a zero (N, C, H, W) at ``indices``.
+    The window geometry is unused here (the GPU gather needs it)."""
+    gy = np.ascontiguousarray(gy)
+    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    gx = np.empty(gy.shape[:2] + (H, W), dtype=gy.dtype)
+    _maxpool_bwd(gy, indices, gx)
+    return gx

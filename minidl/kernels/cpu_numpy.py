@@ -1,0 +1,137 @@
+"""Convolution and pooling kernels in plain NumPy (used when Numba is off).
+
+Chainer's approach: im2col is a loop over the KH x KW kernel offsets, each
+copying one strided slice of the padded input vectorised over N, C, OH, OW;
+col2im is the same loop adding the slice back (no ``np.add.at``). Max
+pooling is im2col with -inf padding followed by an argmax over the window.
+
+Notation (as in :mod:`minidl.ops.conv`): N batch, C channels, H x W input,
+KH x KW kernel, SH/SW stride, PH/PW padding, DH/DW dilation, OH x OW output.
+Windows may run past the bottom/right of the padded input (ceil_mode); those
+positions read ``pad_value``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _padded_extent(size, K, S, P, D, O):
+    """Rows (or columns) the padded buffer needs: the input plus both pads,
+    or more when ceil_mode lets the last window overhang."""
+    return max(size + 2 * P, (O - 1) * S + (K - 1) * D + 1)
+
+
+def _pad(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value):
+    N, C, H, W = x.shape
+    Hp = _padded_extent(H, KH, SH, PH, DH, OH)
+    Wp = _padded_extent(W, KW, SW, PW, DW, OW)
+    if (Hp, Wp) == (H, W):
+        return x
+    buf = np.empty((N, C, Hp, Wp), dtype=x.dtype)
+    # fill only the border, then copy x once into the interior
+    buf[:, :, :PH] = pad_value
+    buf[:, :, PH + H:] = pad_value
+    buf[:, :, PH:PH + H, :PW] = pad_value
+    buf[:, :, PH:PH + H, PW + W:] = pad_value
+    buf[:, :, PH:PH + H, PW:PW + W] = x
+    return buf
+
+
+def _output(out, shape, dtype):
+    """A fresh array, or ``out`` checked to fit (C-contiguous, shape, dtype)."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(f"im2col: out must be a C-contiguous {tuple(shape)} {dtype} array, got "
+                         f"{out.shape} {out.dtype}")
+    return out
+
+
+def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=0.0, channels_first=False,
+           out=None):
+    """(N, C, H, W) -> contiguous (N, C, KH, KW, OH, OW) of the windows' pixels,
+    or (C, KH, KW, N, OH, OW) with ``channels_first`` (one GEMM for the batch).
+    ``out``: a C-contiguous array of that shape and x's dtype to fill (reuse)."""
+    N, C = x.shape[:2]
+    xp_ = _pad(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value)
+    if channels_first:
+        col = _output(out, (C, KH, KW, N, OH, OW), x.dtype)
+        xp_ = xp_.transpose(1, 0, 2, 3)   # each offset's slice then lands as (C, N, OH, OW)
+    else:
+        col = _output(out, (N, C, KH, KW, OH, OW), x.dtype)
+    dst = col.transpose(0, 3, 1, 2, 4, 5) if channels_first else col
+    h_span, w_span = SH * (OH - 1) + 1, SW * (OW - 1) + 1
+    for i in range(KH):
+        h0 = i * DH
+        for j in range(KW):
+            w0 = j * DW
+            dst[:, :, i, j] = xp_[:, :, h0:h0 + h_span:SH, w0:w0 + w_span:SW]
+    return col
+
+
+def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False):
+    """Inverse of :func:`im2col`'s gather (same layout flag) -> (N, C, H, W),
+    summing the contributions of overlapping windows; padding is dropped."""
+    if channels_first:
+        col = col.transpose(3, 0, 1, 2, 4, 5)   # a view as (N, C, KH, KW, OH, OW)
+    N, C, KH, KW, OH, OW = col.shape
+    Hp = _padded_extent(H, KH, SH, PH, DH, OH)
+    Wp = _padded_extent(W, KW, SW, PW, DW, OW)
+    img = np.zeros((N, C, Hp, Wp), dtype=col.dtype)
+    h_span, w_span = SH * (OH - 1) + 1, SW * (OW - 1) + 1
+    for i in range(KH):
+        h0 = i * DH
+        for j in range(KW):
+            w0 = j * DW
+            img[:, :, h0:h0 + h_span:SH, w0:w0 + w_span:SW] += col[:, :, i, j]
+    if (Hp, Wp) == (H, W):
+        return img
+    return np.ascontiguousarray(img[:, :, PH:PH + H, PW:PW + W])
+
+
+def _first_offset(K, S, P, D, O):
+    """Per output row: the first kernel offset whose input row is >= 0."""
+    start = np.arange(O, dtype=np.int64) * S - P
+    return np.where(start < 0, (-start + D - 1) // D, 0)
+
+
+def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
+    """Max over each window; returns (y, indices) with int64 indices into the
+    H*W plane of the input. Padding counts as -inf; ties go to the first
+    maximum in row-major window order (PyTorch's rule)."""
+    N, C, H, W = x.shape
+    col = im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=-np.inf)
+    col = col.reshape(N, C, KH * KW, OH, OW)
+    arg = col.argmax(axis=2)  # numpy's argmax returns the first maximum
+    y = np.take_along_axis(col, arg[:, :, None], axis=2)[:, :, 0]
+    kh, kw = np.divmod(arg, KW)
+    oh = np.arange(OH, dtype=np.int64)[:, None]
+    ow = np.arange(OW, dtype=np.int64)[None, :]
+    h = oh * SH - PH + kh * DH
+    w = ow * SW - PW + kw * DW
+    outside = (h < 0) | (h >= H) | (w < 0) | (w >= W)
+    if outside.any():
+        # Only a window whose real pixels are all -inf (or that has none) lands
+        # on padding; PyTorch then reports its first tap at or past row/col 0.
+        fh = _first_offset(KH, SH, PH, DH, OH)[:, None]
+        fw = _first_offset(KW, SW, PW, DW, OW)[None, :]
+        h = np.where(outside, oh * SH - PH + fh * DH, h)
+        w = np.where(outside, ow * SW - PW + fw * DW, w)
+    indices = (h * W + w).astype(np.int64, copy=False)
+    return np.ascontiguousarray(y), indices
+
+
+def maxpool2d_backward(gy, indices, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
+    """Scatter-add gy (N, C, OH, OW) into a zero (N, C, H, W) at ``indices``;
+    overlapping windows that chose the same pixel accumulate. The window
+    geometry is unused here (the GPU gather needs it; one shared signature)."""
+    N, C = gy.shape[:2]
+    plane = H * W
+    offsets = np.arange(N * C, dtype=np.int64).reshape(N, C, 1, 1) * plane
+    flat, weights = indices + offsets, gy
+    inside = (indices >= 0) & (indices < plane)
+    if not inside.all():  # a window with no real pixel (PyTorch's index lies outside)
+        flat, weights = flat[inside], gy[inside]
+    # bincount accumulates repeated indices deterministically (in float64)
+    gx = np.bincount(flat.ravel(), weights=weights.ravel(), minlength=N * C * plane)
+    return gx.astype(gy.dtype, copy=False).reshape(N, C, H, W)

@@ -1,0 +1,321 @@
+"""The raw im2col / col2im / max-pool kernels against naive nested loops.
+
+Every CPU kernel module runs the same test bodies; the CuPy kernels are
+compared with the CPU ones when a GPU is present (marked ``gpu``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minidl import backend
+from minidl.kernels import cpu_numpy
+
+MODULES = [pytest.param(cpu_numpy, id="numpy")]
+if backend.numba_available():
+    from minidl.kernels import cpu_numba
+    MODULES.append(pytest.param(cpu_numba, id="numba"))
+
+FAST = settings(max_examples=20, deadline=None)
+
+
+# ------------------------------------------------------------ references
+
+def ref_im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value):
+    N, C, H, W = x.shape
+    col = np.full((N, C, KH, KW, OH, OW), pad_value, dtype=x.dtype)
+    for n in range(N):
+        for c in range(C):
+            for i in range(KH):
+                for j in range(KW):
+                    for oh in range(OH):
+                        for ow in range(OW):
+                            h, w = oh * SH - PH + i * DH, ow * SW - PW + j * DW
+                            if 0 <= h < H and 0 <= w < W:
+                                col[n, c, i, j, oh, ow] = x[n, c, h, w]
+    return col
+
+
+def ref_col2im(col, H, W, SH, SW, PH, PW, DH, DW):
+    N, C, KH, KW, OH, OW = col.shape
+    img = np.zeros((N, C, H, W), dtype=np.float64)
+    for n in range(N):
+        for c in range(C):
+            for i in range(KH):
+                for j in range(KW):
+                    for oh in range(OH):
+                        for ow in range(OW):
+                            h, w = oh * SH - PH + i * DH, ow * SW - PW + j * DW
+                            if 0 <= h < H and 0 <= w < W:
+                                img[n, c, h, w] += col[n, c, i, j, oh, ow]
+    return img
+
+
+def ref_maxpool(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
+    """PyTorch's rule: scan the window row-major, keep the first maximum."""
+    N, C, H, W = x.shape
+    y = np.full((N, C, OH, OW), -np.inf, dtype=x.dtype)
+    idx = np.zeros((N, C, OH, OW), dtype=np.int64)
+    for n in range(N):
+        for c in range(C):
+            for oh in range(OH):
+                for ow in range(OW):
+                    # PyTorch's default: the window's first tap at or past row/col 0,
+                    # which lies outside the plane when the window has no real pixel
+                    first_i = next(i for i in range(KH + PH + 1) if oh * SH - PH + i * DH >= 0)
+                    first_j = next(j for j in range(KW + PW + 1) if ow * SW - PW + j * DW >= 0)
+                    idx[n, c, oh, ow] = (oh * SH - PH + first_i * DH) * W + (ow * SW - PW +
+                                                                            first_j * DW)
+                    for i in range(KH):
+                        for j in range(KW):
+                            h, w = oh * SH - PH + i * DH, ow * SW - PW + j * DW
+                            if 0 <= h < H and 0 <= w < W and x[n, c, h, w] > y[n, c, oh, ow]:
+                                y[n, c, oh, ow] = x[n, c, h, w]
+                                idx[n, c, oh, ow] = h * W + w
+    return y, idx
+
+
+# ----------------------------------------------------------- geometries
+
+def out_size(size, K, S, P, D, ceil_mode):
+    """PyTorch's pooling output size (ceil_mode: the last window must start
+    inside the input or the left padding)."""
+    span = size + 2 * P - D * (K - 1) - 1
+    out = (span + (S - 1 if ceil_mode else 0)) // S + 1
+    if ceil_mode and (out - 1) * S >= size + P:
+        out -= 1
+    return out
+
+
+@st.composite
+def geometries(draw, pool=False):
+    N, C = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    H, W = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    KH, KW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    SH, SW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    DH, DW = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    limit_h, limit_w = (KH // 2, KW // 2) if pool else (2, 2)
+    PH, PW = draw(st.integers(0, limit_h)), draw(st.integers(0, limit_w))
+    ceil_mode = draw(st.booleans())
+    OH, OW = out_size(H, KH, SH, PH, DH, ceil_mode), out_size(W, KW, SW, PW, DW, ceil_mode)
+    if OH < 1 or OW < 1:   # kernel larger than the padded input: shrink it
+        KH = KW = DH = DW = 1
+        PH = PW = 0
+        OH, OW = out_size(H, 1, SH, 0, 1, ceil_mode), out_size(W, 1, SW, 0, 1, ceil_mode)
+    layout = draw(st.sampled_from(["contiguous", "transposed", "sliced"]))
+    return dict(N=N, C=C, H=H, W=W, KH=KH, KW=KW, SH=SH, SW=SW, PH=PH, PW=PW, DH=DH, DW=DW,
+                OH=OH, OW=OW, layout=layout)
+
+
+def make_input(g, rng, dtype=np.float64, values=None):
+    """An (N, C, H, W) input, possibly a non-contiguous view."""
+    N, C, H, W = g["N"], g["C"], g["H"], g["W"]
+    if values is None:
+        values = rng.standard_normal((N, C, H, W))
+    values = values.astype(dtype)
+    if g["layout"] == "transposed":
+        x = np.ascontiguousarray(values.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    elif g["layout"] == "sliced":
+        big = np.zeros((N, C, H, 2 * W), dtype=dtype)
+        big[..., ::2] = values
+        x = big[..., ::2]
+    else:
+        x = values
+    assert np.array_equal(x, values)
+    return x
+
+
+def geometry_args(g):
+    return tuple(g[k] for k in ("KH", "KW", "SH", "SW", "PH", "PW", "DH", "DW", "OH", "OW"))
+
+
+def conv_args(g):
+    return tuple(g[k] for k in ("SH", "SW", "PH", "PW", "DH", "DW"))
+
+
+def pool_bwd_args(g):
+    return tuple(g[k] for k in ("KH", "KW", "SH", "SW", "PH", "PW", "DH", "DW"))
+
+
+# ----------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("kernels", MODULES)
+@FAST
+@given(g=geometries(), seed=st.integers(0, 2**16))
+def test_im2col_col2im_match_naive_loops(kernels, g, seed):
+    rng = np.random.default_rng(seed)
+    x = make_input(g, rng)
+    before = x.copy()
+    col = kernels.im2col(x, *geometry_args(g), pad_value=0.0)
+    assert col.flags.c_contiguous and col.dtype == np.float64
+    np.testing.assert_array_equal(col, ref_im2col(x, *geometry_args(g), 0.0))
+    np.testing.assert_array_equal(x, before)  # the input is never written
+
+    gcol = rng.standard_normal(col.shape)
+    img = kernels.col2im(gcol, g["H"], g["W"], *conv_args(g))
+    assert img.shape == x.shape and img.dtype == np.float64
+    expected = ref_col2im(gcol, g["H"], g["W"], *conv_args(g))
+    np.testing.assert_allclose(img, expected, rtol=1e-12, atol=1e-12)
+
+    # the channels-first layout (C, KH, KW, N, OH, OW) the conv op uses
+    col_cf = kernels.im2col(x, *geometry_args(g), pad_value=0.0, channels_first=True)
+    assert col_cf.flags.c_contiguous
+    np.testing.assert_array_equal(col_cf, col.transpose(1, 2, 3, 0, 4, 5))
+    gcol_cf = np.ascontiguousarray(gcol.transpose(1, 2, 3, 0, 4, 5))
+    np.testing.assert_allclose(kernels.col2im(gcol_cf, g["H"], g["W"], *conv_args(g),
+                                              channels_first=True),
+                               expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernels", MODULES)
+@FAST
+@given(g=geometries(pool=True), seed=st.integers(0, 2**16))
+def test_maxpool_matches_naive_loops(kernels, g, seed):
+    rng = np.random.default_rng(seed)
+    n = g["N"] * g["C"] * g["H"] * g["W"]
+    # tie-free, and all negative so -inf padding (not 0) is what is checked
+    values = -1.0 - rng.permutation(np.linspace(0.0, 1.0, n)).reshape(g["N"], g["C"], g["H"],
+                                                                       g["W"])
+    x = make_input(g, rng, values=values)
+    y, idx = kernels.maxpool2d_forward(x, *geometry_args(g))
+    y_ref, idx_ref = ref_maxpool(x, *geometry_args(g))
+    assert idx.dtype == np.int64 and y.dtype == np.float64
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+
+    gy = rng.standard_normal(y.shape)
+    gx = kernels.maxpool2d_backward(gy, idx, g["H"], g["W"], *pool_bwd_args(g))
+    expected = np.zeros(x.shape)
+    for (n_, c_, oh, ow), k in np.ndenumerate(idx_ref):
+        if 0 <= k < g["H"] * g["W"]:   # a window with no real pixel sends nothing
+            expected[n_, c_, k // g["W"], k % g["W"]] += gy[n_, c_, oh, ow]
+    np.testing.assert_allclose(gx, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernels", MODULES)
+@pytest.mark.parametrize("KH, KW, PH, PW, DH, DW", [(3, 3, 1, 1, 1, 1), (3, 5, 2, 2, 2, 1),
+                                                    (1, 3, 0, 2, 1, 2), (5, 3, 0, 1, 1, 1)])
+def test_same_width_stride_one(kernels, KH, KW, PH, PW, DH, DW):
+    """'Same'-width stride-1 windows take the Numba kernels' one-long-run path."""
+    rng = np.random.default_rng(KH * 10 + KW)
+    x = rng.standard_normal((2, 3, 7, 6))
+    OH, OW = 7 + 2 * PH - DH * (KH - 1), 6 + 2 * PW - DW * (KW - 1)
+    assert OW == 6
+    args = (KH, KW, 1, 1, PH, PW, DH, DW, OH, OW)
+    col = kernels.im2col(x, *args)
+    np.testing.assert_array_equal(col, ref_im2col(x, *args, 0.0))
+    gcol = rng.standard_normal(col.shape)
+    np.testing.assert_allclose(kernels.col2im(gcol, 7, 6, 1, 1, PH, PW, DH, DW),
+                               ref_col2im(gcol, 7, 6, 1, 1, PH, PW, DH, DW),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernels", MODULES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtype_is_kept(kernels, dtype):
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(dtype)
+    args = (3, 3, 1, 1, 1, 1, 1, 1, 5, 5)
+    col = kernels.im2col(x, *args)
+    assert col.dtype == dtype
+    assert kernels.col2im(col, 5, 5, 1, 1, 1, 1, 1, 1).dtype == dtype
+    y, idx = kernels.maxpool2d_forward(x, *args)
+    assert y.dtype == dtype and idx.dtype == np.int64
+    gx = kernels.maxpool2d_backward(y, idx, 5, 5, *args[:8])
+    assert gx.dtype == dtype
+
+
+@pytest.mark.parametrize("kernels", MODULES)
+def test_maxpool_ties_go_to_the_first_maximum(kernels):
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 1, 2] = x[0, 0, 2, 1] = 5.0   # two tied maxima; zeros tie elsewhere
+    # 2x2 windows, stride 1: row-major scan meets (1, 2) before (2, 1)
+    y, idx = kernels.maxpool2d_forward(x, 2, 2, 1, 1, 0, 0, 1, 1, 3, 3)
+    np.testing.assert_array_equal(y[0, 0], [[0, 5, 5], [5, 5, 5], [5, 5, 0]])
+    np.testing.assert_array_equal(idx[0, 0], [[0, 6, 6], [9, 6, 6], [9, 9, 10]])
+    # all equal: each window's first pixel, padding never chosen
+    y, idx = kernels.maxpool2d_forward(np.ones((1, 1, 3, 3)), 2, 2, 2, 2, 1, 1, 1, 1, 2, 2)
+    np.testing.assert_array_equal(idx, [[[[0, 1], [3, 4]]]])
+    gx = kernels.maxpool2d_backward(np.ones((1, 1, 2, 2)), idx, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1)
+    np.testing.assert_array_equal(gx[0, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+
+
+@pytest.mark.parametrize("kernels", MODULES)
+def test_maxpool_all_negative_and_infinite_inputs(kernels):
+    x = -np.arange(1.0, 17.0).reshape(1, 1, 4, 4)
+    y, idx = kernels.maxpool2d_forward(x, 2, 2, 2, 2, 1, 1, 1, 1, 3, 3)
+    np.testing.assert_array_equal(y[0, 0], [[-1, -2, -4], [-5, -6, -8], [-13, -14, -16]])
+    # a window of only -inf real pixels reports its first in-bounds pixel (as PyTorch)
+    x = np.full((1, 1, 3, 3), -np.inf)
+    y, idx = kernels.maxpool2d_forward(x, 3, 3, 2, 2, 1, 1, 1, 1, 2, 2)
+    assert np.all(y == -np.inf)
+    np.testing.assert_array_equal(idx, [[[[0, 1], [3, 4]]]])
+
+
+@pytest.mark.skipif(len(MODULES) < 2, reason="numba is not installed")
+def test_numba_and_numpy_agree_float32():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4, 9, 8)).astype(np.float32)[:, :, ::-1]   # negative strides
+    args = (3, 2, 2, 1, 1, 1, 2, 1, 4, 8)
+    a, b = cpu_numpy.im2col(x, *args), cpu_numba.im2col(x, *args)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(cpu_numpy.col2im(a, 9, 8, *args[2:8]),
+                               cpu_numba.col2im(b, 9, 8, *args[2:8]), rtol=1e-6, atol=1e-6)
+    pool = (3, 2, 2, 1, 1, 1, 1, 2, 5, 7)
+    (ya, ia), (yb, ib) = cpu_numpy.maxpool2d_forward(x, *pool), cpu_numba.maxpool2d_forward(x, *pool)
+    np.testing.assert_array_equal(ya, yb)
+    np.testing.assert_array_equal(ia, ib)
+
+
+def test_all_backends_share_one_interface():
+    import inspect
+    names = ["im2col", "col2im", "maxpool2d_forward", "maxpool2d_backward"]
+    import sys
+
+    from minidl.kernels import cuda_cupy   # imports without CuPy: it is loaded lazily
+    mods = [p.values[0] for p in MODULES] + [cuda_cupy]
+    if not backend.cuda_is_available():
+        assert "cupy" not in sys.modules
+    for name in names:
+        sigs = {str(inspect.signature(getattr(m, name))) for m in mods}
+        assert len(sigs) == 1, (name, sigs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.cuda_is_available(), reason="no CUDA GPU")
+@settings(max_examples=10, deadline=None)
+@given(g=geometries(pool=True), seed=st.integers(0, 2**16))
+def test_cupy_kernels_match_cpu(g, seed):
+    import cupy as cp
+
+    from minidl.kernels import cuda_cupy
+    rng = np.random.default_rng(seed)
+    n = g["N"] * g["C"] * g["H"] * g["W"]
+    x = rng.permutation(np.linspace(-1.0, 1.0, n)).reshape(g["N"], g["C"], g["H"], g["W"])
+    xg = cp.asarray(x)
+    col = cpu_numpy.im2col(x, *geometry_args(g))
+    colg = cuda_cupy.im2col(xg, *geometry_args(g))
+    np.testing.assert_array_equal(cp.asnumpy(colg), col)
+    gcol = rng.standard_normal(col.shape)
+    np.testing.assert_allclose(cp.asnumpy(cuda_cupy.col2im(cp.asarray(gcol), g["H"], g["W"],
+                                                           *conv_args(g))),
+                               cpu_numpy.col2im(gcol, g["H"], g["W"], *conv_args(g)),
+                               rtol=1e-12, atol=1e-12)
+    col_cf = cuda_cupy.im2col(xg, *geometry_args(g), channels_first=True)
+    np.testing.assert_array_equal(cp.asnumpy(col_cf), col.transpose(1, 2, 3, 0, 4, 5))
+    gcol_cf = np.ascontiguousarray(gcol.transpose(1, 2, 3, 0, 4, 5))
+    np.testing.assert_allclose(
+        cp.asnumpy(cuda_cupy.col2im(cp.asarray(gcol_cf), g["H"], g["W"], *conv_args(g),
+                                    channels_first=True)),
+        cpu_numpy.col2im(gcol, g["H"], g["W"], *conv_args(g)), rtol=1e-12, atol=1e-12)
+    y, idx = cpu_numpy.maxpool2d_forward(x, *geometry_args(g))
+    yg, idxg = cuda_cupy.maxpool2d_forward(xg, *geometry_args(g))
+    np.testing.assert_array_equal(cp.asnumpy(yg), y)
+    np.testing.assert_array_equal(cp.asnumpy(idxg), idx)
+    gy = rng.standard_normal(y.shape)
+    args = (g["H"], g["W"], *pool_bwd_args(g))
+    np.testing.assert_allclose(cp.asnumpy(cuda_cupy.maxpool2d_backward(cp.asarray(gy), idxg,
+                                                                       *args)),
+                               cpu_numpy.maxpool2d_backward(gy, idx, *args),
+                               rtol=1e-12, atol=1e-12)
