@@ -35,7 +35,9 @@ import time
 import numpy as np
 
 # Numba's OpenMP workers must not spin against BLAS (see minidl.kernels.cpu_numba);
-# set before minidl.set_num_threads starts them.
+# set before minidl.set_num_threads starts them. The PyTorch child gets the
+# caller's environment unchanged.
+_CALLER_ENV = dict(os.environ)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -161,7 +163,7 @@ def _torch_in_child(threads, args):
     when torch is not installed."""
     cmd = [sys.executable, os.path.abspath(__file__), "--only", "torch", "--threads",
            str(threads), "--repeat", str(args.repeat)] + (["--quick"] if args.quick else [])
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_CALLER_ENV)
     if out.returncode != 0:
         if "ModuleNotFoundError" in out.stderr:
             return None

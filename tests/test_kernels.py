@@ -227,6 +227,25 @@ def test_dtype_is_kept(kernels, dtype):
 
 
 @pytest.mark.parametrize("kernels", MODULES)
+@pytest.mark.parametrize("KH, KW, SH, SW, ceil", [(2, 2, 2, 2, False), (2, 2, 1, 1, False),
+                                                   (3, 3, 2, 2, False), (2, 2, 2, 2, True)])
+def test_maxpool_fast_paths(kernels, KH, KW, SH, SW, ceil):
+    """The Numba kernel's unrolled 2x2 and in-bounds paths, ties and NaN included."""
+    rng = np.random.default_rng(KH + SH)
+    x = np.round(rng.standard_normal((2, 3, 7, 8)), 1)   # rounding makes ties
+    x[0, 0, 1, 1] = np.nan
+    g = dict(N=2, C=3, H=7, W=8, KH=KH, KW=KW, SH=SH, SW=SW, PH=0, PW=0, DH=1, DW=1,
+             OH=out_size(7, KH, SH, 0, 1, ceil), OW=out_size(8, KW, SW, 0, 1, ceil))
+    y, idx = kernels.maxpool2d_forward(x, *geometry_args(g))
+    with np.errstate(invalid="ignore"):
+        y_ref, idx_ref = ref_maxpool(np.nan_to_num(x, nan=np.inf), *geometry_args(g))
+    nan_windows = np.isinf(y_ref)
+    np.testing.assert_array_equal(np.isnan(y), nan_windows)   # NaN propagates, as PyTorch
+    np.testing.assert_array_equal(y[~nan_windows], y_ref[~nan_windows])
+    np.testing.assert_array_equal(idx, idx_ref)
+
+
+@pytest.mark.parametrize("kernels", MODULES)
 def test_maxpool_ties_go_to_the_first_maximum(kernels):
     x = np.zeros((1, 1, 4, 4))
     x[0, 0, 1, 2] = x[0, 0, 2, 1] = 5.0   # two tied maxima; zeros tie elsewhere
@@ -263,7 +282,8 @@ def test_numba_and_numpy_agree_float32():
     np.testing.assert_allclose(cpu_numpy.col2im(a, 9, 8, *args[2:8]),
                                cpu_numba.col2im(b, 9, 8, *args[2:8]), rtol=1e-6, atol=1e-6)
     pool = (3, 2, 2, 1, 1, 1, 1, 2, 5, 7)
-    (ya, ia), (yb, ib) = cpu_numpy.maxpool2d_forward(x, *pool), cpu_numba.maxpool2d_forward(x, *pool)
+    ya, ia = cpu_numpy.maxpool2d_forward(x, *pool)
+    yb, ib = cpu_numba.maxpool2d_forward(x, *pool)
     np.testing.assert_array_equal(ya, yb)
     np.testing.assert_array_equal(ia, ib)
 
