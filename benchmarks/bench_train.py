@@ -12,8 +12,10 @@ After a warm-up (which also compiles or loads Numba's kernels), timed windows
 alternate minidl, torch, minidl, torch, ... and each side's median window is
 reported, with the ratio minidl/torch (above 1: minidl is faster). Inference is
 warm, repeated passes over batches of 1,000 in eval mode without gradients.
-Peak resident memory is measured in a fresh process per framework (a few
-hundred training steps at batch 64), since one process cannot separate them.
+Each framework runs in a worker process of its own, driven by this one (torch
+imported beside Numba's threads slows them, and one process could not tell the
+two peaks of resident memory apart); peak memory is read after the training
+windows, before inference.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -104,10 +107,12 @@ def torch_twin(model, torch):
 class MinidlRunner:
     name = "minidl"
 
-    def __init__(self, arch, device, seed=0):
-        minidl.manual_seed(seed)
+    def __init__(self, arch, device, init_path, threads):
+        minidl.set_num_threads(threads)
         self.device = device
-        self.model = CNNAttention(arch).to(device)
+        self.model = CNNAttention(arch)
+        self.model.load_state_dict(minidl.load(init_path))
+        self.model.to(device)
         self.opt = moptim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
 
     def set_batch(self, x, y):
@@ -136,10 +141,14 @@ class MinidlRunner:
 class TorchRunner:
     name = "torch"
 
-    def __init__(self, minidl_model, device, torch):
+    def __init__(self, arch, device, init_path, threads):
+        import torch
+        torch.set_num_threads(threads)
         self.torch = torch
         self.device = torch.device(device)
-        self.model = torch_twin(minidl_model, torch).to(self.device)
+        model = CNNAttention(arch)
+        model.load_state_dict(minidl.load(init_path))
+        self.model = torch_twin(model, torch).to(self.device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
 
     def set_batch(self, x, y):
@@ -166,95 +175,128 @@ class TorchRunner:
         out.cpu()
 
 
+def batch_arrays(batch):
+    """The same batch in every process: images in [0, 1] and labels."""
+    rng = np.random.default_rng(batch)
+    x = rng.random((batch, 1, 28, 28), dtype=np.float32)
+    return x, rng.integers(0, 10, size=batch).astype(np.int64)
+
+
 def _timed(fn, *args):
     start = time.perf_counter()
     fn(*args)
     return time.perf_counter() - start
 
 
-def bench_arch(arch, batch_sizes, device, windows, steps, torch):
-    rng = np.random.default_rng(0)
-    mini = MinidlRunner(arch, device)
-    runners = [mini]
-    if torch is not None:
-        runners.append(TorchRunner(mini.model, device, torch))
-    result = {"arch": arch, "parameters": num_parameters(mini.model), "train": {},
-              "inference": {}}
+def worker(framework, arch, device, init_path, threads):
+    """A child process answering JSON commands on stdin with timings on stdout.
+
+    Each framework runs in a process of its own: torch imported beside
+    Numba's threads slows them 3-4x, and one process cannot report the peak
+    memory of each.
+    """
     start = time.perf_counter()
-    mini.set_batch(rng.random((2, 1, 28, 28), dtype=np.float32), np.array([1, 2]))
-    mini.train_steps(1)
-    result["first_step_seconds"] = round(time.perf_counter() - start, 3)
-    for batch in batch_sizes:
-        x = rng.random((batch, 1, 28, 28), dtype=np.float32)
-        y = rng.integers(0, 10, size=batch).astype(np.int64)
-        for r in runners:
-            r.set_batch(x, y)
-            r.train_steps(max(3, steps // 4))            # warm-up
-        times = {r.name: [] for r in runners}
-        for _ in range(windows):                          # A B A B ...
-            for r in runners:
-                times[r.name].append(_timed(r.train_steps, steps))
-        entry = {name: round(batch * steps / statistics.median(t), 1)
-                 for name, t in times.items()}
-        if "torch" in entry:
-            entry["ratio"] = round(entry["minidl"] / entry["torch"], 3)
-        result["train"][str(batch)] = entry
-    x = rng.random((1000, 1, 28, 28), dtype=np.float32)
-    for r in runners:
-        r.infer(x, 1)
-    times = {r.name: [] for r in runners}
-    passes = 3
+    runner = (MinidlRunner if framework == "minidl" else TorchRunner)(arch, device, init_path,
+                                                                      threads)
+    runner.set_batch(*batch_arrays(2))
+    runner.train_steps(1)               # loads (or compiles) Numba's kernels; torch's init
+    print(json.dumps({"first_step_seconds": time.perf_counter() - start}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "batch":
+            runner.set_batch(*batch_arrays(cmd["batch"]))
+            reply = {}
+        elif cmd["cmd"] == "train":
+            reply = {"seconds": _timed(runner.train_steps, cmd["steps"])}
+        elif cmd["cmd"] == "infer":
+            reply = {"seconds": _timed(runner.infer, batch_arrays(1000)[0], cmd["passes"])}
+        else:  # "rss": peak resident memory so far, in MiB
+            reply = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        print(json.dumps(reply), flush=True)
+
+
+class Worker:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, framework, arch, device, init_path, threads):
+        self.name = framework
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker", framework, "--arch", arch,
+             "--device", device, "--init", init_path, "--threads", str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.ready = self._read()
+
+    def ask(self, **cmd):
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"bench_train: the {self.name} worker died "
+                               f"(exit code {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def _rates(workers, images, windows, **cmd):
+    """Alternate A B A B ... for ``windows`` rounds; images/s of each median window."""
+    times = {w.name: [] for w in workers}
     for _ in range(windows):
-        for r in runners:
-            times[r.name].append(_timed(r.infer, x, passes))
-    entry = {name: round(1000 * passes / statistics.median(t), 1) for name, t in times.items()}
+        for w in workers:
+            times[w.name].append(w.ask(**cmd)["seconds"])
+    entry = {name: round(images / statistics.median(t), 1) for name, t in times.items()}
     if "torch" in entry:
         entry["ratio"] = round(entry["minidl"] / entry["torch"], 3)
-    result["inference"]["1000"] = entry
+    return entry
+
+
+def bench_arch(arch, batch_sizes, device, windows, steps, with_torch, threads):
+    minidl.manual_seed(0)
+    model = CNNAttention(arch)
+    fd, init_path = tempfile.mkstemp(suffix=".safetensors")
+    os.close(fd)
+    minidl.save(model.state_dict(), init_path)        # the same initial weights for both
+    workers = []
+    try:
+        workers.append(Worker("minidl", arch, device, init_path, threads))
+        if with_torch:
+            workers.append(Worker("torch", arch, device, init_path, threads))
+        result = {"arch": arch, "parameters": num_parameters(model), "train": {},
+                  "inference": {}, "first_step_seconds": {
+                      w.name: round(w.ready["first_step_seconds"], 3) for w in workers}}
+        for batch in batch_sizes:
+            for w in workers:
+                w.ask(cmd="batch", batch=batch)
+                w.ask(cmd="train", steps=max(3, steps // 3))      # warm-up
+            result["train"][str(batch)] = _rates(workers, batch * steps, windows,
+                                                 cmd="train", steps=steps)
+        if device == "cpu":
+            result["peak_rss_mib"] = {w.name: round(w.ask(cmd="rss")["peak_rss_mib"], 1)
+                                      for w in workers}
+        passes = 3
+        for w in workers:
+            w.ask(cmd="infer", passes=1)
+        result["inference"]["1000"] = _rates(workers, 1000 * passes, windows,
+                                             cmd="infer", passes=passes)
+    finally:
+        for w in workers:
+            w.close()
+        os.unlink(init_path)
     return result
-
-
-# --------------------------------------------------------------- memory
-
-def memory_probe(framework, arch, steps):
-    """Run in a child process: train ``steps`` steps at batch 64, print peak RSS (MiB)."""
-    rng = np.random.default_rng(0)
-    x = rng.random((64, 1, 28, 28), dtype=np.float32)
-    y = rng.integers(0, 10, size=64).astype(np.int64)
-    mini = MinidlRunner(arch, "cpu")
-    if framework == "torch":
-        import torch
-        torch.set_num_threads(minidl.get_num_threads())
-        runner = TorchRunner(mini.model, "cpu", torch)
-        del mini
-    else:
-        runner = mini
-    runner.set_batch(x, y)
-    runner.train_steps(steps)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_rss_mib": round(peak_kib / 1024, 1)}))
-
-
-def measure_memory(arch, steps=200):
-    out = {}
-    for framework in ("minidl", "torch"):
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-probe",
-                               framework, "--arch", arch, "--steps", str(steps)],
-                              capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            out[framework] = None
-            continue
-        out[framework] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mib"]
-    return out
 
 
 # ----------------------------------------------------------------- main
 
-def environment(torch):
+def environment(threads):
     info = {"date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or platform.machine(),
-            "threads": minidl.get_num_threads(), "python": platform.python_version(),
+            "threads": threads, "python": platform.python_version(),
             "numpy": np.__version__, "minidl": minidl.__version__,
-            "numba": minidl.backend.numba_enabled()}
+            "numba": minidl.backend.numba_enabled(), "load_average": os.getloadavg()[0]}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -263,24 +305,21 @@ def environment(torch):
                     break
     except OSError:
         pass
-    if torch is not None:
-        info["torch"] = torch.__version__
     return info
 
 
 def print_table(results):
     print(f"\n{'arch':8} {'what':16} {'minidl img/s':>13} {'torch img/s':>12} {'ratio':>7}")
     for r in results["archs"]:
-        for batch, e in r["train"].items():
-            print(f"{r['arch']:8} {'train b=' + batch:16} {e['minidl']:>13,.0f} "
+        rows = [(f"train b={b}", e) for b, e in r["train"].items()]
+        rows.append(("infer b=1000", r["inference"]["1000"]))
+        for what, e in rows:
+            print(f"{r['arch']:8} {what:16} {e['minidl']:>13,.0f} "
                   f"{e.get('torch', float('nan')):>12,.0f} {e.get('ratio', float('nan')):>7.2f}")
-        e = r["inference"]["1000"]
-        print(f"{r['arch']:8} {'infer b=1000':16} {e['minidl']:>13,.0f} "
-              f"{e.get('torch', float('nan')):>12,.0f} {e.get('ratio', float('nan')):>7.2f}")
         if r.get("peak_rss_mib"):
             m = r["peak_rss_mib"]
-            print(f"{r['arch']:8} {'peak RSS MiB':16} {m['minidl'] or 0:>13,.0f} "
-                  f"{m['torch'] or 0:>12,.0f}")
+            print(f"{r['arch']:8} {'peak RSS MiB':16} {m['minidl']:>13,.0f} "
+                  f"{m.get('torch', float('nan')):>12,.0f}")
 
 
 def main(argv=None):
@@ -288,34 +327,38 @@ def main(argv=None):
     p.add_argument("--arch", choices=["seed", "default", "both"], default="both")
     p.add_argument("--batch-sizes", default="32,64,256")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for both frameworks (default: minidl's, i.e. the cores)")
     p.add_argument("--windows", type=int, default=5, help="timed windows per framework")
     p.add_argument("--steps", type=int, default=30, help="training steps per window")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--no-torch", action="store_true", help="minidl alone")
     p.add_argument("--json", help="write the results to this file")
-    p.add_argument("--memory-probe", choices=["minidl", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["minidl", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--init", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.memory_probe:
-        return memory_probe(args.memory_probe, args.arch, args.steps)
+    threads = args.threads or minidl.get_num_threads()
+    if args.worker:
+        return worker(args.worker, args.arch, args.device, args.init, threads)
 
-    torch = None
-    if not args.no_torch:
-        try:
-            import torch
-        except ImportError:
+    with_torch, torch_version = not args.no_torch, None
+    if with_torch:
+        probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
+                               capture_output=True, text=True)
+        if probe.returncode:
             print("torch is not installed: measuring minidl alone", file=sys.stderr)
+            with_torch = False
         else:
-            torch.set_num_threads(minidl.get_num_threads())
+            torch_version = probe.stdout.strip()
     archs = ["seed", "default"] if args.arch == "both" else [args.arch]
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    results = {"benchmark": "train", "device": args.device, "environment": environment(torch),
-               "command": "python benchmarks/bench_train.py " + " ".join(argv or sys.argv[1:]),
-               "archs": []}
-    for arch in archs:
-        r = bench_arch(arch, batches, args.device, args.windows, args.steps, torch)
-        if not args.no_memory and args.device == "cpu" and torch is not None:
-            r["peak_rss_mib"] = measure_memory(arch)
-        results["archs"].append(r)
+    env = environment(threads)
+    if torch_version:
+        env["torch"] = torch_version
+    results = {"benchmark": "train", "device": args.device, "environment": env,
+               "command": "python benchmarks/bench_train.py " + " ".join(
+                   argv if argv is not None else sys.argv[1:]),
+               "archs": [bench_arch(arch, batches, args.device, args.windows, args.steps,
+                                    with_torch, threads) for arch in archs]}
     print_table(results)
     if args.json:
         tmp = args.json + ".tmp"
