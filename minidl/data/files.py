@@ -1,10 +1,12 @@
-"""Small file helpers shared by the data sources: root, hashing, atomic writes."""
+"""Small file helpers shared by the data sources: root and hashing (atomic writes
+live in :mod:`minidl.fileio`)."""
 from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 from pathlib import Path
+
+from ..fileio import atomic_write_bytes, temp_path  # noqa: F401 - the data sources' API
 
 
 class DataError(RuntimeError):
@@ -19,32 +21,3 @@ def default_root() -> Path:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def temp_path(path) -> Path:
-    """A fresh hidden temporary file beside ``path`` (same file system, so
-    ``os.replace`` onto ``path`` is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:   # created exclusively, with the umask's usual permissions
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.part"
-        try:
-            with open(tmp, "xb"):
-                return tmp
-        except FileExistsError:
-            continue
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the
-    whole new one, never a partial one (temp file + ``os.replace``)."""
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
