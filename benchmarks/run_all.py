@@ -106,7 +106,7 @@ def main(argv=None):
     q = args.quick
     results = {
         "train": run("bench_train.py", ["--windows", "1", "--steps", "2", "--batch-sizes", "8",
-                                        "--arch", "seed", "--no-memory"] if q else [], q),
+                                        "--arch", "seed"] if q else [], q),
         "ops": run("bench_ops.py", ["--quick"] if q else [], q),
         "graph": run("bench_graph.py", ["--quick"] if q else [], q),
     }

@@ -14,7 +14,7 @@ def test_bench_train_runs_on_a_tiny_setting(tmp_path):
     out = tmp_path / "train.json"
     subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_train.py"),
                     "--arch", "seed", "--batch-sizes", "4", "--windows", "1", "--steps", "1",
-                    "--no-memory", "--json", str(out)], check=True, capture_output=True,
+                    "--json", str(out)], check=True, capture_output=True,
                    timeout=600)
     result = json.loads(out.read_text())
     entry = result["archs"][0]["train"]["4"]

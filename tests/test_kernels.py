@@ -273,6 +273,69 @@ def test_maxpool_all_negative_and_infinite_inputs(kernels):
 
 
 @pytest.mark.skipif(len(MODULES) < 2, reason="numba is not installed")
+@pytest.mark.parametrize("H, W", [(6, 8), (7, 9), (28, 28)])
+def test_maxpool_2x2_stride_2_ties_nans_and_signed_zeros(H, W):
+    """The Numba 2x2/stride-2 path (branch-free) against the naive loops:
+    many ties, several NaNs in one window, -0.0 against 0.0, odd sizes.
+    (Numba only: with several NaNs in a window the NumPy path's argmax
+    reports the first NaN, PyTorch's loop the last.)"""
+    kernels = cpu_numba
+    rng = np.random.default_rng(H * W)
+    x = rng.choice(np.array([-1.0, -0.0, 0.0, 1.0, np.nan, 2.0]), size=(3, 5, H, W),
+                   p=[.2, .2, .2, .2, .1, .1]).astype(np.float32)
+    g = dict(N=3, C=5, H=H, W=W, KH=2, KW=2, SH=2, SW=2, PH=0, PW=0, DH=1, DW=1,
+             OH=H // 2, OW=W // 2)
+    y, idx = kernels.maxpool2d_forward(x, *geometry_args(g))
+    assert y.dtype == np.float32 and idx.dtype == np.int64
+    # the reference with NaN as +inf is PyTorch's loop except that the last NaN wins there
+    for n, c, oh, ow in np.ndindex(y.shape):
+        win = [(2 * oh + i) * W + 2 * ow + j for i in range(2) for j in range(2)]
+        vals = x[n, c].reshape(-1)[win]
+        if np.isnan(vals).any():
+            k = win[np.flatnonzero(np.isnan(vals))[-1]]
+        else:
+            k = win[int(np.argmax(vals))]   # the first maximum
+        assert idx[n, c, oh, ow] == k
+        ref = x[n, c].reshape(-1)[k]
+        assert (np.isnan(ref) and np.isnan(y[n, c, oh, ow])) or \
+            (y[n, c, oh, ow] == ref and np.signbit(y[n, c, oh, ow]) == np.signbit(ref))
+
+
+@pytest.mark.parametrize("kernels", MODULES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_layout_kernels_match_naive_loops(kernels, dtype, bias):
+    rng = np.random.default_rng(3)
+    N, Co, OH, OW = 3, 5, 4, 7
+    y_t = rng.standard_normal((Co, N * OH * OW)).astype(dtype)
+    b = rng.standard_normal(Co).astype(dtype) if bias else None
+    before = y_t.copy()
+    y = kernels.gemm_to_nchw(y_t, b, N, OH, OW)
+    assert y.shape == (N, Co, OH, OW) and y.dtype == dtype
+    ref = np.empty((N, Co, OH, OW), dtype)
+    for n, c in np.ndindex(N, Co):
+        ref[n, c] = y_t[c, n * OH * OW:(n + 1) * OH * OW].reshape(OH, OW) + (b[c] if bias else 0)
+    np.testing.assert_array_equal(y, ref)
+    np.testing.assert_array_equal(y_t, before)   # the input is never written
+    # the reverse, from a non-contiguous gy, with and without the bias gradient
+    gy = rng.standard_normal((N, Co, OW, OH)).astype(dtype).transpose(0, 1, 3, 2)
+    g_t, gb = kernels.nchw_to_gemm(gy, bias_grad=bias)
+    assert g_t.shape == (Co, N * OH * OW) and g_t.dtype == dtype
+    for n, c in np.ndindex(N, Co):
+        np.testing.assert_array_equal(g_t[c, n * OH * OW:(n + 1) * OH * OW], gy[n, c].ravel())
+    if bias:
+        assert gb.dtype == dtype
+        np.testing.assert_allclose(gb, gy.astype(np.float64).sum(axis=(0, 2, 3)),
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12)
+    else:
+        assert gb is None
+    out = np.empty((Co, N, OH * OW), dtype)
+    g2, _ = kernels.nchw_to_gemm(gy, out=out)
+    assert np.shares_memory(g2, out)
+    np.testing.assert_array_equal(g2, g_t)
+
+
+@pytest.mark.skipif(len(MODULES) < 2, reason="numba is not installed")
 def test_numba_and_numpy_agree_float32():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 4, 9, 8)).astype(np.float32)[:, :, ::-1]   # negative strides
@@ -290,7 +353,8 @@ def test_numba_and_numpy_agree_float32():
 
 def test_all_backends_share_one_interface():
     import inspect
-    names = ["im2col", "col2im", "maxpool2d_forward", "maxpool2d_backward"]
+    names = ["im2col", "col2im", "maxpool2d_forward", "maxpool2d_backward", "gemm_to_nchw",
+             "nchw_to_gemm"]
     import sys
 
     from minidl.kernels import cuda_cupy   # imports without CuPy: it is loaded lazily

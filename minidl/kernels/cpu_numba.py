@@ -263,6 +263,55 @@ def _maxpool_plane(xp, yp, ip, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf):
             ir[ow] = best_i
 
 
+@njit(cache=_CACHE)
+def _maxpool2x2_planes(x, y, idx, p0, p1):
+    """2x2 stride-2 windows, all inside the input, for planes [p0, p1) of
+    x (P, H, W), with _maxpool_plane's result: the first maximum in scan
+    order (a, b, c, d), or the last NaN if there is one. Branch-free, on
+    flat arrays with unsigned offsets (no row views, no negative-index
+    wraparound): the compare-and-branch form ran at ~12 cycles a window."""
+    H, W = x.shape[1], x.shape[2]
+    OH, OW = y.shape[1], y.shape[2]
+    xf, yf, jf = x.reshape(x.size), y.reshape(y.size), idx.reshape(idx.size)
+    Wu, one = np.uint64(W), np.uint64(1)
+    for p in range(p0, p1):
+        for oh in range(OH):
+            base = 2 * oh * W
+            i0 = np.uint64(p * H * W + base)
+            o0 = np.uint64((p * OH + oh) * OW)
+            for owi in range(OW):
+                ow = np.uint64(owi)
+                i = i0 + ow + ow
+                a, b, c, d = xf[i], xf[i + one], xf[i + Wu], xf[i + Wu + one]
+                m1 = a if a > b else b
+                m2 = c if c > d else d
+                m = m1 if m1 > m2 else m2        # the maximum when there is no NaN
+                ea, eb, ec = int(a == m), int(b == m), int(c == m)
+                k_max = (1 - ea) * (1 + (1 - eb) * (W - 1 + (1 - ec)))
+                na, nb, nc, nd = int(a != a), int(b != b), int(c != c), int(d != d)
+                k_nan = nd * (W + 1) + (1 - nd) * (nc * W + (1 - nc) * nb)
+                k = k_max + (na | nb | nc | nd) * (k_nan - k_max)
+                yf[o0 + ow] = xf[i + np.uint64(k)]
+                jf[o0 + ow] = base + 2 * owi + k
+
+
+@njit(parallel=True, cache=_CACHE)
+def _maxpool2x2_fwd(x, y, idx, chunk):
+    P = x.shape[0]
+    for t in prange((P + chunk - 1) // chunk):   # chunks of whole planes
+        _maxpool2x2_planes(x, y, idx, t * chunk, min(P, (t + 1) * chunk))
+
+
+def _is_2x2(KH, KW, SH, SW, PH, PW, DH, DW):
+    return (KH, KW, SH, SW, PH, PW, DH, DW) == (2, 2, 2, 2, 0, 0, 1, 1)
+
+
+def _chunk(planes, elements):
+    """Planes per prange task: about 64 Ki elements each (less scheduling
+    than one plane per task), but at least 8 tasks when there is work."""
+    return max(1, min(max(1, 65536 // max(1, elements)), -(-planes // 8)))
+
+
 @njit(parallel=True, cache=_CACHE)
 def _maxpool_fwd(x, y, idx, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf):
     N, C = x.shape[0], x.shape[1]
@@ -294,6 +343,51 @@ def _maxpool_bwd(gy, idx, gx):
         n = nc // C
         c = nc - n * C
         _maxpool_bwd_plane(gy[n, c], idx[n, c], gx[n, c])
+
+
+@njit(cache=_CACHE)
+def _add_bias_row(dst, src, bias):
+    for k in range(min(dst.shape[0], src.shape[0])):
+        dst[k] = src[k] + bias
+
+
+# The two layout kernels below run serially: each is a single pass over a
+# few hundred KiB (30-60 us), less than waking Numba's sleeping workers
+# costs (~50 us with OMP_WAIT_POLICY=PASSIVE).
+
+@njit(cache=_CACHE)
+def _gemm_to_nchw(y_t, b, y):
+    Co, N = y_t.shape[0], y_t.shape[1]
+    for nc in range(N * Co):
+        n = nc // Co
+        c = nc - n * Co
+        _add_bias_row(y[n, c], y_t[c, n], b[c])
+
+
+@njit(fastmath={"reassoc", "nsz"}, cache=_CACHE)
+def _row_sum(row):
+    # reassociation lets LLVM vectorise the sum (pairwise-like accuracy)
+    s = 0.0
+    for k in range(row.shape[0]):
+        s += row[k]
+    return s
+
+
+@njit(cache=_CACHE)
+def _gather_channel(gy, gt, c, want_gb):
+    """gt[n] = gy[n, c] for every n; returns the channel's sum (float64)."""
+    acc = 0.0
+    for n in range(gy.shape[0]):
+        _copy(gt[n], gy[n, c])
+        if want_gb:
+            acc += _row_sum(gt[n])
+    return acc
+
+
+@njit(cache=_CACHE)
+def _nchw_to_gemm(gy, gy_t, gb, want_gb):
+    for c in range(gy.shape[1]):
+        gb[c] = _gather_channel(gy, gy_t[c], c, want_gb)
 
 
 def _output(out, shape, dtype):
@@ -336,6 +430,12 @@ def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
     N, C = x.shape[:2]
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     idx = np.empty((N, C, OH, OW), dtype=np.int64)
+    H, W = x.shape[2:]
+    if _is_2x2(KH, KW, SH, SW, PH, PW, DH, DW) and 2 * OH <= H and 2 * OW <= W and N * C:
+        P = N * C
+        _maxpool2x2_fwd(x.reshape(P, H, W), y.reshape(P, OH, OW), idx.reshape(P, OH, OW),
+                        _chunk(P, H * W))
+        return y, idx
     _maxpool_fwd(x, y, idx, KH, KW, SH, SW, PH, PW, DH, DW, x.dtype.type(-np.inf))
     return y, idx
 
@@ -348,3 +448,27 @@ def maxpool2d_backward(gy, indices, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
     gx = np.empty(gy.shape[:2] + (H, W), dtype=gy.dtype)
     _maxpool_bwd(gy, indices, gx)
     return gx
+
+
+def gemm_to_nchw(y_t, b, N, OH, OW):
+    """The conv GEMM's (Co, N*L) output -> a new (N, Co, OH, OW), adding the
+    bias ``b`` (Co,) (or None) on the way: one pass instead of two."""
+    Co = y_t.shape[0]
+    y_t = np.ascontiguousarray(y_t).reshape(Co, N, OH * OW)
+    b = np.zeros(Co, y_t.dtype) if b is None else np.ascontiguousarray(b, dtype=y_t.dtype)
+    y = np.empty((N, Co, OH * OW), dtype=y_t.dtype)
+    _gemm_to_nchw(y_t, b, y)
+    return y.reshape(N, Co, OH, OW)
+
+
+def nchw_to_gemm(gy, bias_grad=False, out=None):
+    """(N, Co, OH, OW) -> (Co, N*OH*OW) (the conv GEMM's layout) and, with
+    ``bias_grad``, the per-channel sums gy.sum((0, 2, 3)) (else None).
+    ``out``: a C-contiguous (Co, N, OH*OW) array of gy's dtype to fill."""
+    gy = np.ascontiguousarray(gy)
+    N, Co = gy.shape[:2]
+    L = gy.shape[2] * gy.shape[3]
+    gy_t = _output(out, (Co, N, L), gy.dtype)
+    gb = np.empty(Co, dtype=np.float64)
+    _nchw_to_gemm(gy.reshape(N, Co, L), gy_t, gb, bool(bias_grad))
+    return gy_t.reshape(Co, N * L), (gb.astype(gy.dtype) if bias_grad else None)

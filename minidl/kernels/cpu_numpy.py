@@ -135,3 +135,28 @@ def maxpool2d_backward(gy, indices, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
     # bincount accumulates repeated indices deterministically (in float64)
     gx = np.bincount(flat.ravel(), weights=weights.ravel(), minlength=N * C * plane)
     return gx.astype(gy.dtype, copy=False).reshape(N, C, H, W)
+
+
+def gemm_to_nchw(y_t, b, N, OH, OW):
+    """The conv GEMM's (Co, N*L) output -> a new (N, Co, OH, OW), adding the
+    bias ``b`` (Co,) (or None) on the way: one pass instead of two."""
+    Co = y_t.shape[0]
+    src = y_t.reshape(Co, N, OH * OW).transpose(1, 0, 2)
+    y = np.empty((N, Co, OH * OW), dtype=y_t.dtype)
+    if b is None:
+        y[...] = src
+    else:
+        np.add(src, b.reshape(Co, 1), out=y)
+    return y.reshape(N, Co, OH, OW)
+
+
+def nchw_to_gemm(gy, bias_grad=False, out=None):
+    """(N, Co, OH, OW) -> (Co, N*OH*OW) (the conv GEMM's layout) and, with
+    ``bias_grad``, the per-channel sums gy.sum((0, 2, 3)) (else None).
+    ``out``: a C-contiguous (Co, N, OH*OW) array of gy's dtype to fill."""
+    N, Co = gy.shape[:2]
+    L = gy.shape[2] * gy.shape[3]
+    gy_t = _output(out, (Co, N, L), gy.dtype)
+    gy_t[...] = gy.reshape(N, Co, L).transpose(1, 0, 2)
+    gy_t = gy_t.reshape(Co, N * L)
+    return gy_t, (gy_t.sum(axis=1) if bias_grad else None)

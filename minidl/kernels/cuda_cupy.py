@@ -215,3 +215,31 @@ def maxpool2d_backward(gy, indices, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
     gx = cp.empty((N, C, H, W), dtype=gy.dtype)
     _maxpool_bwd_kernel()(gy, indices, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, gx)
     return gx
+
+
+def gemm_to_nchw(y_t, b, N, OH, OW):
+    """The conv GEMM's (Co, N*L) output -> a new (N, Co, OH, OW), adding the
+    bias ``b`` (Co,) (or None) on the way: one pass instead of two."""
+    cp = _cupy()
+    Co = y_t.shape[0]
+    src = y_t.reshape(Co, N, OH * OW).transpose(1, 0, 2)
+    y = cp.empty((N, Co, OH * OW), dtype=y_t.dtype)
+    if b is None:
+        y[...] = src
+    else:
+        cp.add(src, b.reshape(Co, 1), out=y)
+    return y.reshape(N, Co, OH, OW)
+
+
+def nchw_to_gemm(gy, bias_grad=False, out=None):
+    """(N, Co, OH, OW) -> (Co, N*OH*OW) (the conv GEMM's layout) and, with
+    ``bias_grad``, the per-channel sums gy.sum((0, 2, 3)) (else None).
+    ``out``: a C-contiguous (Co, N, OH*OW) array of gy's dtype to fill."""
+    cp = _cupy()
+    N, Co = gy.shape[:2]
+    L = gy.shape[2] * gy.shape[3]
+    gy_t = cp.empty((Co, N, L), dtype=gy.dtype) if out is None else \
+        _check_out(out, (Co, N, L), gy.dtype)
+    gy_t[...] = gy.reshape(N, Co, L).transpose(1, 0, 2)
+    gy_t = gy_t.reshape(Co, N * L)
+    return gy_t, (gy_t.sum(axis=1) if bias_grad else None)

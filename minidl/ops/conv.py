@@ -23,9 +23,10 @@ Convolution: ``col = im2col(x)`` is laid out channels first, (C, KH, KW,
 N, OH, OW), i.e. (G, K, N*L), so that ``W.reshape(G, Cog, K) @ col`` is a
 single GEMM over the whole batch on the backend's BLAS (64 thin per-sample
 GEMMs cost 2-3x more at the model's sizes); its (Co, N, L) result is then
-transposed to NCHW. Backward: ``gW = (col @ gy_t.T).T``, ``gcol = W.T @ gy_t``
-and ``gx = col2im(gcol)``, with gy_t the (G, Cog, N*L) copy of gy;
-``gb = gy.sum((0, 2, 3))``. Each is computed only when that input needs a
+transposed to NCHW with the bias added in the same pass (``gemm_to_nchw``).
+Backward: ``gW = (col @ gy_t.T).T``, ``gcol = W.T @ gy_t`` and
+``gx = col2im(gcol)``, with gy_t the (G, Cog, N*L) copy of gy made together
+with ``gb = gy.sum((0, 2, 3))`` (``nchw_to_gemm``). Each is computed only when that input needs a
 gradient, and ``col`` is kept for backward only when the weight needs one.
 
 Peak extra memory of one conv2d forward + backward, in elements (times the
@@ -199,9 +200,8 @@ class Conv2dFunction(Function):
                              out=_workspace.get(xp, (C, KH, KW, N, OH, OW), x.dtype))
         y_t = _workspace.get(xp, (G, Co // G, N * L), x.dtype)
         xp.matmul(w.reshape(G, Co // G, K), col.reshape(G, K, N * L), out=y_t)
-        if b is not None:
-            y_t.reshape(Co, N, L)[...] += b.reshape(Co, 1, 1)   # y_t is ours
-        y = xp.ascontiguousarray(y_t.reshape(Co, N, L).transpose(1, 0, 2)).reshape(N, Co, OH, OW)
+        # (Co, N*L) -> NCHW with the bias added in the same pass
+        y = kernels.gemm_to_nchw(y_t.reshape(Co, N * L), b, N, OH, OW)
         _workspace.put(y_t)
         self.x_shape = (N, C, H, W)
         self.w_shape = w.shape
@@ -220,13 +220,12 @@ class Conv2dFunction(Function):
         (SH, SW), (PH, PW), (DH, DW), G = self.stride, self.padding, self.dilation, self.groups
         OH, OW = gy.shape[2:]
         L, K, Cog = OH * OW, Cg * KH * KW, Co // G
-        gb = None
-        if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
-            gb = gy.sum(axis=(0, 2, 3))
-        # (N, Co, OH, OW) -> (G, Cog, N*L), the layout of the forward GEMM's output
+        want_gb = len(self.needs_input_grad) > 2 and self.needs_input_grad[2]
+        # (N, Co, OH, OW) -> (G, Cog, N*L), the layout of the forward GEMM's
+        # output, and gb = gy.sum((0, 2, 3)) in the same pass
         gy_t = _workspace.get(xp, (Co, N, L), gy.dtype)
-        gy_t[...] = gy.reshape(N, Co, L).transpose(1, 0, 2)
-        gy_g = gy_t.reshape(G, Cog, N * L)
+        gy_2d, gb = backend.kernels_for(xp).nchw_to_gemm(gy, bias_grad=want_gb, out=gy_t)
+        gy_g = gy_2d.reshape(G, Cog, N * L)
         gx = gw = None
         if self.needs_input_grad[0]:
             w = self.w.reshape(G, Cog, K)
