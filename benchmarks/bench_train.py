@@ -219,10 +219,15 @@ class Worker:
 
     def __init__(self, framework, arch, device, init_path, threads):
         self.name = framework
+        env = dict(os.environ)
+        if framework == "torch":
+            # PyTorch as its users run it: the torch worker imports minidl only to
+            # read the initial weights, so it must not get minidl's malloc tuning.
+            env["MINIDL_MALLOC_TUNING"] = "0"
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", framework, "--arch", arch,
              "--device", device, "--init", init_path, "--threads", str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.ready = self._read()
 
     def ask(self, **cmd):

@@ -16,8 +16,10 @@ Environment knobs: ``MINIDL_NUMBA=0`` forces the plain NumPy kernels;
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import os
+import sys
 
 # Numba's OpenMP workers spin after each kernel by default, fighting the BLAS
 # GEMM that follows on the same cores (conv 8->16 at batch 64: 12 ms spinning,
@@ -25,6 +27,35 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
+
+
+def _tune_glibc_malloc():
+    """Keep large temporaries on the heap rather than in fresh mmaps.
+
+    glibc serves big allocations (above an adaptive threshold, 128 KiB at
+    start) with mmap and unmaps them on free, so each step's multi-megabyte
+    activations fault their pages in again; and the threshold adapts to the
+    history, so a run's speed depended on which batch size came first (seed
+    model, batch 64: 8,400 img/s after a batch-32 run, 10,300 before one).
+    Fixing the thresholds (32 MiB, glibc's largest, and a 256 MiB trim) made
+    every batch size 20-50 % faster and did not raise peak memory.
+    ``MINIDL_MALLOC_TUNING=0``, or the user's own ``MALLOC_*_THRESHOLD_``, keeps
+    glibc's defaults; other platforms are left alone.
+    """
+    if os.environ.get("MINIDL_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):   # not glibc (musl, ...)
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
+    mallopt(M_TRIM_THRESHOLD, 256 * 2**20)
+
+
+_tune_glibc_malloc()
 
 _cupy = None            # the cupy module once imported and checked
 _cuda_error = None      # why CUDA is unusable, once known
