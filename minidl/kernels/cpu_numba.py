@@ -28,6 +28,8 @@ import os
 import numpy as np
 from numba import njit, prange
 
+from .cpu_numpy import _output  # the same out= check on both CPU paths
+
 _CACHE = os.environ.get("MINIDL_NUMBA_CACHE", "1") != "0"
 
 # Numba's OpenMP workers spin-wait after each kernel by default; the BLAS GEMM
@@ -388,16 +390,6 @@ def _gather_channel(gy, gt, c, want_gb):
 def _nchw_to_gemm(gy, gy_t, gb, want_gb):
     for c in range(gy.shape[1]):
         gb[c] = _gather_channel(gy, gy_t[c], c, want_gb)
-
-
-def _output(out, shape, dtype):
-    """A fresh array, or ``out`` checked to fit (C-contiguous, shape, dtype)."""
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
-        raise ValueError(f"im2col: out must be a C-contiguous {tuple(shape)} {dtype} array, got "
-                         f"{out.shape} {out.dtype}")
-    return out
 
 
 def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=0.0, channels_first=False,
