@@ -4,6 +4,8 @@
 * :mod:`.cpu_numba` - ``@njit(parallel=True)`` loops, ``prange`` over N x C
 * :mod:`.cuda_cupy` - CuPy ``ElementwiseKernel`` s; col2im and max-pool
   backward are gathers (deterministic, no atomics)
+* :mod:`.common`    - what they share, written once against ``xp`` (the conv
+  GEMM's layout changes for NumPy and CuPy, the ``out=`` check)
 
 All three expose the same functions with the same signatures; ops pick one
 through :func:`minidl.backend.kernels_for` and never import them directly.

@@ -28,7 +28,7 @@ import os
 import numpy as np
 from numba import njit, prange
 
-from .cpu_numpy import _output  # the same out= check on both CPU paths
+from .common import output_array
 
 _CACHE = os.environ.get("MINIDL_NUMBA_CACHE", "1") != "0"
 
@@ -400,7 +400,7 @@ def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=0.0, channels_fi
     x = np.ascontiguousarray(x)  # one C-layout specialisation per dtype
     N, C = x.shape[:2]
     shape = (C, KH, KW, N, OH, OW) if channels_first else (N, C, KH, KW, OH, OW)
-    col = _output(out, shape, x.dtype)
+    col = output_array(np, out, shape, x.dtype)
     _im2col(x, col, bool(channels_first), SH, SW, PH, PW, DH, DW, x.dtype.type(pad_value))
     return col
 
@@ -460,7 +460,7 @@ def nchw_to_gemm(gy, bias_grad=False, out=None):
     gy = np.ascontiguousarray(gy)
     N, Co = gy.shape[:2]
     L = gy.shape[2] * gy.shape[3]
-    gy_t = _output(out, (Co, N, L), gy.dtype)
+    gy_t = output_array(np, out, (Co, N, L), gy.dtype)
     gb = np.empty(Co, dtype=np.float64)
     _nchw_to_gemm(gy.reshape(N, Co, L), gy_t, gb, bool(bias_grad))
     return gy_t.reshape(Co, N * L), (gb.astype(gy.dtype) if bias_grad else None)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .common import gemm_to_nchw, nchw_to_gemm, output_array  # noqa: F401 - shared
+
 
 def _padded_extent(size, K, S, P, D, O):
     """Rows (or columns) the padded buffer needs: the input plus both pads,
@@ -37,16 +39,6 @@ def _pad(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value):
     return buf
 
 
-def _output(out, shape, dtype):
-    """A fresh array, or ``out`` checked to fit (C-contiguous, shape, dtype)."""
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
-        raise ValueError(f"im2col: out must be a C-contiguous {tuple(shape)} {dtype} array, got "
-                         f"{out.shape} {out.dtype}")
-    return out
-
-
 def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=0.0, channels_first=False,
            out=None):
     """(N, C, H, W) -> contiguous (N, C, KH, KW, OH, OW) of the windows' pixels,
@@ -55,10 +47,10 @@ def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=0.0, channels_fi
     N, C = x.shape[:2]
     xp_ = _pad(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value)
     if channels_first:
-        col = _output(out, (C, KH, KW, N, OH, OW), x.dtype)
+        col = output_array(np, out, (C, KH, KW, N, OH, OW), x.dtype)
         xp_ = xp_.transpose(1, 0, 2, 3)   # each offset's slice then lands as (C, N, OH, OW)
     else:
-        col = _output(out, (N, C, KH, KW, OH, OW), x.dtype)
+        col = output_array(np, out, (N, C, KH, KW, OH, OW), x.dtype)
     dst = col.transpose(0, 3, 1, 2, 4, 5) if channels_first else col
     h_span, w_span = SH * (OH - 1) + 1, SW * (OW - 1) + 1
     for i in range(KH):
@@ -135,28 +127,3 @@ def maxpool2d_backward(gy, indices, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
     # bincount accumulates repeated indices deterministically (in float64)
     gx = np.bincount(flat.ravel(), weights=weights.ravel(), minlength=N * C * plane)
     return gx.astype(gy.dtype, copy=False).reshape(N, C, H, W)
-
-
-def gemm_to_nchw(y_t, b, N, OH, OW):
-    """The conv GEMM's (Co, N*L) output -> a new (N, Co, OH, OW), adding the
-    bias ``b`` (Co,) (or None) on the way: one pass instead of two."""
-    Co = y_t.shape[0]
-    src = y_t.reshape(Co, N, OH * OW).transpose(1, 0, 2)
-    y = np.empty((N, Co, OH * OW), dtype=y_t.dtype)
-    if b is None:
-        y[...] = src
-    else:
-        np.add(src, b.reshape(Co, 1), out=y)
-    return y.reshape(N, Co, OH, OW)
-
-
-def nchw_to_gemm(gy, bias_grad=False, out=None):
-    """(N, Co, OH, OW) -> (Co, N*OH*OW) (the conv GEMM's layout) and, with
-    ``bias_grad``, the per-channel sums gy.sum((0, 2, 3)) (else None).
-    ``out``: a C-contiguous (Co, N, OH*OW) array of gy's dtype to fill."""
-    N, Co = gy.shape[:2]
-    L = gy.shape[2] * gy.shape[3]
-    gy_t = _output(out, (Co, N, L), gy.dtype)
-    gy_t[...] = gy.reshape(N, Co, L).transpose(1, 0, 2)
-    gy_t = gy_t.reshape(Co, N * L)
-    return gy_t, (gy_t.sum(axis=1) if bias_grad else None)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 
+from .common import gemm_to_nchw, nchw_to_gemm, output_array  # noqa: F401 - shared
+
 _GEOMETRY = ("int64 H, int64 W, int64 KH, int64 KW, int64 SH, int64 SW, "
              "int64 PH, int64 PW, int64 DH, int64 DW, int64 OH, int64 OW")
 
@@ -154,13 +156,6 @@ def _maxpool_bwd_kernel():
         "minidl_maxpool2d_bwd")
 
 
-def _check_out(out, shape, dtype):
-    if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
-        raise ValueError(f"im2col: out must be a C-contiguous {tuple(shape)} {dtype} array, got "
-                         f"{out.shape} {out.dtype}")
-    return out
-
-
 def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=0.0, channels_first=False,
            out=None):
     """(N, C, H, W) -> contiguous (N, C, KH, KW, OH, OW) of the windows' pixels,
@@ -170,7 +165,7 @@ def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=0.0, channels_fi
     x = cp.ascontiguousarray(x)
     N, C, H, W = x.shape
     shape = (C, KH, KW, N, OH, OW) if channels_first else (N, C, KH, KW, OH, OW)
-    col = cp.empty(shape, dtype=x.dtype) if out is None else _check_out(out, shape, x.dtype)
+    col = output_array(cp, out, shape, x.dtype)
     _im2col_kernel()(x, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, N, C,
                      bool(channels_first), x.dtype.type(pad_value), col)
     return col
@@ -215,31 +210,3 @@ def maxpool2d_backward(gy, indices, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
     gx = cp.empty((N, C, H, W), dtype=gy.dtype)
     _maxpool_bwd_kernel()(gy, indices, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, gx)
     return gx
-
-
-def gemm_to_nchw(y_t, b, N, OH, OW):
-    """The conv GEMM's (Co, N*L) output -> a new (N, Co, OH, OW), adding the
-    bias ``b`` (Co,) (or None) on the way: one pass instead of two."""
-    cp = _cupy()
-    Co = y_t.shape[0]
-    src = y_t.reshape(Co, N, OH * OW).transpose(1, 0, 2)
-    y = cp.empty((N, Co, OH * OW), dtype=y_t.dtype)
-    if b is None:
-        y[...] = src
-    else:
-        cp.add(src, b.reshape(Co, 1), out=y)
-    return y.reshape(N, Co, OH, OW)
-
-
-def nchw_to_gemm(gy, bias_grad=False, out=None):
-    """(N, Co, OH, OW) -> (Co, N*OH*OW) (the conv GEMM's layout) and, with
-    ``bias_grad``, the per-channel sums gy.sum((0, 2, 3)) (else None).
-    ``out``: a C-contiguous (Co, N, OH*OW) array of gy's dtype to fill."""
-    cp = _cupy()
-    N, Co = gy.shape[:2]
-    L = gy.shape[2] * gy.shape[3]
-    gy_t = cp.empty((Co, N, L), dtype=gy.dtype) if out is None else \
-        _check_out(out, (Co, N, L), gy.dtype)
-    gy_t[...] = gy.reshape(N, Co, L).transpose(1, 0, 2)
-    gy_t = gy_t.reshape(Co, N * L)
-    return gy_t, (gy_t.sum(axis=1) if bias_grad else None)
