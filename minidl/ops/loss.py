@@ -55,6 +55,28 @@ def _target_shape(shape):
     return (shape[0],) + tuple(shape[2:]) if len(shape) > 1 else ()
 
 
+def _reduce_rows(loss, reduction, denom, shape, dtype):
+    """One loss per row -> ``reduction``'s result: 'none' keeps the target's
+    shape (rows are ordered (N, d1, ...)); 'mean' divides the sum by ``denom``
+    (the total weight of the rows that count)."""
+    xp = backend.get_array_module(loss)
+    if reduction == "none":
+        return loss.reshape(_target_shape(shape)).astype(dtype, copy=False)
+    total = loss.sum()
+    if reduction == "mean":
+        total = total / denom
+    return xp.asarray(total, dtype=dtype)
+
+
+def _row_grads(gy, reduction, denom, rows):
+    """The gradient reaching each of ``rows`` per-row losses from ``gy``, the
+    gradient of :func:`_reduce_rows`' result: shape (rows,)."""
+    if reduction == "none":
+        return gy.reshape(-1)
+    xp = backend.get_array_module(gy)
+    return xp.broadcast_to(gy / denom if reduction == "mean" else gy, (rows,))
+
+
 def _unrows(g, shape):
     if len(shape) == 2:
         return g
@@ -118,22 +140,12 @@ class CrossEntropy(Function):
             denom = wt.sum()
             self.rows, self.t, self.c_nll = rows, t_safe, c_nll
         self.p, self.a_sum, self.shape = p, a_sum.astype(dtype, copy=False), shape
-        if self.reduction == "none":   # rows are ordered (N, d1, ...), as the targets
-            return loss.reshape(_target_shape(shape)).astype(dtype, copy=False)
-        total = loss.sum()
-        if self.reduction == "mean":
-            self.denom = denom
-            total = total / denom
-        return xp.asarray(total, dtype=dtype)
+        self.denom = denom
+        return _reduce_rows(loss, self.reduction, denom, shape, dtype)
 
     def backward(self, gy):
-        xp = backend.get_array_module(gy)
         shape = self.shape
-        if self.reduction == "none":
-            g = gy.reshape(-1)
-        else:
-            scale = gy / self.denom if self.reduction == "mean" else gy
-            g = xp.broadcast_to(scale, self.a_sum.shape)
+        g = _row_grads(gy, self.reduction, self.denom, self.a_sum.shape[0])
         gx = self.p * (g * self.a_sum)[:, None]
         if self.rows is None:
             gx -= self.a * g[:, None]
@@ -207,21 +219,13 @@ class NLLLoss(Function):
         wt = valid.astype(dtype) if self.weight is None else self.weight[t_safe] * valid
         loss = -wt * z[rows, t_safe]
         self.rows, self.t, self.wt, self.shape = rows, t_safe, wt, shape
-        if self.reduction == "none":
-            return loss.reshape(_target_shape(shape))
-        total = loss.sum()
-        if self.reduction == "mean":
-            self.denom = wt.sum()
-            total = total / self.denom
-        return xp.asarray(total, dtype=dtype)
+        self.denom = wt.sum()
+        return _reduce_rows(loss, self.reduction, self.denom, shape, dtype)
 
     def backward(self, gy):
         xp = backend.get_array_module(gy)
         shape = self.shape
-        if self.reduction == "none":
-            g = gy.reshape(-1)
-        else:
-            g = gy / self.denom if self.reduction == "mean" else gy
+        g = _row_grads(gy, self.reduction, self.denom, self.rows.shape[0])
         gx = xp.zeros((self.rows.shape[0], shape[1] if len(shape) > 1 else shape[0]), gy.dtype)
         gx[self.rows, self.t] = -g * self.wt
         return _unrows(gx, shape)
