@@ -150,7 +150,8 @@ def attention_maps(model, images):
     with minidl.no_grad():
         x = minidl.Tensor(images, device=next(model.parameters()).device)
         maps = model.feature_maps(x)
-        logits, weights = model(x, return_attention=True)
+        fused, weights = model.attention(maps)   # the rest of model.forward, once
+        logits = model.classifier(fused)
     w = weights.numpy()
     spatial = np.einsum("bc,bchw->bhw", w, maps.numpy())
     return logits.numpy(), w, spatial
