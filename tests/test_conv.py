@@ -291,6 +291,109 @@ def test_reused_scratch_buffers_never_leak_between_graphs(numba):
                                atol=1e-12)
 
 
+def c_major(values):
+    """The same (N, C, H, W) values stored C-major, as conv2d's own outputs are."""
+    return np.ascontiguousarray(values.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+
+
+@pytest.mark.parametrize("numba", PATHS)
+def test_c_major_layout_flows_through_conv_and_pool(numba, monkeypatch):
+    """A C-major (or single-channel) input gives a C-major output, with no
+    transpose pass; values and every gradient equal the all-NCHW computation
+    (the C-major path turned off), and each gradient has its input's layout."""
+    from minidl.ops import conv as conv_module
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((3, 1, 8, 8))
+    w1, b1 = rng.standard_normal((4, 1, 3, 3)), rng.standard_normal(4)
+    w2 = rng.standard_normal((5, 4, 3, 3))
+    gy = rng.standard_normal((3, 5, 4, 4))
+
+    def run():
+        x = minidl.Tensor(image, requires_grad=True)
+        ws = [minidl.Tensor(a, requires_grad=True) for a in (w1, b1, w2)]
+        h1 = conv2d(x, ws[0], ws[1], padding=1)
+        h2 = max_pool2d(h1, 2)
+        y = conv2d(minidl.relu(h2), ws[2], padding=1)
+        y.backward(gy)
+        return [y.numpy(), x.grad.numpy()] + [t.grad.numpy() for t in ws], [h1, h2, y]
+
+    with backend.use_numba(numba):
+        got, tensors = run()
+        monkeypatch.setattr(conv_module, "is_c_major", lambda a: False)
+        expected, ref_tensors = run()
+    for t in tensors:
+        assert t.data.transpose(1, 0, 2, 3).flags.c_contiguous and not t.data.flags.c_contiguous
+    assert all(t.data.flags.c_contiguous for t in ref_tensors)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("numba", PATHS)
+@FAST
+@given(c=conv_configs())
+def test_conv2d_gradcheck_c_major_input(numba, c):
+    x, w, b = conv_inputs(c)
+    inputs = [c_major(x), w] if b is None else [c_major(x), w, b]
+    with backend.use_numba(numba):
+        gradcheck(lambda *t: conv2d(*t, **conv_kwargs(c)), inputs)
+
+
+@pytest.mark.parametrize("numba", PATHS)
+def test_max_pool2d_gradcheck_c_major_input(numba):
+    x = c_major(tie_free(np.random.default_rng(1), (2, 3, 6, 7)))
+    for kernel, stride in [(2, None), (3, 2)]:
+        with backend.use_numba(numba):
+            y, idx = max_pool2d(x, kernel, stride, return_indices=True)
+            gradcheck(lambda t: max_pool2d(t, kernel, stride), [x])
+            y_ref, idx_ref = max_pool2d(np.ascontiguousarray(x), kernel, stride,
+                                        return_indices=True)
+        np.testing.assert_array_equal(y.numpy(), y_ref.numpy())
+        np.testing.assert_array_equal(idx.numpy(), idx_ref.numpy())
+
+
+@pytest.mark.parametrize("numba", PATHS)
+@pytest.mark.parametrize("layout", [np.ascontiguousarray, c_major])
+def test_conv2d_in_chunks_matches_one_chunk(numba, layout, monkeypatch):
+    """A col over the chunk budget is unfolded a few images at a time, in
+    forward and again in backward: the same values and gradients."""
+    from minidl.ops import conv as conv_module
+    rng = np.random.default_rng(2)
+    x = layout(rng.standard_normal((5, 3, 7, 6)))
+    w, b = rng.standard_normal((4, 3, 3, 2)), rng.standard_normal(4)
+    gy = rng.standard_normal((5, 4, 4, 3))
+
+    def run():
+        ts = [minidl.Tensor(a, requires_grad=True) for a in (x, w, b)]
+        y = conv2d(*ts, stride=(2, 2), padding=1, dilation=(1, 2))
+        y.backward(gy)
+        return [y.numpy()] + [t.grad.numpy() for t in ts]
+
+    with backend.use_numba(numba):
+        whole = run()
+        col_bytes_per_image = 3 * 3 * 2 * 4 * 3 * 8
+        monkeypatch.setattr(conv_module, "_COL_CHUNK_BYTES", 2 * col_bytes_per_image)
+        chunked = run()   # chunks of 2, 2 and 1 images
+        gradcheck(lambda *t: conv2d(*t, stride=(2, 2), padding=1, dilation=(1, 2)), [x, w, b])
+    for a, b_ in zip(chunked, whole):
+        np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
+
+
+def test_split_weight_gradient_of_a_long_thin_conv():
+    """A tiny weight over a long N*OH*OW (the first conv) takes its gradient as
+    eight partial GEMMs summed: checked against a float64 einsum."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((24, 1, 28, 28)).astype(np.float32)   # N*L = 18,816
+    w = minidl.Tensor(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), requires_grad=True)
+    gy = rng.standard_normal((24, 8, 28, 28)).astype(np.float32)
+    conv2d(x, w, padding=1).backward(gy)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    expected = np.empty((8, 1, 3, 3))
+    for i in range(3):
+        for j in range(3):
+            expected[:, 0, i, j] = np.einsum("nchw,nkhw->k", xp[:, :, i:i + 28, j:j + 28], gy)
+    np.testing.assert_allclose(w.grad.numpy(), expected, rtol=1e-4, atol=1e-3)
+
+
 def test_unbatched_input():
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((2, 5, 5)), rng.standard_normal((3, 2, 3, 3))

@@ -127,6 +127,13 @@ def make_input(g, rng, dtype=np.float64, values=None):
     return x
 
 
+def pool_forward(kernels, x, *args):
+    """(y, PyTorch's int64 indices, the kernel's own argmax for its backward)."""
+    y, argmax = kernels.maxpool2d_forward(x, *args)
+    H, W = x.shape[2:]
+    return y, kernels.maxpool2d_indices(argmax, H, W, *args[:8]), argmax
+
+
 def geometry_args(g):
     return tuple(g[k] for k in ("KH", "KW", "SH", "SW", "PH", "PW", "DH", "DW", "OH", "OW"))
 
@@ -179,19 +186,63 @@ def test_maxpool_matches_naive_loops(kernels, g, seed):
     values = -1.0 - rng.permutation(np.linspace(0.0, 1.0, n)).reshape(g["N"], g["C"], g["H"],
                                                                        g["W"])
     x = make_input(g, rng, values=values)
-    y, idx = kernels.maxpool2d_forward(x, *geometry_args(g))
+    y, idx, argmax = pool_forward(kernels, x, *geometry_args(g))
     y_ref, idx_ref = ref_maxpool(x, *geometry_args(g))
     assert idx.dtype == np.int64 and y.dtype == np.float64
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(idx, idx_ref)
+    y_only, none = kernels.maxpool2d_forward(x, *geometry_args(g), indices=False)
+    assert none is None
+    np.testing.assert_array_equal(y_only, y_ref)
 
     gy = rng.standard_normal(y.shape)
-    gx = kernels.maxpool2d_backward(gy, idx, g["H"], g["W"], *pool_bwd_args(g))
+    gx = kernels.maxpool2d_backward(gy, argmax, g["H"], g["W"], *pool_bwd_args(g))
     expected = np.zeros(x.shape)
     for (n_, c_, oh, ow), k in np.ndenumerate(idx_ref):
         if 0 <= k < g["H"] * g["W"]:   # a window with no real pixel sends nothing
             expected[n_, c_, k // g["W"], k % g["W"]] += gy[n_, c_, oh, ow]
     np.testing.assert_allclose(gx, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernels", MODULES)
+@FAST
+@given(g=geometries(), seed=st.integers(0, 2**16), data=st.data())
+def test_im2col_col2im_c_major_and_batch_ranges(kernels, g, seed, data):
+    """A C-major input (conv's own output layout) unfolds, and a C-major
+    ``out`` receives col2im, without a copy; ``batch`` picks images n0..n1-1."""
+    rng = np.random.default_rng(seed)
+    N, C, H, W = g["N"], g["C"], g["H"], g["W"]
+    values = rng.standard_normal((N, C, H, W))
+    x = np.ascontiguousarray(values.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    n0 = data.draw(st.integers(0, N - 1))
+    n1 = data.draw(st.integers(n0 + 1, N))
+    col = kernels.im2col(x, *geometry_args(g), channels_first=True, batch=(n0, n1))
+    ref = ref_im2col(values[n0:n1], *geometry_args(g), 0.0)
+    np.testing.assert_array_equal(col, ref.transpose(1, 2, 3, 0, 4, 5))
+
+    gcol = rng.standard_normal(col.shape)
+    out = np.full((C, N, H, W), 7.0).transpose(1, 0, 2, 3)   # C-major, as conv's dx
+    got = kernels.col2im(gcol, H, W, *conv_args(g), channels_first=True, out=out,
+                         batch=(n0, n1))
+    assert got is out
+    expected = ref_col2im(np.ascontiguousarray(gcol.transpose(3, 0, 1, 2, 4, 5)), H, W,
+                          *conv_args(g))
+    np.testing.assert_allclose(out[n0:n1], expected, rtol=1e-12, atol=1e-12)
+    untouched = np.ones(N, bool)
+    untouched[n0:n1] = False
+    assert np.all(out[untouched] == 7.0)   # only the named images are written
+
+
+@pytest.mark.parametrize("kernels", MODULES)
+def test_col2im_refuses_bad_out_and_batch(kernels):
+    gcol = np.zeros((2, 1, 1, 3, 4, 4))
+    with pytest.raises(ValueError, match="batch"):
+        kernels.col2im(gcol, 4, 4, 1, 1, 0, 0, 1, 1, channels_first=True, batch=(0, 3))
+    with pytest.raises(ValueError, match="out"):
+        kernels.col2im(gcol, 4, 4, 1, 1, 0, 0, 1, 1, channels_first=True,
+                       out=np.zeros((4, 2, 4, 4)), batch=(0, 4))
+    with pytest.raises(ValueError, match="batch range"):
+        kernels.im2col(np.zeros((3, 2, 4, 4)), 1, 1, 1, 1, 0, 0, 1, 1, 4, 4, batch=(2, 5))
 
 
 @pytest.mark.parametrize("kernels", MODULES)
@@ -220,9 +271,9 @@ def test_dtype_is_kept(kernels, dtype):
     col = kernels.im2col(x, *args)
     assert col.dtype == dtype
     assert kernels.col2im(col, 5, 5, 1, 1, 1, 1, 1, 1).dtype == dtype
-    y, idx = kernels.maxpool2d_forward(x, *args)
+    y, idx, argmax = pool_forward(kernels, x, *args)
     assert y.dtype == dtype and idx.dtype == np.int64
-    gx = kernels.maxpool2d_backward(y, idx, 5, 5, *args[:8])
+    gx = kernels.maxpool2d_backward(y, argmax, 5, 5, *args[:8])
     assert gx.dtype == dtype
 
 
@@ -236,13 +287,22 @@ def test_maxpool_fast_paths(kernels, KH, KW, SH, SW, ceil):
     x[0, 0, 1, 1] = np.nan
     g = dict(N=2, C=3, H=7, W=8, KH=KH, KW=KW, SH=SH, SW=SW, PH=0, PW=0, DH=1, DW=1,
              OH=out_size(7, KH, SH, 0, 1, ceil), OW=out_size(8, KW, SW, 0, 1, ceil))
-    y, idx = kernels.maxpool2d_forward(x, *geometry_args(g))
+    y, idx, argmax = pool_forward(kernels, x, *geometry_args(g))
     with np.errstate(invalid="ignore"):
         y_ref, idx_ref = ref_maxpool(np.nan_to_num(x, nan=np.inf), *geometry_args(g))
     nan_windows = np.isinf(y_ref)
     np.testing.assert_array_equal(np.isnan(y), nan_windows)   # NaN propagates, as PyTorch
     np.testing.assert_array_equal(y[~nan_windows], y_ref[~nan_windows])
     np.testing.assert_array_equal(idx, idx_ref)
+    y_only, _ = kernels.maxpool2d_forward(x, *geometry_args(g), indices=False)
+    np.testing.assert_array_equal(y_only, y)
+    # the backward sends each window's gradient to that pixel, nothing elsewhere
+    gy = rng.standard_normal(y.shape)
+    gx = kernels.maxpool2d_backward(gy, argmax, 7, 8, *pool_bwd_args(g))
+    expected = np.zeros(x.shape)
+    for (n_, c_, oh, ow), k in np.ndenumerate(idx):
+        expected[n_, c_, k // 8, k % 8] += gy[n_, c_, oh, ow]
+    np.testing.assert_allclose(gx, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("kernels", MODULES)
@@ -250,24 +310,24 @@ def test_maxpool_ties_go_to_the_first_maximum(kernels):
     x = np.zeros((1, 1, 4, 4))
     x[0, 0, 1, 2] = x[0, 0, 2, 1] = 5.0   # two tied maxima; zeros tie elsewhere
     # 2x2 windows, stride 1: row-major scan meets (1, 2) before (2, 1)
-    y, idx = kernels.maxpool2d_forward(x, 2, 2, 1, 1, 0, 0, 1, 1, 3, 3)
+    y, idx, _ = pool_forward(kernels, x, 2, 2, 1, 1, 0, 0, 1, 1, 3, 3)
     np.testing.assert_array_equal(y[0, 0], [[0, 5, 5], [5, 5, 5], [5, 5, 0]])
     np.testing.assert_array_equal(idx[0, 0], [[0, 6, 6], [9, 6, 6], [9, 9, 10]])
     # all equal: each window's first pixel, padding never chosen
-    y, idx = kernels.maxpool2d_forward(np.ones((1, 1, 3, 3)), 2, 2, 2, 2, 1, 1, 1, 1, 2, 2)
+    y, idx, argmax = pool_forward(kernels, np.ones((1, 1, 3, 3)), 2, 2, 2, 2, 1, 1, 1, 1, 2, 2)
     np.testing.assert_array_equal(idx, [[[[0, 1], [3, 4]]]])
-    gx = kernels.maxpool2d_backward(np.ones((1, 1, 2, 2)), idx, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1)
+    gx = kernels.maxpool2d_backward(np.ones((1, 1, 2, 2)), argmax, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1)
     np.testing.assert_array_equal(gx[0, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
 
 
 @pytest.mark.parametrize("kernels", MODULES)
 def test_maxpool_all_negative_and_infinite_inputs(kernels):
     x = -np.arange(1.0, 17.0).reshape(1, 1, 4, 4)
-    y, idx = kernels.maxpool2d_forward(x, 2, 2, 2, 2, 1, 1, 1, 1, 3, 3)
+    y, idx, _ = pool_forward(kernels, x, 2, 2, 2, 2, 1, 1, 1, 1, 3, 3)
     np.testing.assert_array_equal(y[0, 0], [[-1, -2, -4], [-5, -6, -8], [-13, -14, -16]])
     # a window of only -inf real pixels reports its first in-bounds pixel (as PyTorch)
     x = np.full((1, 1, 3, 3), -np.inf)
-    y, idx = kernels.maxpool2d_forward(x, 3, 3, 2, 2, 1, 1, 1, 1, 2, 2)
+    y, idx, _ = pool_forward(kernels, x, 3, 3, 2, 2, 1, 1, 1, 1, 2, 2)
     assert np.all(y == -np.inf)
     np.testing.assert_array_equal(idx, [[[[0, 1], [3, 4]]]])
 
@@ -285,8 +345,9 @@ def test_maxpool_2x2_stride_2_ties_nans_and_signed_zeros(H, W):
                    p=[.2, .2, .2, .2, .1, .1]).astype(np.float32)
     g = dict(N=3, C=5, H=H, W=W, KH=2, KW=2, SH=2, SW=2, PH=0, PW=0, DH=1, DW=1,
              OH=H // 2, OW=W // 2)
-    y, idx = kernels.maxpool2d_forward(x, *geometry_args(g))
+    y, idx, argmax = pool_forward(kernels, x, *geometry_args(g))
     assert y.dtype == np.float32 and idx.dtype == np.int64
+    assert argmax.dtype == np.uint8   # the compact window codes (1/8 of int64)
     # the reference with NaN as +inf is PyTorch's loop except that the last NaN wins there
     for n, c, oh, ow in np.ndindex(y.shape):
         win = [(2 * oh + i) * W + 2 * ow + j for i in range(2) for j in range(2)]
@@ -345,16 +406,16 @@ def test_numba_and_numpy_agree_float32():
     np.testing.assert_allclose(cpu_numpy.col2im(a, 9, 8, *args[2:8]),
                                cpu_numba.col2im(b, 9, 8, *args[2:8]), rtol=1e-6, atol=1e-6)
     pool = (3, 2, 2, 1, 1, 1, 1, 2, 5, 7)
-    ya, ia = cpu_numpy.maxpool2d_forward(x, *pool)
-    yb, ib = cpu_numba.maxpool2d_forward(x, *pool)
+    ya, ia, _ = pool_forward(cpu_numpy, x, *pool)
+    yb, ib, _ = pool_forward(cpu_numba, x, *pool)
     np.testing.assert_array_equal(ya, yb)
     np.testing.assert_array_equal(ia, ib)
 
 
 def test_all_backends_share_one_interface():
     import inspect
-    names = ["im2col", "col2im", "maxpool2d_forward", "maxpool2d_backward", "gemm_to_nchw",
-             "nchw_to_gemm"]
+    names = ["im2col", "col2im", "maxpool2d_forward", "maxpool2d_backward", "maxpool2d_indices",
+             "gemm_to_nchw", "nchw_to_gemm"]
     import sys
 
     from minidl.kernels import cuda_cupy   # imports without CuPy: it is loaded lazily

@@ -2,8 +2,15 @@
 
 The conv GEMM's layout changes (NCHW <-> (Co, N*L)) are plain array
 expressions, so the NumPy and CuPy modules use these as they are; the Numba
-module has compiled one-pass versions of its own and shares only the
-``out=`` check.
+module has compiled one-pass versions of its own and shares the ``out=``
+check and :func:`plane_major`.
+
+**Plane orders.** A 4-D (N, C, H, W) array is *N-major* when C-contiguous
+(plain NCHW) and *C-major* when its transpose (C, N, H, W) is C-contiguous:
+the layout conv2d returns for a C-major (or single-channel) input, because
+that is how its GEMM writes the output, (Co, N*OH*OW), with no transpose
+pass. Either way every (H, W) plane is contiguous, so per-plane kernels
+(pooling, im2col, col2im) work on both without a copy.
 """
 from __future__ import annotations
 
@@ -18,6 +25,40 @@ def output_array(xp, out, shape, dtype):
         raise ValueError(f"im2col: out must be a C-contiguous {tuple(shape)} {dtype} array, got "
                          f"{out.shape} {out.dtype}")
     return out
+
+
+def is_c_major(x):
+    """Whether the (N, C, H, W) array ``x`` has the C-major plane order (its
+    (C, N, H, W) transpose is C-contiguous; true of any contiguous x with N or
+    C equal to 1, where both orders coincide)."""
+    return x.ndim == 4 and x.transpose(1, 0, 2, 3).flags.c_contiguous
+
+
+def plane_major(x):
+    """``(planes, c_major)``: the (N, C, H, W) array ``x`` as a C-contiguous
+    4-D array in memory order, (N, C, H, W) or, when ``c_major``, (C, N, H, W).
+    No copy for either plane order; any other layout is copied to NCHW."""
+    if x.flags.c_contiguous:
+        return x, False
+    if is_c_major(x):
+        return x.transpose(1, 0, 2, 3), True
+    return get_array_module(x).ascontiguousarray(x), False
+
+
+def batch_range(batch, N):
+    """``(n0, n1)``: the images ``batch`` (a (start, stop) pair or None for
+    all N) names, checked."""
+    n0, n1 = (0, N) if batch is None else (int(batch[0]), int(batch[1]))
+    if not 0 <= n0 <= n1 <= N:
+        raise ValueError(f"batch range {batch!r} is not within the {N} images")
+    return n0, n1
+
+
+def maxpool2d_indices(argmax, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
+    """PyTorch's ``return_indices`` from ``maxpool2d_forward``'s argmax: for
+    the NumPy and CuPy kernels they are already int64 indices into each H*W
+    plane (the Numba kernels have a compact form of their own)."""
+    return argmax
 
 
 def gemm_to_nchw(y_t, b, N, OH, OW):

@@ -28,7 +28,7 @@ import os
 import numpy as np
 from numba import njit, prange
 
-from .common import output_array
+from .common import batch_range, is_c_major, output_array, plane_major
 
 _CACHE = os.environ.get("MINIDL_NUMBA_CACHE", "1") != "0"
 
@@ -173,21 +173,27 @@ def _col2im_plane(col, n, c, cf, ip, SH, SW, PH, PW, DH, DW):
 # slower (parfor lowering keeps LLVM from optimising them as well).
 
 @njit(parallel=True, cache=_CACHE)
-def _im2col(x, col, cf, SH, SW, PH, PW, DH, DW, pad_value):
-    N, C = x.shape[0], x.shape[1]
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc - n * C
-        _im2col_plane(x[n, c], col, n, c, cf, SH, SW, PH, PW, DH, DW, pad_value)
+def _im2col(xm, c_major, n0, n1, col, cf, SH, SW, PH, PW, DH, DW, pad_value):
+    """Images n0..n1-1 of xm (memory order: (C, N, H, W) when ``c_major``,
+    else (N, C, H, W)) -> col, whose image axis counts from n0."""
+    C = xm.shape[0] if c_major else xm.shape[1]
+    for t in prange((n1 - n0) * C):
+        n = t // C
+        c = t - n * C
+        plane = xm[c, n0 + n] if c_major else xm[n0 + n, c]
+        _im2col_plane(plane, col, n, c, cf, SH, SW, PH, PW, DH, DW, pad_value)
 
 
 @njit(parallel=True, cache=_CACHE)
-def _col2im(col, cf, img, SH, SW, PH, PW, DH, DW):
-    N, C = img.shape[0], img.shape[1]
-    for nc in prange(N * C):  # one plane per task: its overlapping adds stay serial
-        n = nc // C
-        c = nc - n * C
-        _col2im_plane(col, n, c, cf, img[n, c], SH, SW, PH, PW, DH, DW)
+def _col2im(col, cf, img, c_major, n0, SH, SW, PH, PW, DH, DW):
+    """col's windows summed into images n0.. of img (memory order as in _im2col)."""
+    C = img.shape[0] if c_major else img.shape[1]
+    N = col.shape[3] if cf else col.shape[0]
+    for t in prange(N * C):  # one plane per task: its overlapping adds stay serial
+        n = t // C
+        c = t - n * C
+        plane = img[c, n0 + n] if c_major else img[n0 + n, c]
+        _col2im_plane(col, n, c, cf, plane, SH, SW, PH, PW, DH, DW)
 
 
 @njit(cache=_CACHE)
@@ -265,43 +271,64 @@ def _maxpool_plane(xp, yp, ip, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf):
             ir[ow] = best_i
 
 
+# The 2x2 stride-2 kernels index flat arrays with unsigned offsets: row views
+# and signed indices (Numba's negative-index wraparound) ran them 3-5x slower.
+
 @njit(cache=_CACHE)
-def _maxpool2x2_planes(x, y, idx, p0, p1):
+def _maxpool2x2_planes(x, y, code, p0, p1, with_code):
     """2x2 stride-2 windows, all inside the input, for planes [p0, p1) of
-    x (P, H, W), with _maxpool_plane's result: the first maximum in scan
-    order (a, b, c, d), or the last NaN if there is one. Branch-free, on
-    flat arrays with unsigned offsets (no row views, no negative-index
-    wraparound): the compare-and-branch form ran at ~12 cycles a window."""
+    x (P, H, W): y (P, OH, OW) and, ``with_code``, code (P, OH, OW) uint8,
+    the chosen pixel's place in its window (0 1 / 2 3). Scan order a, b, c, d
+    with PyTorch's test: the first maximum wins, or the last NaN."""
     H, W = x.shape[1], x.shape[2]
     OH, OW = y.shape[1], y.shape[2]
-    xf, yf, jf = x.reshape(x.size), y.reshape(y.size), idx.reshape(idx.size)
+    xf, yf, cf = x.reshape(x.size), y.reshape(y.size), code.reshape(code.size)
     Wu, one = np.uint64(W), np.uint64(1)
     for p in range(p0, p1):
         for oh in range(OH):
-            base = 2 * oh * W
-            i0 = np.uint64(p * H * W + base)
+            i0 = np.uint64((p * H + 2 * oh) * W)
             o0 = np.uint64((p * OH + oh) * OW)
+            if not with_code:   # inference: the maximum only, no branches
+                for owi in range(OW):
+                    ow = np.uint64(owi)
+                    i = i0 + ow + ow
+                    yf[o0 + ow] = _max4(xf[i], xf[i + one], xf[i + Wu], xf[i + Wu + one])
+                continue
             for owi in range(OW):
                 ow = np.uint64(owi)
                 i = i0 + ow + ow
-                a, b, c, d = xf[i], xf[i + one], xf[i + Wu], xf[i + Wu + one]
-                m1 = a if a > b else b
-                m2 = c if c > d else d
-                m = m1 if m1 > m2 else m2        # the maximum when there is no NaN
-                ea, eb, ec = int(a == m), int(b == m), int(c == m)
-                k_max = (1 - ea) * (1 + (1 - eb) * (W - 1 + (1 - ec)))
-                na, nb, nc, nd = int(a != a), int(b != b), int(c != c), int(d != d)
-                k_nan = nd * (W + 1) + (1 - nd) * (nc * W + (1 - nc) * nb)
-                k = k_max + (na | nb | nc | nd) * (k_nan - k_max)
-                yf[o0 + ow] = xf[i + np.uint64(k)]
-                jf[o0 + ow] = base + 2 * owi + k
+                best, k = xf[i], np.uint8(0)
+                v = xf[i + one]
+                if v > best or v != v:
+                    best, k = v, np.uint8(1)
+                v = xf[i + Wu]
+                if v > best or v != v:
+                    best, k = v, np.uint8(2)
+                v = xf[i + Wu + one]
+                if v > best or v != v:
+                    best, k = v, np.uint8(3)
+                yf[o0 + ow] = best
+                cf[o0 + ow] = k
+
+
+@njit(inline="always", cache=_CACHE)
+def _max4(a, b, c, d):
+    """The value _maxpool2x2_planes picks (with NaN propagating)."""
+    best = a
+    if b > best or b != b:
+        best = b
+    if c > best or c != c:
+        best = c
+    if d > best or d != d:
+        best = d
+    return best
 
 
 @njit(parallel=True, cache=_CACHE)
-def _maxpool2x2_fwd(x, y, idx, chunk):
+def _maxpool2x2_fwd(x, y, code, chunk, with_code):
     P = x.shape[0]
     for t in prange((P + chunk - 1) // chunk):   # chunks of whole planes
-        _maxpool2x2_planes(x, y, idx, t * chunk, min(P, (t + 1) * chunk))
+        _maxpool2x2_planes(x, y, code, t * chunk, min(P, (t + 1) * chunk), with_code)
 
 
 def _is_2x2(KH, KW, SH, SW, PH, PW, DH, DW):
@@ -312,6 +339,34 @@ def _chunk(planes, elements):
     """Planes per prange task: about 64 Ki elements each (less scheduling
     than one plane per task), but at least 8 tasks when there is work."""
     return max(1, min(max(1, 65536 // max(1, elements)), -(-planes // 8)))
+
+
+@njit(cache=_CACHE)
+def _maxpool2x2_bwd_planes(gy, code, gx, p0, p1, zero):
+    """gx planes [p0, p1) = 0, then each window's gy at its chosen pixel.
+    Windows do not overlap, so every pixel is written by this task alone."""
+    H, W = gx.shape[1], gx.shape[2]
+    OH, OW = gy.shape[1], gy.shape[2]
+    gxf, gyf, cf = gx.reshape(gx.size), gy.reshape(gy.size), code.reshape(code.size)
+    Wu = np.uint64(W)
+    for p in range(p0, p1):
+        base = np.uint64(p * H * W)
+        for k in range(np.uint64(H * W)):
+            gxf[base + k] = zero
+        for oh in range(OH):
+            o0 = np.uint64((p * OH + oh) * OW)
+            i0 = base + np.uint64(2 * oh) * Wu
+            for owi in range(OW):
+                ow = np.uint64(owi)
+                k = cf[o0 + ow]
+                gxf[i0 + ow + ow + (k & np.uint8(1)) + (k >> np.uint8(1)) * Wu] = gyf[o0 + ow]
+
+
+@njit(parallel=True, cache=_CACHE)
+def _maxpool2x2_bwd(gy, code, gx, chunk, zero):
+    P = gy.shape[0]
+    for t in prange((P + chunk - 1) // chunk):
+        _maxpool2x2_bwd_planes(gy, code, gx, t * chunk, min(P, (t + 1) * chunk), zero)
 
 
 @njit(parallel=True, cache=_CACHE)
@@ -393,52 +448,89 @@ def _nchw_to_gemm(gy, gy_t, gb, want_gb):
 
 
 def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=0.0, channels_first=False,
-           out=None):
+           out=None, batch=None):
     """(N, C, H, W) -> contiguous (N, C, KH, KW, OH, OW) of the windows' pixels,
     or (C, KH, KW, N, OH, OW) with ``channels_first`` (one GEMM for the batch).
-    ``out``: a C-contiguous array of that shape and x's dtype to fill (reuse)."""
-    x = np.ascontiguousarray(x)  # one C-layout specialisation per dtype
-    N, C = x.shape[:2]
-    shape = (C, KH, KW, N, OH, OW) if channels_first else (N, C, KH, KW, OH, OW)
+    ``out``: a C-contiguous array of that shape and x's dtype to fill (reuse).
+    ``batch=(n0, n1)``: unfold only those images (col's N is then n1 - n0).
+    x may be N-major or C-major (see :mod:`.common`) without a copy."""
+    xm, c_major = plane_major(x)   # one C-layout specialisation per dtype
+    C = x.shape[1]
+    n0, n1 = batch_range(batch, x.shape[0])
+    shape = (C, KH, KW, n1 - n0, OH, OW) if channels_first else (n1 - n0, C, KH, KW, OH, OW)
     col = output_array(np, out, shape, x.dtype)
-    _im2col(x, col, bool(channels_first), SH, SW, PH, PW, DH, DW, x.dtype.type(pad_value))
+    _im2col(xm, c_major, n0, n1, col, bool(channels_first), SH, SW, PH, PW, DH, DW,
+            x.dtype.type(pad_value))
     return col
 
 
-def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False):
+def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False, out=None, batch=None):
     """Sum the windows of ``col`` (laid out as :func:`im2col` makes it) back
-    into (N, C, H, W)."""
+    into a new (N, C, H, W); or, with ``out`` (N-major or C-major) and
+    ``batch=(n0, n1)``, overwrite images n0..n1-1 of ``out`` with them."""
     col = np.ascontiguousarray(col)
     N, C = (col.shape[3], col.shape[0]) if channels_first else col.shape[:2]
-    img = np.empty((N, C, H, W), dtype=col.dtype)
-    _col2im(col, bool(channels_first), img, SH, SW, PH, PW, DH, DW)
-    return img
+    if out is None:
+        if batch is not None:
+            raise ValueError("col2im: batch= needs out=")
+        out = np.empty((N, C, H, W), dtype=col.dtype)
+    n0, n1 = batch_range(batch if batch is not None else (0, N), out.shape[0])
+    if n1 - n0 != N or out.shape[1:] != (C, H, W) or out.dtype != col.dtype:
+        raise ValueError(f"col2im: out {out.shape} {out.dtype} does not take {N} images of "
+                         f"{(C, H, W)} {col.dtype} at {(n0, n1)}")
+    if not (out.flags.c_contiguous or is_c_major(out)):
+        raise ValueError("col2im: out must be N-major or C-major (contiguous planes)")
+    img, c_major = plane_major(out)
+    _col2im(col, bool(channels_first), img, c_major, n0, SH, SW, PH, PW, DH, DW)
+    return out
 
 
-def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
-    """Max over each window: (y, int64 indices into the input's H*W plane).
-    Padding counts as -inf; ties go to the first maximum (PyTorch's rule)."""
+def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, indices=True):
+    """Max over each window: ``(y, argmax)``, or ``(y, None)`` without
+    ``indices`` (nothing to differentiate). Padding counts as -inf; ties go to
+    the first maximum (PyTorch's rule). ``argmax`` is what
+    :func:`maxpool2d_backward` takes: int64 indices into the input's H*W
+    plane, or, from the 2x2 stride-2 path, each window's uint8 code (0 1 / 2 3:
+    1/8 of the memory); :func:`maxpool2d_indices` gives PyTorch's indices."""
     x = np.ascontiguousarray(x)
-    N, C = x.shape[:2]
+    N, C, H, W = x.shape
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
-    idx = np.empty((N, C, OH, OW), dtype=np.int64)
-    H, W = x.shape[2:]
     if _is_2x2(KH, KW, SH, SW, PH, PW, DH, DW) and 2 * OH <= H and 2 * OW <= W and N * C:
         P = N * C
-        _maxpool2x2_fwd(x.reshape(P, H, W), y.reshape(P, OH, OW), idx.reshape(P, OH, OW),
-                        _chunk(P, H * W))
-        return y, idx
+        code = np.empty((N, C, OH, OW) if indices else (1, 1, 1), dtype=np.uint8)
+        _maxpool2x2_fwd(x.reshape(P, H, W), y.reshape(P, OH, OW), code.reshape(-1, OH, OW)
+                        if indices else code, _chunk(P, H * W), bool(indices))
+        return y, (code if indices else None)
+    idx = np.empty((N, C, OH, OW), dtype=np.int64)
     _maxpool_fwd(x, y, idx, KH, KW, SH, SW, PH, PW, DH, DW, x.dtype.type(-np.inf))
-    return y, idx
+    return y, (idx if indices else None)
 
 
-def maxpool2d_backward(gy, indices, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
-    """Scatter-add gy (N, C, OH, OW) into a zero (N, C, H, W) at ``indices``.
-    The window geometry is unused here (the GPU gather needs it)."""
+def maxpool2d_indices(argmax, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
+    """PyTorch's ``return_indices``: int64 indices into each H*W input plane."""
+    if argmax.dtype == np.int64:
+        return argmax
+    OH, OW = argmax.shape[2:]   # uint8 codes of the 2x2 stride-2 path
+    k = argmax.astype(np.int64)
+    rows = (2 * np.arange(OH, dtype=np.int64))[:, None] + k // 2
+    cols = (2 * np.arange(OW, dtype=np.int64))[None, :] + k % 2
+    return rows * W + cols
+
+
+def maxpool2d_backward(gy, argmax, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
+    """Scatter-add gy (N, C, OH, OW) into a zero (N, C, H, W) at ``argmax``
+    (from :func:`maxpool2d_forward`). The window geometry is unused here
+    (the GPU gather needs it)."""
     gy = np.ascontiguousarray(gy)
-    indices = np.ascontiguousarray(indices, dtype=np.int64)
-    gx = np.empty(gy.shape[:2] + (H, W), dtype=gy.dtype)
-    _maxpool_bwd(gy, indices, gx)
+    N, C, OH, OW = gy.shape
+    gx = np.empty((N, C, H, W), dtype=gy.dtype)
+    if argmax.dtype == np.uint8:
+        P = N * C
+        if P:
+            _maxpool2x2_bwd(gy.reshape(P, OH, OW), np.ascontiguousarray(argmax).reshape(P, OH, OW),
+                            gx.reshape(P, H, W), _chunk(P, H * W), gy.dtype.type(0))
+        return gx
+    _maxpool_bwd(gy, np.ascontiguousarray(argmax, dtype=np.int64), gx)
     return gx
 
 

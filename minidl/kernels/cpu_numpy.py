@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import gemm_to_nchw, nchw_to_gemm, output_array  # noqa: F401 - shared
+from .common import batch_range, gemm_to_nchw, maxpool2d_indices, nchw_to_gemm, output_array  # noqa: F401
 
 
 def _padded_extent(size, K, S, P, D, O):
@@ -40,10 +40,14 @@ def _pad(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value):
 
 
 def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=0.0, channels_first=False,
-           out=None):
+           out=None, batch=None):
     """(N, C, H, W) -> contiguous (N, C, KH, KW, OH, OW) of the windows' pixels,
     or (C, KH, KW, N, OH, OW) with ``channels_first`` (one GEMM for the batch).
-    ``out``: a C-contiguous array of that shape and x's dtype to fill (reuse)."""
+    ``out``: a C-contiguous array of that shape and x's dtype to fill (reuse).
+    ``batch=(n0, n1)``: unfold only those images (col's N is then n1 - n0)."""
+    if batch is not None:
+        n0, n1 = batch_range(batch, x.shape[0])
+        x = x[n0:n1]
     N, C = x.shape[:2]
     xp_ = _pad(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value)
     if channels_first:
@@ -61,9 +65,25 @@ def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=0.0, channels_fi
     return col
 
 
-def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False):
+def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False, out=None, batch=None):
     """Inverse of :func:`im2col`'s gather (same layout flag) -> (N, C, H, W),
-    summing the contributions of overlapping windows; padding is dropped."""
+    summing the contributions of overlapping windows; padding is dropped.
+    With ``out`` (and ``batch=(n0, n1)``), images n0..n1-1 of ``out`` are
+    overwritten with the result instead."""
+    img = _col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first)
+    if out is None:
+        if batch is not None:
+            raise ValueError("col2im: batch= needs out=")
+        return img
+    n0, n1 = batch_range(batch if batch is not None else (0, img.shape[0]), out.shape[0])
+    if n1 - n0 != img.shape[0] or out.shape[1:] != img.shape[1:]:
+        raise ValueError(f"col2im: out {out.shape} does not take images {img.shape} at "
+                         f"{(n0, n1)}")
+    out[n0:n1] = img
+    return out
+
+
+def _col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first):
     if channels_first:
         col = col.transpose(3, 0, 1, 2, 4, 5)   # a view as (N, C, KH, KW, OH, OW)
     N, C, KH, KW, OH, OW = col.shape
@@ -87,13 +107,16 @@ def _first_offset(K, S, P, D, O):
     return np.where(start < 0, (-start + D - 1) // D, 0)
 
 
-def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
+def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, indices=True):
     """Max over each window; returns (y, indices) with int64 indices into the
-    H*W plane of the input. Padding counts as -inf; ties go to the first
-    maximum in row-major window order (PyTorch's rule)."""
+    H*W plane of the input, or (y, None) without ``indices``. Padding counts
+    as -inf; ties go to the first maximum in row-major window order
+    (PyTorch's rule)."""
     N, C, H, W = x.shape
     col = im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=-np.inf)
     col = col.reshape(N, C, KH * KW, OH, OW)
+    if not indices:
+        return col.max(axis=2), None
     arg = col.argmax(axis=2)  # numpy's argmax returns the first maximum
     y = np.take_along_axis(col, arg[:, :, None], axis=2)[:, :, 0]
     kh, kw = np.divmod(arg, KW)
@@ -113,15 +136,15 @@ def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
     return np.ascontiguousarray(y), indices
 
 
-def maxpool2d_backward(gy, indices, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
-    """Scatter-add gy (N, C, OH, OW) into a zero (N, C, H, W) at ``indices``;
+def maxpool2d_backward(gy, argmax, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
+    """Scatter-add gy (N, C, OH, OW) into a zero (N, C, H, W) at ``argmax``;
     overlapping windows that chose the same pixel accumulate. The window
     geometry is unused here (the GPU gather needs it; one shared signature)."""
     N, C = gy.shape[:2]
     plane = H * W
     offsets = np.arange(N * C, dtype=np.int64).reshape(N, C, 1, 1) * plane
-    flat, weights = indices + offsets, gy
-    inside = (indices >= 0) & (indices < plane)
+    flat, weights = argmax + offsets, gy
+    inside = (argmax >= 0) & (argmax < plane)
     if not inside.all():  # a window with no real pixel (PyTorch's index lies outside)
         flat, weights = flat[inside], gy[inside]
     # bincount accumulates repeated indices deterministically (in float64)

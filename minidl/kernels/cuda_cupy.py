@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 
-from .common import gemm_to_nchw, nchw_to_gemm, output_array  # noqa: F401 - shared
+from .common import batch_range, gemm_to_nchw, maxpool2d_indices, nchw_to_gemm, output_array  # noqa: F401
 
 _GEOMETRY = ("int64 H, int64 W, int64 KH, int64 KW, int64 SH, int64 SW, "
              "int64 PH, int64 PW, int64 DH, int64 DW, int64 OH, int64 OW")
@@ -157,11 +157,15 @@ def _maxpool_bwd_kernel():
 
 
 def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=0.0, channels_first=False,
-           out=None):
+           out=None, batch=None):
     """(N, C, H, W) -> contiguous (N, C, KH, KW, OH, OW) of the windows' pixels,
     or (C, KH, KW, N, OH, OW) with ``channels_first`` (one GEMM for the batch).
-    ``out``: a C-contiguous array of that shape and x's dtype to fill (reuse)."""
+    ``out``: a C-contiguous array of that shape and x's dtype to fill (reuse).
+    ``batch=(n0, n1)``: unfold only those images (col's N is then n1 - n0)."""
     cp = _cupy()
+    if batch is not None:
+        n0, n1 = batch_range(batch, x.shape[0])
+        x = x[n0:n1]
     x = cp.ascontiguousarray(x)
     N, C, H, W = x.shape
     shape = (C, KH, KW, N, OH, OW) if channels_first else (N, C, KH, KW, OH, OW)
@@ -171,33 +175,45 @@ def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=0.0, channels_fi
     return col
 
 
-def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False):
+def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False, out=None, batch=None):
     """Sum the windows of ``col`` (laid out as :func:`im2col` makes it) back
-    into (N, C, H, W): one thread per pixel gathers the windows covering it."""
+    into (N, C, H, W): one thread per pixel gathers the windows covering it.
+    With ``out`` (and ``batch=(n0, n1)``), images n0..n1-1 of ``out`` (any
+    strides) are overwritten instead."""
     cp = _cupy()
     col = cp.ascontiguousarray(col)
     if channels_first:
         C, KH, KW, N, OH, OW = col.shape
     else:
         N, C, KH, KW, OH, OW = col.shape
-    img = cp.empty((N, C, H, W), dtype=col.dtype)
+    if out is None:
+        if batch is not None:
+            raise ValueError("col2im: batch= needs out=")
+        img = cp.empty((N, C, H, W), dtype=col.dtype)
+    else:
+        n0, n1 = batch_range(batch if batch is not None else (0, N), out.shape[0])
+        if n1 - n0 != N or out.shape[1:] != (C, H, W) or out.dtype != col.dtype:
+            raise ValueError(f"col2im: out {out.shape} {out.dtype} does not take {N} images "
+                             f"of {(C, H, W)} {col.dtype} at {(n0, n1)}")
+        img = out[n0:n1]
     _col2im_kernel()(col, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, N, C,
                      bool(channels_first), img)
-    return img
+    return img if out is None else out
 
 
-def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
-    """Max over each window: (y, int64 indices into the input's H*W plane)."""
+def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, indices=True):
+    """Max over each window: (y, int64 indices into the input's H*W plane),
+    or (y, None) without ``indices``."""
     cp = _cupy()
     x = cp.ascontiguousarray(x)
     N, C, H, W = x.shape
     y = cp.empty((N, C, OH, OW), dtype=x.dtype)
     idx = cp.empty((N, C, OH, OW), dtype=cp.int64)
     _maxpool_fwd_kernel()(x, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, y, idx)
-    return y, idx
+    return y, (idx if indices else None)
 
 
-def maxpool2d_backward(gy, indices, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
+def maxpool2d_backward(gy, argmax, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
     """gx (N, C, H, W): each pixel gathers gy from the windows that picked it.
 
     The gather needs the window geometry (the CPU kernels take and ignore it,
@@ -205,8 +221,8 @@ def maxpool2d_backward(gy, indices, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
     """
     cp = _cupy()
     gy = cp.ascontiguousarray(gy)
-    indices = cp.ascontiguousarray(indices, dtype=cp.int64)
+    argmax = cp.ascontiguousarray(argmax, dtype=cp.int64)
     N, C, OH, OW = gy.shape
     gx = cp.empty((N, C, H, W), dtype=gy.dtype)
-    _maxpool_bwd_kernel()(gy, indices, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, gx)
+    _maxpool_bwd_kernel()(gy, argmax, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, gx)
     return gx

@@ -58,6 +58,7 @@ import threading
 import numpy as np
 
 from .. import backend
+from ..kernels.common import is_c_major, plane_major
 from ..tensor import Function, Tensor
 
 __all__ = ["Conv2dFunction", "MaxPool2dFunction", "AvgPool2dFunction",
@@ -175,6 +176,38 @@ def clear_workspace():
 
 # ------------------------------------------------------------------ conv2d
 
+def _images_per_chunk(xp, N, col_bytes_per_image):
+    """How many images one im2col chunk holds: all N when the whole col is at
+    most ``_COL_CHUNK_BYTES`` (it is then kept for backward), else chunks of
+    about that size, each unfolded again in backward. On the CPU, a 58 MB col
+    (batch 64, 32 -> 64 channels, 28 x 28) made every pass over it run at
+    memory speed; 16 MB chunks cut the forward+backward time by a quarter.
+    CuPy has the bandwidth and its own pool: no chunks there."""
+    if xp is not np or N * col_bytes_per_image <= _COL_CHUNK_BYTES:
+        return max(N, 1)
+    return max(1, _COL_CHUNK_BYTES // col_bytes_per_image)
+
+
+_COL_CHUNK_BYTES = 16 * 2**20
+
+
+def _weight_grad(xp, col, gy):
+    """(G, K, Cog) = col (G, K, M) @ gy (G, Cog, M).T, M the long N*L axis.
+
+    BLAS splits only the output between its threads, so a tiny output over a
+    long M (the first conv: 9 x 8 over 50,176) ran on one core at a third of
+    the speed; below 4 Ki outputs, M is cut into 8 slices multiplied as one
+    batch and summed."""
+    G, K, M = col.shape
+    Cog = gy.shape[1]
+    parts = 8
+    if G > 1 or K * Cog > 4096 or M < 16384 or M % parts:
+        return xp.matmul(col, gy.transpose(0, 2, 1))
+    a = col.reshape(K, parts, M // parts).transpose(1, 0, 2)      # (parts, K, M/parts)
+    b = gy.reshape(Cog, parts, M // parts).transpose(1, 2, 0)     # (parts, M/parts, Cog)
+    return xp.matmul(a, b).sum(axis=0)[None]
+
+
 class Conv2dFunction(Function):
     """y = conv2d(x, W[, b]) by im2col + one batched GEMM (see the module docstring)."""
 
@@ -186,69 +219,119 @@ class Conv2dFunction(Function):
         if self.groups < 1:
             raise ValueError(f"conv2d: groups must be positive, got {groups!r}")
 
+    def _geometry(self, x_shape, w_shape):
+        N, C, H, W = x_shape
+        Co, Cg, KH, KW = w_shape
+        OH = _out_size(H, KH, self.stride[0], self.padding[0], self.dilation[0])
+        OW = _out_size(W, KW, self.stride[1], self.padding[1], self.dilation[1])
+        return N, C, H, W, Co, Cg, KH, KW, OH, OW
+
+    def _unfold(self, kernels, xp, x, KH, KW, OH, OW, n0, n1):
+        """im2col of images n0..n1-1 into a workspace buffer: (flat buffer, col)."""
+        C = x.shape[1]
+        size = C * KH * KW * (n1 - n0) * OH * OW
+        buf = _workspace.get(xp, (self.chunk_elements,), x.dtype)
+        col = buf[:size].reshape(C, KH, KW, n1 - n0, OH, OW)
+        kernels.im2col(x, KH, KW, *self.stride, *self.padding, *self.dilation, OH, OW,
+                       channels_first=True, out=col, batch=(n0, n1))
+        return buf, col
+
     def forward(self, x, w, b=None):
         xp = backend.get_array_module(x)
         kernels = backend.kernels_for(xp)
-        N, C, H, W = x.shape
-        Co, Cg, KH, KW = w.shape
-        (SH, SW), (PH, PW), (DH, DW), G = self.stride, self.padding, self.dilation, self.groups
-        OH, OW = _out_size(H, KH, SH, PH, DH), _out_size(W, KW, SW, PW, DW)
-        L, K = OH * OW, Cg * KH * KW
-        # channels-first col (C, KH, KW, N, OH, OW) = (G, K, N*L): one GEMM for
-        # the whole batch (64 thin per-sample GEMMs cost 2-3x more)
-        col = kernels.im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, channels_first=True,
-                             out=_workspace.get(xp, (C, KH, KW, N, OH, OW), x.dtype))
-        y_t = _workspace.get(xp, (G, Co // G, N * L), x.dtype)
-        xp.matmul(w.reshape(G, Co // G, K), col.reshape(G, K, N * L), out=y_t)
+        N, C, H, W, Co, Cg, KH, KW, OH, OW = self._geometry(x.shape, w.shape)
+        G = self.groups
+        L, K, Cog = OH * OW, Cg * KH * KW, Co // G
+        self.nb = _images_per_chunk(xp, N, C * KH * KW * L * x.dtype.itemsize)
+        self.chunk_elements = C * KH * KW * self.nb * L
+        # A C-major input (conv's own output, or any single-channel batch) gets
+        # a C-major output: the GEMM's (Co, N*L) result as it is, no transpose.
+        self.c_major = is_c_major(x)
+        y_t = (xp.empty if self.c_major else
+               lambda *a: _workspace.get(xp, *a))((G, Cog, N * L), x.dtype)
+        w_g = w.reshape(G, Cog, K)
+        buf = None
+        for n0 in range(0, N, self.nb):
+            n1 = min(N, n0 + self.nb)
+            buf, col = self._unfold(kernels, xp, x, KH, KW, OH, OW, n0, n1)
+            xp.matmul(w_g, col.reshape(G, K, (n1 - n0) * L), out=y_t[:, :, n0 * L:n1 * L])
+            if n1 < N:
+                _workspace.put(buf)
+        self.x_shape, self.w_shape = x.shape, w.shape
+        if self.needs_input_grad[1]:
+            if self.nb >= N:   # one chunk: keep it (back to the workspace in release())
+                self.col_buf, self.col = buf, col
+                buf = None
+            else:              # unfolded again, chunk by chunk, in backward
+                self.x = x
+        if buf is not None:
+            _workspace.put(buf)
+        if self.needs_input_grad[0]:
+            self.w = w
+        if self.c_major:
+            y_2d = y_t.reshape(Co, N * L)
+            if b is not None:
+                xp.add(y_2d, b.reshape(Co, 1), out=y_2d)
+            return y_2d.reshape(Co, N, OH, OW).transpose(1, 0, 2, 3)
         # (Co, N*L) -> NCHW with the bias added in the same pass
         y = kernels.gemm_to_nchw(y_t.reshape(Co, N * L), b, N, OH, OW)
         _workspace.put(y_t)
-        self.x_shape = (N, C, H, W)
-        self.w_shape = w.shape
-        if self.needs_input_grad[1]:
-            self.col = col   # back to the workspace in release(), after backward
-        else:
-            _workspace.put(col)
-        if self.needs_input_grad[0]:
-            self.w = w
         return y
 
     def backward(self, gy):
         xp = backend.get_array_module(gy)
-        N, C, H, W = self.x_shape
-        Co, Cg, KH, KW = self.w_shape
-        (SH, SW), (PH, PW), (DH, DW), G = self.stride, self.padding, self.dilation, self.groups
-        OH, OW = gy.shape[2:]
+        kernels = backend.kernels_for(xp)
+        N, C, H, W, Co, Cg, KH, KW, OH, OW = self._geometry(self.x_shape, self.w_shape)
+        G = self.groups
         L, K, Cog = OH * OW, Cg * KH * KW, Co // G
         want_gb = len(self.needs_input_grad) > 2 and self.needs_input_grad[2]
-        # (N, Co, OH, OW) -> (G, Cog, N*L), the layout of the forward GEMM's
-        # output, and gb = gy.sum((0, 2, 3)) in the same pass
-        gy_t = _workspace.get(xp, (Co, N, L), gy.dtype)
-        gy_2d, gb = backend.kernels_for(xp).nchw_to_gemm(gy, bias_grad=want_gb, out=gy_t)
+        gy_t = None
+        if is_c_major(gy):   # already the GEMM's (Co, N*L) layout: no copy
+            gy_2d = gy.transpose(1, 0, 2, 3).reshape(Co, N * L)
+            gb = gy_2d.sum(axis=1) if want_gb else None
+        else:
+            # (N, Co, OH, OW) -> (Co, N*L), and gb = gy.sum((0, 2, 3)) in the same pass
+            gy_t = _workspace.get(xp, (Co, N, L), gy.dtype)
+            gy_2d, gb = kernels.nchw_to_gemm(gy, bias_grad=want_gb, out=gy_t)
         gy_g = gy_2d.reshape(G, Cog, N * L)
-        gx = gw = None
+        gx = gw_t = None
         if self.needs_input_grad[0]:
-            w = self.w.reshape(G, Cog, K)
-            gcol = _workspace.get(xp, (G, K, N * L), gy.dtype)
-            xp.matmul(w.transpose(0, 2, 1), gy_g, out=gcol)
-            gx = backend.kernels_for(xp).col2im(
-                gcol.reshape(C, KH, KW, N, OH, OW), H, W, SH, SW, PH, PW, DH, DW,
-                channels_first=True)
-            _workspace.put(gcol)
-        if self.needs_input_grad[1]:
-            col = self.col.reshape(G, K, N * L)
-            # (col @ gy_t.T).T rather than gy_t @ col.T: BLAS then streams the big
-            # col untransposed (15-40% faster at the model's shapes)
-            gw = xp.matmul(col, gy_g.transpose(0, 2, 1)).transpose(0, 2, 1)   # (G, Cog, K)
-            gw = gw.reshape(Co, Cg, KH, KW)
-        _workspace.put(gy_t)
+            # the input's plane order (a C-major x gets a C-major gradient)
+            gx = (xp.empty((C, N, H, W), gy.dtype).transpose(1, 0, 2, 3) if self.c_major
+                  else xp.empty((N, C, H, W), gy.dtype))
+            w_t = self.w.reshape(G, Cog, K).transpose(0, 2, 1)
+        for n0 in range(0, N, self.nb):
+            n1 = min(N, n0 + self.nb)
+            gy_c = gy_g[:, :, n0 * L:n1 * L]
+            if self.needs_input_grad[1]:
+                if "col" in self.__dict__:
+                    col = self.col
+                else:
+                    buf, col = self._unfold(kernels, xp, self.x, KH, KW, OH, OW, n0, n1)
+                # (col @ gy_t.T) rather than gy_t @ col.T: BLAS then streams the big
+                # col untransposed (15-40% faster at the model's shapes)
+                part = _weight_grad(xp, col.reshape(G, K, (n1 - n0) * L), gy_c)   # (G, K, Cog)
+                gw_t = part if gw_t is None else gw_t + part
+                if "col" not in self.__dict__:
+                    _workspace.put(buf)
+            if gx is not None:
+                gbuf = _workspace.get(xp, (self.chunk_elements,), gy.dtype)
+                gcol = gbuf[:G * K * (n1 - n0) * L].reshape(G, K, (n1 - n0) * L)
+                xp.matmul(w_t, gy_c, out=gcol)
+                kernels.col2im(gcol.reshape(C, KH, KW, n1 - n0, OH, OW), H, W, *self.stride,
+                               *self.padding, *self.dilation, channels_first=True, out=gx,
+                               batch=(n0, n1))
+                _workspace.put(gbuf)
+        if gy_t is not None:
+            _workspace.put(gy_t)
+        gw = None if gw_t is None else gw_t.transpose(0, 2, 1).reshape(Co, Cg, KH, KW)
         return gx, gw, gb
 
     def release(self):
-        col = self.__dict__.get("col")
+        buf = self.__dict__.get("col_buf")
         super().release()
-        if col is not None:   # the graph is gone: nothing can read col again
-            _workspace.put(col)
+        if buf is not None:   # the graph is gone: nothing can read col again
+            _workspace.put(buf)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -311,28 +394,47 @@ def _pool_params(op, x_shape, kernel_size, stride, padding, dilation, ceil_mode)
 
 
 class MaxPool2dFunction(Function):
-    """y = max over each window; ``self.indices`` (int64, into each H*W plane)
-    are the argmaxes, PyTorch's ``return_indices`` convention."""
+    """y = max over each window. The kernels see the planes in memory order
+    (so a C-major input pools, and its gradient comes back, without a copy);
+    ``argmax`` is the kernel's record of each window's choice."""
 
-    def __init__(self, kernel_size, stride, padding, dilation, output_size):
+    def __init__(self, kernel_size, stride, padding, dilation, output_size,
+                 return_indices=False):
         self.kernel_size, self.stride = kernel_size, stride
         self.padding, self.dilation, self.output_size = padding, dilation, output_size
+        self.return_indices = return_indices
+
+    def _geometry(self):
+        return (*self.kernel_size, *self.stride, *self.padding, *self.dilation)
 
     def forward(self, x):
         kernels = backend.kernels_for(backend.get_array_module(x))
-        (KH, KW), (SH, SW), (PH, PW), (DH, DW) = (self.kernel_size, self.stride, self.padding,
-                                                  self.dilation)
-        OH, OW = self.output_size
-        y, self.indices = kernels.maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
+        planes, self.c_major = plane_major(x)
+        y, self.argmax = kernels.maxpool2d_forward(
+            planes, *self._geometry(), *self.output_size,
+            indices=self.needs_input_grad[0] or self.return_indices)
         self.x_hw = x.shape[2:]
-        return y
+        return _plane_view(y, self.c_major)
+
+    def indices(self):
+        """PyTorch's ``return_indices``: int64 (N, C, OH, OW) into each H*W plane."""
+        kernels = backend.kernels_for(backend.get_array_module(self.argmax))
+        idx = kernels.maxpool2d_indices(self.argmax, *self.x_hw, *self._geometry())
+        return _plane_view(idx, self.c_major)
 
     def backward(self, gy):
-        kernels = backend.kernels_for(backend.get_array_module(gy))
-        H, W = self.x_hw
-        gx = kernels.maxpool2d_backward(gy, self.indices, H, W, *self.kernel_size,
-                                        *self.stride, *self.padding, *self.dilation)
-        return (gx,)
+        xp = backend.get_array_module(gy)
+        if self.c_major:   # gy in the argmax's plane order
+            gy = xp.ascontiguousarray(gy.transpose(1, 0, 2, 3))
+        gx = backend.kernels_for(xp).maxpool2d_backward(gy, self.argmax, *self.x_hw,
+                                                        *self._geometry())
+        return (_plane_view(gx, self.c_major),)
+
+
+def _plane_view(planes, c_major):
+    """A kernel's memory-order result as (N, C, ...): the (C, N, ...) array
+    transposed back when the input was C-major."""
+    return planes.transpose(1, 0, 2, 3) if c_major else planes
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -344,12 +446,14 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     x4, unbatched = _as_batched(op, x)
     K, S, P, D, out = _pool_params(op, x4.shape, kernel_size, stride, padding, dilation,
                                    ceil_mode)
-    fn = MaxPool2dFunction(K, S, P, D, out)
+    fn = MaxPool2dFunction(K, S, P, D, out, return_indices=return_indices)
     y = fn(x4)
-    indices = Tensor._wrap(fn.indices)
+    if not return_indices:
+        return y.reshape(*y.shape[1:]) if unbatched else y
+    indices = Tensor._wrap(fn.indices())
     if unbatched:
         y, indices = y.reshape(*y.shape[1:]), indices.reshape(*indices.shape[1:])
-    return (y, indices) if return_indices else y
+    return y, indices
 
 
 # -------------------------------------------------------------- avg_pool2d
