@@ -247,11 +247,19 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
+SETTLE_SECONDS = 0.25
+
+
 def _rates(workers, images, windows, **cmd):
-    """Alternate A B A B ... for ``windows`` rounds; images/s of each median window."""
+    """Alternate A B A B ... for ``windows`` rounds; images/s of each median window.
+
+    Each window starts after a short pause: BLAS worker threads spin for a
+    while after their last call, and on 2 cores the idle process's spinning
+    threads would otherwise eat into the other's window."""
     times = {w.name: [] for w in workers}
     for _ in range(windows):
         for w in workers:
+            time.sleep(SETTLE_SECONDS)
             times[w.name].append(w.ask(**cmd)["seconds"])
     entry = {name: round(images / statistics.median(t), 1) for name, t in times.items()}
     if "torch" in entry:

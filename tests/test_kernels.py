@@ -264,6 +264,36 @@ def test_same_width_stride_one(kernels, KH, KW, PH, PW, DH, DW):
 
 
 @pytest.mark.parametrize("kernels", MODULES)
+@pytest.mark.parametrize("KH, KW, PH, PW, DH, DW", [(3, 3, 1, 1, 1, 1), (3, 5, 2, 2, 2, 1),
+                                                    (1, 3, 0, 2, 1, 2), (5, 3, 0, 1, 1, 1)])
+@pytest.mark.parametrize("N, n0, n1", [(4, 0, 4), (5, 1, 4), (3, 2, 3)])
+def test_same_size_c_major(kernels, KH, KW, PH, PW, DH, DW, N, n0, n1):
+    """Stride-1 'same' windows over a C-major input take the Numba kernels'
+    whole-channel runs (each tap one shifted copy across images, the padding
+    zeroed after); col2im zeroes only col's padding taps, which feed nothing."""
+    rng = np.random.default_rng(KH * 100 + KW * 10 + N)
+    H, W = 6, 5
+    values = rng.standard_normal((N, 3, H, W))
+    x = np.ascontiguousarray(values.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    OH, OW = H + 2 * PH - DH * (KH - 1), W + 2 * PW - DW * (KW - 1)
+    args = (KH, KW, 1, 1, PH, PW, DH, DW, OH, OW)
+    col = kernels.im2col(x, *args, channels_first=True, batch=(n0, n1))
+    ref = ref_im2col(values[n0:n1], *args, 0.0).transpose(1, 2, 3, 0, 4, 5)
+    np.testing.assert_array_equal(col, ref)
+    gcol = rng.standard_normal(col.shape)
+    expected = ref_col2im(np.ascontiguousarray(gcol.transpose(3, 0, 1, 2, 4, 5)), H, W,
+                          1, 1, PH, PW, DH, DW)
+    out = np.full((3, N, H, W), 5.0).transpose(1, 0, 2, 3)
+    kernels.col2im(gcol, H, W, 1, 1, PH, PW, DH, DW, channels_first=True, out=out,
+                   batch=(n0, n1))
+    np.testing.assert_allclose(out[n0:n1], expected, rtol=1e-12, atol=1e-12)
+    assert np.all(np.delete(out, np.s_[n0:n1], axis=0) == 5.0)
+    # what col2im may have zeroed is exactly what no pixel reads
+    np.testing.assert_array_equal(ref_col2im(np.ascontiguousarray(gcol.transpose(
+        3, 0, 1, 2, 4, 5)), H, W, 1, 1, PH, PW, DH, DW), expected)
+
+
+@pytest.mark.parametrize("kernels", MODULES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_dtype_is_kept(kernels, dtype):
     x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(dtype)

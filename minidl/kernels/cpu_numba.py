@@ -196,6 +196,113 @@ def _col2im(col, cf, img, c_major, n0, SH, SW, PH, PW, DH, DW):
         _col2im_plane(col, n, c, cf, plane, SH, SW, PH, PW, DH, DW)
 
 
+# C-major 'same' convolutions (stride 1, OH == H, OW == W: the model's 3x3
+# pad 1): for one channel, the planes of consecutive images are contiguous,
+# and every kernel tap shifts them by one flat offset ``s``, so a tap's whole
+# (images x OH x OW) col plane is one long copy (im2col) or add (col2im),
+# after which the few positions that fell on padding (the plane's border
+# rows and columns, which the shift takes from a neighbouring row or image)
+# are zeroed. A task is (channel, run of images); reads and writes never
+# cross the task's images (what would cross is padding), so tasks never
+# share memory.
+
+@njit(inline="always", cache=_CACHE)
+def _fill(dst, value):
+    for k in range(dst.shape[0]):
+        dst[k] = value
+
+
+@njit(cache=_CACHE)
+def _zero_padding_taps(flat, nb, H, W, h_lo, h_hi, w_lo, w_hi, zero):
+    """In nb flat (H, W) planes, zero what lies outside rows [h_lo, h_hi) x
+    columns [w_lo, w_hi): the positions whose tap reads padding."""
+    HW = H * W
+    for n in range(nb):
+        p = flat[n * HW:(n + 1) * HW]
+        _fill(p[:h_lo * W], zero)
+        _fill(p[h_hi * W:], zero)
+        if w_lo > 0 or w_hi < W:
+            for h in range(h_lo, h_hi):
+                r = p[h * W:(h + 1) * W]
+                _fill(r[:w_lo], zero)
+                _fill(r[w_hi:], zero)
+
+
+@njit(cache=_CACHE)
+def _im2col_same_channel(src, col, c, n0, n1, nb_total, H, W, PH, PW, DH, DW, zero):
+    """Images n0..n1-1 (counted in col) of channel c: src is that channel's
+    planes, flat from col's first image on; col is (C, KH, KW, N, H, W)."""
+    KH, KW = col.shape[1], col.shape[2]
+    HW = H * W
+    a, b = n0 * HW, n1 * HW
+    for i in range(KH):
+        h_lo, h_hi = _valid_range(H, i, 1, PH, DH, H)
+        for j in range(KW):
+            w_lo, w_hi = _valid_range(W, j, 1, PW, DW, W)
+            dst = col[c, i, j].reshape(nb_total * HW)
+            s = (i * DH - PH) * W + j * DW - PW
+            lo, hi = max(a, a - s), min(b, b - s)   # sources within these images
+            if lo < hi:
+                _copy(dst[lo:hi], src[lo + s:hi + s])
+            _zero_padding_taps(dst[a:b], n1 - n0, H, W, h_lo, h_hi, w_lo, w_hi, zero)
+
+
+@njit(parallel=True, cache=_CACHE)
+def _im2col_same_c_major(xm, n0, n1, col, PH, PW, DH, DW, runs, zero):
+    """im2col of images n0..n1-1 of the C-major xm (C, N, H, W)."""
+    C, H, W = xm.shape[0], xm.shape[2], xm.shape[3]
+    nb = n1 - n0
+    for t in prange(C * runs):
+        c = t // runs
+        r = t - c * runs
+        src = xm[c, n0:n1].reshape(nb * H * W)
+        _im2col_same_channel(src, col, c, r * nb // runs, (r + 1) * nb // runs, nb, H, W,
+                             PH, PW, DH, DW, zero)
+
+
+@njit(cache=_CACHE)
+def _col2im_same_channel(col, dst, c, n0, n1, nb_total, H, W, PH, PW, DH, DW, zero):
+    """Images n0..n1-1 of channel c: dst (flat, from col's first image) =
+    the sum of every tap's col plane shifted back. The col planes' padding
+    positions are zeroed first (col is the caller's scratch gradient)."""
+    KH, KW = col.shape[1], col.shape[2]
+    HW = H * W
+    a, b = n0 * HW, n1 * HW
+    _fill(dst[a:b], zero)
+    for i in range(KH):
+        h_lo, h_hi = _valid_range(H, i, 1, PH, DH, H)
+        for j in range(KW):
+            w_lo, w_hi = _valid_range(W, j, 1, PW, DW, W)
+            src = col[c, i, j].reshape(nb_total * HW)
+            _zero_padding_taps(src[a:b], n1 - n0, H, W, h_lo, h_hi, w_lo, w_hi, zero)
+            s = (i * DH - PH) * W + j * DW - PW
+            lo, hi = max(a, a - s), min(b, b - s)
+            if lo < hi:
+                _add(dst[lo + s:hi + s], src[lo:hi])
+
+
+@njit(parallel=True, cache=_CACHE)
+def _col2im_same_c_major(col, img, n0, PH, PW, DH, DW, runs, zero):
+    """col2im into images n0.. of the C-major img (C, N, H, W)."""
+    C, H, W = img.shape[0], img.shape[2], img.shape[3]
+    nb = col.shape[3]
+    for t in prange(C * runs):
+        c = t // runs
+        r = t - c * runs
+        dst = img[c, n0:n0 + nb].reshape(nb * H * W)
+        _col2im_same_channel(col, dst, c, r * nb // runs, (r + 1) * nb // runs, nb, H, W,
+                             PH, PW, DH, DW, zero)
+
+
+def _same_size(SH, SW, OH, OW, H, W):
+    return SH == 1 and SW == 1 and OH == H and OW == W
+
+
+def _runs(C, nb):
+    """Runs of images per channel: enough tasks for the threads (8 at least)."""
+    return max(1, min(nb, -(-8 // C)))
+
+
 @njit(cache=_CACHE)
 def _maxpool_plane(xp, yp, ip, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf):
     H, W = xp.shape
@@ -459,6 +566,11 @@ def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=0.0, channels_fi
     n0, n1 = batch_range(batch, x.shape[0])
     shape = (C, KH, KW, n1 - n0, OH, OW) if channels_first else (n1 - n0, C, KH, KW, OH, OW)
     col = output_array(np, out, shape, x.dtype)
+    H, W = x.shape[2:]
+    if c_major and channels_first and _same_size(SH, SW, OH, OW, H, W) and col.size:
+        _im2col_same_c_major(xm, n0, n1, col, PH, PW, DH, DW, _runs(C, n1 - n0),
+                             x.dtype.type(pad_value))
+        return col
     _im2col(xm, c_major, n0, n1, col, bool(channels_first), SH, SW, PH, PW, DH, DW,
             x.dtype.type(pad_value))
     return col
@@ -467,7 +579,9 @@ def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=0.0, channels_fi
 def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False, out=None, batch=None):
     """Sum the windows of ``col`` (laid out as :func:`im2col` makes it) back
     into a new (N, C, H, W); or, with ``out`` (N-major or C-major) and
-    ``batch=(n0, n1)``, overwrite images n0..n1-1 of ``out`` with them."""
+    ``batch=(n0, n1)``, overwrite images n0..n1-1 of ``out`` with them.
+    ``col`` is scratch: its entries for taps that fall on padding (which
+    feed no pixel) may be set to 0."""
     col = np.ascontiguousarray(col)
     N, C = (col.shape[3], col.shape[0]) if channels_first else col.shape[:2]
     if out is None:
@@ -481,6 +595,12 @@ def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False, out=None, ba
     if not (out.flags.c_contiguous or is_c_major(out)):
         raise ValueError("col2im: out must be N-major or C-major (contiguous planes)")
     img, c_major = plane_major(out)
+    OH, OW = col.shape[4:]
+    if c_major and channels_first and _same_size(SH, SW, OH, OW, H, W) and col.size:
+        if not col.flags.writeable or np.may_share_memory(col, out):
+            col = col.copy()
+        _col2im_same_c_major(col, img, n0, PH, PW, DH, DW, _runs(C, N), col.dtype.type(0))
+        return out
     _col2im(col, bool(channels_first), img, c_major, n0, SH, SW, PH, PW, DH, DW)
     return out
 
