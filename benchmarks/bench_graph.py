@@ -22,10 +22,9 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import minidl  # noqa: E402
+import minidl  # noqa: E402  (before NumPy: it sets BLAS thread settings NumPy reads)
+import numpy as np  # noqa: E402
 
 
 def chain(x, n_ops, tanh):

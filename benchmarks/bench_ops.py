@@ -32,17 +32,15 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
-# Numba's OpenMP workers must not spin against BLAS (see minidl.kernels.cpu_numba);
-# set before minidl.set_num_threads starts them. The PyTorch child gets the
-# caller's environment unchanged.
+# minidl sets its thread settings (OMP_WAIT_POLICY, OPENBLAS_THREAD_TIMEOUT; see
+# minidl.backend) when imported, before NumPy loads its BLAS. The PyTorch child
+# gets the caller's environment unchanged.
 _CALLER_ENV = dict(os.environ)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import minidl  # noqa: E402
+import numpy as np  # noqa: E402
 from minidl import backend  # noqa: E402
 from minidl.ops.conv import conv2d, max_pool2d  # noqa: E402
 

@@ -30,11 +30,10 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import minidl  # noqa: E402
+import minidl  # noqa: E402  (before NumPy: it sets BLAS thread settings NumPy reads)
+import numpy as np  # noqa: E402
 from minidl import optim as moptim  # noqa: E402
 from minidl.models import CNNAttention, num_parameters  # noqa: E402
 from minidl.nn import functional as MF  # noqa: E402

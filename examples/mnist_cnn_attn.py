@@ -15,13 +15,13 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
-try:
+try:   # before NumPy: minidl sets BLAS thread settings that NumPy reads when it loads
     import minidl
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import minidl
+
+import numpy as np  # noqa: E402
 
 from minidl.models import CNNAttention, num_parameters
 from minidl.nn import functional as F

@@ -14,9 +14,11 @@ Layout (one module per concern):
 """
 from __future__ import annotations
 
-import numpy as np
+from . import backend  # first: its thread settings must reach NumPy's BLAS before it loads
 
-from . import backend, data, nn, ops, optim
+import numpy as np  # noqa: E402
+
+from . import data, nn, ops, optim  # noqa: E402
 from .backend import cuda_is_available, get_num_threads, set_num_threads
 from .creation import (arange, empty, eye, from_numpy, full, linspace, ones, ones_like, rand,
                        randint, randn, tensor, zeros, zeros_like)
