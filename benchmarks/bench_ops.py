@@ -1,7 +1,7 @@
 """Forward+backward time of conv2d and max_pool2d: minidl (Numba), minidl
 (NumPy only) and PyTorch CPU with the same thread count, in one run.
 
-    python benchmarks/bench_ops.py [--threads N] [--repeat R] [--quick] [--json PATH]
+    python benchmarks/bench_ops.py [--threads N] [--repeat R] [--rounds K] [--quick] [--json PATH]
 
 ``--json PATH`` also writes the results there (``-`` for stdout), as
 ``benchmarks/run_all.py`` reads them: rows of ``name``, ``numba_ms``,
@@ -11,17 +11,27 @@ runs a tiny batch a few times (a smoke test, not a measurement).
 Shapes: the model's layers at batch 64 (conv 1->8 and 8->16, 3x3 pad 1, on
 28x28 and 14x14; 2x2 max pooling on both) and a larger conv (32->64 on
 28x28). The first conv's input needs no gradient (it is the image), as in
-the model. Each figure is the fastest of R timed forward+backward steps
-after warm-up (the minimum, as ``timeit`` advises: on a shared 2-core
-machine the median mostly measures the neighbours; the load average is
-printed alongside); Numba's compile time is excluded there and reported apart:
-the time a fresh process takes to import minidl and finish its first conv
-forward+backward, with the on-disk cache (warm) and without it (cold).
-Ratios are torch time / minidl time: above 1 means minidl is faster.
+the model. Each model layer gets its input, and its output gradient, in the
+layout that framework's own neighbouring layers produce in the model:
+PyTorch's are contiguous NCHW; minidl's convs return C-major arrays (see
+``minidl.kernels.common``), so the pools and the second conv get those. The
+larger conv gets plain NCHW arrays in both, as a user's tensors would be.
 
-PyTorch is timed in a child process (``--only torch``): imported into the
-same process its OpenMP runtime made Numba's 2-thread kernels 3-4x slower,
-which would measure the cohabitation, not minidl.
+Each figure is the fastest of R timed forward+backward steps after warm-up
+(the minimum, as ``timeit`` advises: on a shared 2-core machine the median
+mostly measures the neighbours; the load average is printed alongside), and
+the best of K rounds; each round times every case in minidl, then in
+PyTorch, so a slow spell of the machine falls on both. Numba's compile time
+is excluded there and reported apart: the time a fresh process takes to
+import minidl and finish its first conv forward+backward, with the on-disk
+cache (warm) and without it (cold). Ratios are torch time / minidl time:
+above 1 means minidl is faster.
+
+PyTorch runs in a worker process (``--only torch``, answering one case at a
+time on stdin): imported into the same process its OpenMP runtime made
+Numba's 2-thread kernels 3-4x slower, which would measure the cohabitation,
+not minidl. Before each timing the other process's threads get a moment to
+go idle.
 """
 from __future__ import annotations
 
@@ -45,14 +55,20 @@ from minidl import backend  # noqa: E402
 from minidl.ops.conv import conv2d, max_pool2d  # noqa: E402
 
 def cases(N):
-    """(name, op, input shape, weight shape (conv), input needs grad) at batch N."""
+    """(name, op, input shape, weight shape (conv), input needs grad, model layout)
+    at batch N; ``model layout``: minidl gets C-major arrays, as in the model."""
     return [
-        ("conv 1->8 28x28", "conv", (N, 1, 28, 28), (8, 1, 3, 3), False),
-        ("pool 2x2 8@28x28", "pool", (N, 8, 28, 28), None, True),
-        ("conv 8->16 14x14", "conv", (N, 8, 14, 14), (16, 8, 3, 3), True),
-        ("pool 2x2 16@14x14", "pool", (N, 16, 14, 14), None, True),
-        ("conv 32->64 28x28", "conv", (N, 32, 28, 28), (64, 32, 3, 3), True),
+        ("conv 1->8 28x28", "conv", (N, 1, 28, 28), (8, 1, 3, 3), False, True),
+        ("pool 2x2 8@28x28", "pool", (N, 8, 28, 28), None, True, True),
+        ("conv 8->16 14x14", "conv", (N, 8, 14, 14), (16, 8, 3, 3), True, True),
+        ("pool 2x2 16@14x14", "pool", (N, 16, 14, 14), None, True, True),
+        ("conv 32->64 28x28", "conv", (N, 32, 28, 28), (64, 32, 3, 3), True, False),
     ]
+
+
+def _c_major(a):
+    """The same (N, C, H, W) values stored C-major, as minidl's convs return them."""
+    return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
 
 
 
@@ -88,12 +104,13 @@ class _Kernels:
 
 
 def minidl_step(case, rng):
-    _, op, xs, ws, x_grad = case
-    x = minidl.Tensor(rng.standard_normal(xs).astype(np.float32), requires_grad=x_grad)
+    _, op, xs, ws, x_grad, model_layout = case
+    layout = _c_major if model_layout else np.ascontiguousarray
+    x = minidl.Tensor(layout(rng.standard_normal(xs).astype(np.float32)), requires_grad=x_grad)
     if op == "conv":
         w = minidl.Tensor((rng.standard_normal(ws) * 0.1).astype(np.float32), requires_grad=True)
         b = minidl.Tensor(np.zeros(ws[0], np.float32), requires_grad=True)
-        gy = rng.standard_normal((xs[0], ws[0], xs[2], xs[3])).astype(np.float32)
+        gy = layout(rng.standard_normal((xs[0], ws[0], xs[2], xs[3])).astype(np.float32))
         params = [x, w, b]
 
         def step():
@@ -101,7 +118,8 @@ def minidl_step(case, rng):
                 p.grad = None
             conv2d(x, w, b, padding=1).backward(gy)
     else:
-        gy = rng.standard_normal((xs[0], xs[1], xs[2] // 2, xs[3] // 2)).astype(np.float32)
+        gy = layout(rng.standard_normal((xs[0], xs[1], xs[2] // 2, xs[3] // 2))
+                    .astype(np.float32))
 
         def step():
             x.grad = None
@@ -110,7 +128,7 @@ def minidl_step(case, rng):
 
 
 def torch_step(case, rng, torch):
-    _, op, xs, ws, x_grad = case
+    _, op, xs, ws, x_grad, _ = case
     F = torch.nn.functional
     x = torch.tensor(rng.standard_normal(xs).astype(np.float32), requires_grad=x_grad)
     if op == "conv":
@@ -156,45 +174,70 @@ def first_conv_seconds(cache: bool) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _torch_in_child(threads, args):
-    """(version, rows) of PyTorch's timings from a child process, or None
-    when torch is not installed."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--only", "torch", "--threads",
-           str(threads), "--repeat", str(args.repeat)] + (["--quick"] if args.quick else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, env=_CALLER_ENV)
-    if out.returncode != 0:
-        if "ModuleNotFoundError" in out.stderr:
-            return None
-        raise RuntimeError(f"bench_ops: the PyTorch child failed:\n{out.stderr}")
-    data = json.loads(out.stdout.strip().splitlines()[-1])
-    return data["torch"], data["rows"]
+SETTLE_SECONDS = 0.2
+
+
+class TorchWorker:
+    """PyTorch in a child process: ``best(i, repeat)`` times case i there."""
+
+    def __init__(self, threads, quick):
+        cmd = [sys.executable, os.path.abspath(__file__), "--only", "torch", "--threads",
+               str(threads)] + (["--quick"] if quick else [])
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=_CALLER_ENV)
+        self.version = self._read()["torch"]
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("bench_ops: the PyTorch worker failed:\n" + self.proc.stderr.read())
+        return json.loads(line)
+
+    def best(self, index, repeat):
+        self.proc.stdin.write(f"{index} {repeat}\n")
+        self.proc.stdin.flush()
+        return self._read()["seconds"]
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def torch_worker(threads, batch):
+    """The child's loop: build every case once, then time the ones asked for."""
+    import torch
+    torch.set_num_threads(threads)
+    steps = [torch_step(case, np.random.default_rng(0), torch) for case in cases(batch)]
+    print(json.dumps({"torch": torch.__version__}), flush=True)
+    for line in sys.stdin:
+        index, repeat = (int(v) for v in line.split())
+        best = _best_times({"t": steps[index]}, repeat)["t"]
+        print(json.dumps({"seconds": best}), flush=True)
+
+
+def _torch_available():
+    probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True,
+                           env=_CALLER_ENV)
+    return probe.returncode == 0
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for minidl (Numba + BLAS) and torch (default: all cores)")
-    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--repeat", type=int, default=30, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds, each timing every case in minidl then in PyTorch")
     parser.add_argument("--quick", action="store_true", help="batch 4, 2 repeats: smoke test")
     parser.add_argument("--only", choices=["minidl", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON "
                                                        "('-': stdout)")
     args = parser.parse_args(argv)
-    batch, repeat = (4, 2) if args.quick else (64, args.repeat)
+    batch, repeat, rounds = (4, 2, 1) if args.quick else (64, args.repeat, args.rounds)
 
     threads = minidl.set_num_threads(args.threads)
-    torch = None
     if args.only == "torch":
-        import torch
-        torch.set_num_threads(threads)
-        rows = []
-        for case in cases(batch):
-            best = _best_times({"torch_ms": torch_step(case, np.random.default_rng(0), torch)},
-                               repeat)
-            rows.append({"name": case[0], "torch_ms": 1e3 * best["torch_ms"]})
-        print(json.dumps({"torch": torch.__version__, "rows": rows}))
-        return
-    torch_rows = _torch_in_child(threads, args) if args.only is None else None
+        return torch_worker(threads, batch)
 
     compile_cold = compile_warm = None
     if backend.numba_available() and not args.quick:
@@ -203,33 +246,47 @@ def main(argv=None):
         first_conv_seconds(cache=True)
         compile_warm = first_conv_seconds(cache=True)
 
-    torch_version = None
-    if torch_rows is not None:
-        torch_version, torch_rows = torch_rows
+    worker = TorchWorker(threads, args.quick) if _torch_available() else None
+    torch_version = worker.version if worker else None
     load = os.getloadavg()
-    rows = []
+    contenders = []   # per case: {column: step}
     for case in cases(batch):
         rng = np.random.default_rng(0)
         steps = {}
         if backend.numba_available():
             steps["numba_ms"] = _Kernels(minidl_step(case, rng), True)
         steps["numpy_ms"] = _Kernels(minidl_step(case, rng), False)
-        row = {"name": case[0]}
-        row.update({k: 1e3 * v for k, v in _best_times(steps, repeat).items()})
-        if torch_rows is not None:
-            row["torch_ms"] = torch_rows[len(rows)]["torch_ms"]
+        contenders.append(steps)
+    best = [{} for _ in contenders]
+    try:
+        for _ in range(rounds):
+            for i, steps in enumerate(contenders):
+                for name, seconds in _best_times(steps, repeat).items():
+                    best[i][name] = min(best[i].get(name, np.inf), seconds)
+                if worker:
+                    time.sleep(SETTLE_SECONDS)
+                    seconds = worker.best(i, repeat)
+                    best[i]["torch_ms"] = min(best[i].get("torch_ms", np.inf), seconds)
+                    time.sleep(SETTLE_SECONDS)
+    finally:
+        if worker:
+            worker.close()
+    rows = []
+    for case, times in zip(cases(batch), best):
+        row = {"name": case[0], **{k: 1e3 * v for k, v in times.items()}}
+        if worker:
             mine = row.get("numba_ms", row["numpy_ms"])
             row["ratio"] = row["torch_ms"] / mine
             row["ratio_numpy"] = row["torch_ms"] / row["numpy_ms"]
         rows.append(row)
 
-    result = {"threads": threads, "batch": batch, "repeat": repeat,
+    result = {"threads": threads, "batch": batch, "repeat": repeat, "rounds": rounds,
               "load_average": [round(load[0], 2), round(os.getloadavg()[0], 2)],
               "torch": torch_version, "numpy": np.__version__,
               "numba": backend.numba_available(), "rows": rows,
               "first_conv_fresh_process_s": {"numba_cache": compile_warm,
                                              "no_cache": compile_cold}}
-    if torch_rows is not None and backend.numba_available():
+    if worker and backend.numba_available():
         result["model_shapes_ratio"] = (sum(r["torch_ms"] for r in rows[:MODEL_CASES]) /
                                         sum(r["numba_ms"] for r in rows[:MODEL_CASES]))
     if args.json:
@@ -243,7 +300,8 @@ def main(argv=None):
     def fmt(v, spec, suffix=""):
         return f"{'-':>{spec[:2]}}" if v is None else format(v, spec) + suffix
 
-    print(f"forward+backward, float32, batch {batch}, {threads} thread(s), best of {repeat}; "
+    print(f"forward+backward, float32, batch {batch}, {threads} thread(s), best of {repeat} "
+          f"x {rounds} rounds; "
           f"load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
     print(f"{'case':<20}{'numba ms':>10}{'numpy ms':>10}{'torch ms':>10}"
           f"{'torch/numba':>13}{'torch/numpy':>13}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import sys
 import weakref
 
 import numpy as np
@@ -401,11 +402,22 @@ class Function:
 _tie_breaker = itertools.count()
 
 
+def _private_view(array):
+    """Whether ``array`` is a view of memory nothing else references: a
+    transpose or reshape of a temporary (conv2d's C-major gradients), which
+    a leaf may keep as it is. (CPython then counts three references to the
+    base: the view's, the local name's and getrefcount's argument's.)"""
+    base = array.base
+    if base is None or type(base) is not type(array) or base.base is not None:
+        return False
+    return sys.getrefcount(base) <= 3
+
+
 def _accumulate_leaf(tensor, grad, owned_ids):
     """Add ``grad`` to a leaf's ``.grad``, making sure no two leaves share an array."""
     if grad.dtype != tensor.data.dtype:
         grad = grad.astype(tensor.data.dtype)
-    elif id(grad) in owned_ids or grad.base is not None:
+    elif id(grad) in owned_ids or (grad.base is not None and not _private_view(grad)):
         grad = grad.copy()
     owned_ids.add(id(grad))
     if tensor.grad is None:

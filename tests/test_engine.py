@@ -102,6 +102,39 @@ def test_leaves_fed_by_one_add_do_not_share_a_grad_array():
     np.testing.assert_array_equal(e.grad.numpy(), np.ones((2, 2)))
 
 
+def test_a_private_view_gradient_is_kept_and_a_shared_one_copied():
+    """A gradient that is a view of a temporary (conv2d's C-major layout) is
+    stored as it is; a view of anything still referenced is copied."""
+    from minidl.tensor import Function
+
+    class Transposed(Function):      # backward hands back a view of fresh memory
+        def forward(self, x):
+            return x.copy()
+
+        def backward(self, gy):
+            return np.ascontiguousarray(gy.T).T
+
+    class Saved(Function):           # backward hands back a view of a saved array
+        def forward(self, x):
+            self.keep = np.ones((x.shape[1], x.shape[0]))
+            return x.copy()
+
+        def backward(self, gy):
+            return self.keep.T
+
+    x = minidl.tensor(np.zeros((2, 3)), requires_grad=True)
+    Transposed()(x).backward(np.arange(6.0).reshape(2, 3))
+    assert x.grad.data.base is not None                    # kept, no copy
+    np.testing.assert_array_equal(x.grad.numpy(), np.arange(6.0).reshape(2, 3))
+    y = minidl.tensor(np.zeros((2, 3)), requires_grad=True)
+    fn = Saved()
+    out = fn(y)
+    keep = fn.keep
+    out.backward(np.zeros((2, 3)))
+    y.grad.data += 1                                       # must not reach the saved array
+    np.testing.assert_array_equal(keep, np.ones((3, 2)))
+
+
 def test_retain_grad():
     x = minidl.tensor([1.0, 2.0], requires_grad=True)
     h = x * 3
