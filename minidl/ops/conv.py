@@ -22,23 +22,36 @@ Pooling also requires ``PH <= KH // 2`` and ``PW <= KW // 2``.
 Convolution: ``col = im2col(x)`` is laid out channels first, (C, KH, KW,
 N, OH, OW), i.e. (G, K, N*L), so that ``W.reshape(G, Cog, K) @ col`` is a
 single GEMM over the whole batch on the backend's BLAS (64 thin per-sample
-GEMMs cost 2-3x more at the model's sizes); its (Co, N, L) result is then
-transposed to NCHW with the bias added in the same pass (``gemm_to_nchw``).
-Backward: ``gW = (col @ gy_t.T).T``, ``gcol = W.T @ gy_t`` and
-``gx = col2im(gcol)``, with gy_t the (G, Cog, N*L) copy of gy made together
-with ``gb = gy.sum((0, 2, 3))`` (``nchw_to_gemm``). Each is computed only when that input needs a
+GEMMs cost 2-3x more at the model's sizes). With a bias (and G = 1), col gets
+a row of ones and W the bias as one more column, so the GEMM adds the bias
+and backward's weight-gradient GEMM returns the bias gradient as its last
+row. The GEMM's (Co, N*L) result *is* the output when the input is C-major
+(see :mod:`minidl.kernels.common`: conv's own outputs, or a single-channel
+batch such as images): y is returned as that array's (N, Co, OH, OW) view,
+so a stack of convs and pools never transposes. An N-major input gets an
+N-major output, transposed in one pass (``gemm_to_nchw``). Backward:
+``gW = (col @ gy_t.T).T``, ``gcol = W.T @ gy_t`` and ``gx = col2im(gcol)``
+(in x's plane order), with gy_t the (G, Cog, N*L) view of a C-major gy, or
+its copy (``nchw_to_gemm``). Each is computed only when that input needs a
 gradient, and ``col`` is kept for backward only when the weight needs one.
 
-Peak extra memory of one conv2d forward + backward, in elements (times the
-itemsize), beyond x, W, b, y, gy and the gradients themselves::
+When the whole col would exceed ``_COL_CHUNK_BYTES`` (16 MiB), the batch is
+unfolded in chunks of images that fit, each multiplied into its columns of
+the output; col is then not kept but unfolded again, chunk by chunk, in
+backward (a 58 MB col made every pass over it run at memory speed).
 
-    forward:   N*C*KH*KW*OH*OW                (col, kept for backward)
-             + N*Co*OH*OW                     (GEMM output before the NCHW transpose)
+Peak extra memory of one conv2d forward + backward, in elements (times the
+itemsize), beyond x, W, b, y, gy and the gradients themselves, with
+``nb`` = min(N, images per chunk) and K' = C*KH*KW (+1 with a folded bias)::
+
+    forward:   K' * nb*OH*OW                  (col, kept for backward when nb = N)
+             + N*Co*OH*OW                     (GEMM output; N-major input only)
              + N*C*(H+2*PH)*(W+2*PW)          (padded copy; NumPy path only)
-    backward:  N*Co*OH*OW                     (gy_t)
-             + N*C*KH*KW*OH*OW                (gcol)
+    backward:  N*Co*OH*OW                     (gy_t; N-major gy only)
+             + K' * nb*OH*OW                  (gcol)
+             + K' * nb*OH*OW                  (col unfolded again; nb < N only)
              + N*C*(H+2*PH)*(W+2*PW)          (padded col2im buffer; NumPy path only)
-    peak  =  2*N*C*KH*KW*OH*OW + N*Co*OH*OW + N*C*(H+2*PH)*(W+2*PW)
+    peak  =  2*K'*nb*OH*OW + N*Co*OH*OW + N*C*(H+2*PH)*(W+2*PW)
 
 (in backward ``col``, ``gy_t`` and ``gcol`` are alive together while gx is
 formed; with the Numba or CuPy kernels the padded term is 0, and without a
@@ -227,14 +240,18 @@ class Conv2dFunction(Function):
         return N, C, H, W, Co, Cg, KH, KW, OH, OW
 
     def _unfold(self, kernels, xp, x, KH, KW, OH, OW, n0, n1):
-        """im2col of images n0..n1-1 into a workspace buffer: (flat buffer, col)."""
-        C = x.shape[1]
-        size = C * KH * KW * (n1 - n0) * OH * OW
+        """im2col of images n0..n1-1 into a workspace buffer: (flat buffer, GEMM
+        operand (G, K, nb*L)), with the row of ones below when the bias is folded."""
+        C, G = x.shape[1], self.groups
+        rows, size = C * KH * KW, C * KH * KW * (n1 - n0) * OH * OW
         buf = _workspace.get(xp, (self.chunk_elements,), x.dtype)
         col = buf[:size].reshape(C, KH, KW, n1 - n0, OH, OW)
         kernels.im2col(x, KH, KW, *self.stride, *self.padding, *self.dilation, OH, OW,
                        channels_first=True, out=col, batch=(n0, n1))
-        return buf, col
+        if self.fold_bias:
+            buf[size:size + size // rows] = 1
+            rows += 1
+        return buf, buf[:rows * (n1 - n0) * OH * OW].reshape(G, rows // G, -1)
 
     def forward(self, x, w, b=None):
         xp = backend.get_array_module(x)
@@ -242,19 +259,26 @@ class Conv2dFunction(Function):
         N, C, H, W, Co, Cg, KH, KW, OH, OW = self._geometry(x.shape, w.shape)
         G = self.groups
         L, K, Cog = OH * OW, Cg * KH * KW, Co // G
+        # The bias rides in the GEMM: a row of ones below col and b as one more
+        # column of W; backward's weight-gradient GEMM then yields the bias
+        # gradient as its last row. Two passes over y and gy fewer.
+        self.fold_bias = b is not None and G == 1
+        if self.fold_bias:
+            w_g = xp.concatenate([w.reshape(Co, K), b.reshape(Co, 1)], axis=1)[None]
+        else:
+            w_g = w.reshape(G, Cog, K)
         self.nb = _images_per_chunk(xp, N, C * KH * KW * L * x.dtype.itemsize)
-        self.chunk_elements = C * KH * KW * self.nb * L
+        self.chunk_elements = (C * KH * KW + self.fold_bias) * self.nb * L
         # A C-major input (conv's own output, or any single-channel batch) gets
         # a C-major output: the GEMM's (Co, N*L) result as it is, no transpose.
         self.c_major = is_c_major(x)
         y_t = (xp.empty if self.c_major else
                lambda *a: _workspace.get(xp, *a))((G, Cog, N * L), x.dtype)
-        w_g = w.reshape(G, Cog, K)
         buf = None
         for n0 in range(0, N, self.nb):
             n1 = min(N, n0 + self.nb)
             buf, col = self._unfold(kernels, xp, x, KH, KW, OH, OW, n0, n1)
-            xp.matmul(w_g, col.reshape(G, K, (n1 - n0) * L), out=y_t[:, :, n0 * L:n1 * L])
+            xp.matmul(w_g, col, out=y_t[:, :, n0 * L:n1 * L])
             if n1 < N:
                 _workspace.put(buf)
         self.x_shape, self.w_shape = x.shape, w.shape
@@ -268,13 +292,14 @@ class Conv2dFunction(Function):
             _workspace.put(buf)
         if self.needs_input_grad[0]:
             self.w = w
+        bias = None if self.fold_bias else b
         if self.c_major:
             y_2d = y_t.reshape(Co, N * L)
-            if b is not None:
-                xp.add(y_2d, b.reshape(Co, 1), out=y_2d)
+            if bias is not None:
+                xp.add(y_2d, bias.reshape(Co, 1), out=y_2d)
             return y_2d.reshape(Co, N, OH, OW).transpose(1, 0, 2, 3)
-        # (Co, N*L) -> NCHW with the bias added in the same pass
-        y = kernels.gemm_to_nchw(y_t.reshape(Co, N * L), b, N, OH, OW)
+        # (Co, N*L) -> NCHW (with the bias added in the same pass if not folded)
+        y = kernels.gemm_to_nchw(y_t.reshape(Co, N * L), bias, N, OH, OW)
         _workspace.put(y_t)
         return y
 
@@ -285,10 +310,14 @@ class Conv2dFunction(Function):
         G = self.groups
         L, K, Cog = OH * OW, Cg * KH * KW, Co // G
         want_gb = len(self.needs_input_grad) > 2 and self.needs_input_grad[2]
-        gy_t = None
+        # with the bias folded, the weight-gradient GEMM gives gb (its last row)
+        gb_from_gemm = want_gb and self.fold_bias and self.needs_input_grad[1]
+        want_gb = want_gb and not gb_from_gemm
+        gy_t = gb = None
         if is_c_major(gy):   # already the GEMM's (Co, N*L) layout: no copy
             gy_2d = gy.transpose(1, 0, 2, 3).reshape(Co, N * L)
-            gb = gy_2d.sum(axis=1) if want_gb else None
+            if want_gb:
+                gb = gy_2d.sum(axis=1)
         else:
             # (N, Co, OH, OW) -> (Co, N*L), and gb = gy.sum((0, 2, 3)) in the same pass
             gy_t = _workspace.get(xp, (Co, N, L), gy.dtype)
@@ -310,7 +339,7 @@ class Conv2dFunction(Function):
                     buf, col = self._unfold(kernels, xp, self.x, KH, KW, OH, OW, n0, n1)
                 # (col @ gy_t.T) rather than gy_t @ col.T: BLAS then streams the big
                 # col untransposed (15-40% faster at the model's shapes)
-                part = _weight_grad(xp, col.reshape(G, K, (n1 - n0) * L), gy_c)   # (G, K, Cog)
+                part = _weight_grad(xp, col, gy_c)   # (G, K [+1], Cog)
                 gw_t = part if gw_t is None else gw_t + part
                 if "col" not in self.__dict__:
                     _workspace.put(buf)
@@ -324,6 +353,8 @@ class Conv2dFunction(Function):
                 _workspace.put(gbuf)
         if gy_t is not None:
             _workspace.put(gy_t)
+        if gb_from_gemm:
+            gb, gw_t = gw_t[0, K], gw_t[:, :K]
         gw = None if gw_t is None else gw_t.transpose(0, 2, 1).reshape(Co, Cg, KH, KW)
         return gx, gw, gb
 

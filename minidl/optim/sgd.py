@@ -30,20 +30,18 @@ class SGD(Optimizer):
 
     def _update(self, group, params, grads):
         lr, mom, damp = group["lr"], group["momentum"], group["dampening"]
-        wd, nesterov, sign = group["weight_decay"], group["nesterov"], \
-            (-1 if group["maximize"] else 1)
+        wd, nesterov, maximize = group["weight_decay"], group["nesterov"], group["maximize"]
         for p, g in zip(params, grads):
             xp = backend.get_array_module(p.data)
             dt = p.data.dtype.type
-            d = self._buffer(p, "d")
-            if wd:
-                xp.multiply(p.data, dt(wd), out=d)
-                if sign > 0:
-                    d += g
+            d = g                      # read only: the scratch arrays take every write
+            if wd or maximize:
+                d = self._buffer(p, "d")
+                if wd:
+                    xp.multiply(p.data, dt(wd), out=d)
+                    (xp.subtract if maximize else xp.add)(d, g, out=d)
                 else:
-                    d -= g
-            else:
-                xp.multiply(g, dt(sign), out=d)
+                    xp.negative(g, out=d)
             if mom:
                 state = self.state.setdefault(p, {})
                 buf = state.get("momentum_buffer")
@@ -60,8 +58,10 @@ class SGD(Optimizer):
                 if nesterov:
                     t = self._buffer(p, "t")
                     xp.multiply(buf, dt(mom), out=t)
-                    d += t
+                    t += d
+                    d = t
                 else:
-                    d[...] = buf
-            d *= dt(lr)
-            p.data -= d
+                    d = buf
+            step = self._buffer(p, "t")
+            xp.multiply(d, dt(lr), out=step)   # d may be step itself (nesterov): fine
+            p.data -= step
