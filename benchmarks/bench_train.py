@@ -9,7 +9,8 @@ minidl model's own module tree, and gets minidl's initial weights through the
 state dict. Both train on the same batch with SGD (lr 0.01, momentum 0.9) and
 cross-entropy, with torch.set_num_threads equal to minidl's thread count.
 After a warm-up (which also compiles or loads Numba's kernels), timed windows
-alternate minidl, torch, minidl, torch, ... and each side's median window is
+alternate minidl, torch, minidl, torch, ... (each after a short pause and a
+few untimed steps, see ``_rates``) and each side's median window is
 reported, with the ratio minidl/torch (above 1: minidl is faster). Inference is
 warm, repeated passes over batches of 1,000 in eval mode without gradients.
 Each framework runs in a worker process of its own, driven by this one (torch
@@ -205,9 +206,14 @@ def worker(framework, arch, device, init_path, threads):
             runner.set_batch(*batch_arrays(cmd["batch"]))
             reply = {}
         elif cmd["cmd"] == "train":
+            if cmd.get("warmup"):   # untimed: back from the pause
+                runner.train_steps(cmd["warmup"])
             reply = {"seconds": _timed(runner.train_steps, cmd["steps"])}
         elif cmd["cmd"] == "infer":
-            reply = {"seconds": _timed(runner.infer, batch_arrays(1000)[0], cmd["passes"])}
+            x = batch_arrays(1000)[0]
+            if cmd.get("warmup"):
+                runner.infer(x, cmd["warmup"])
+            reply = {"seconds": _timed(runner.infer, x, cmd["passes"])}
         else:  # "rss": peak resident memory so far, in MiB
             reply = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         print(json.dumps(reply), flush=True)
@@ -254,7 +260,10 @@ def _rates(workers, images, windows, **cmd):
 
     Each window starts after a short pause: BLAS worker threads spin for a
     while after their last call, and on 2 cores the idle process's spinning
-    threads would otherwise eat into the other's window."""
+    threads would otherwise eat into the other's window. The worker then runs
+    a few untimed steps (``warmup``) before the timed ones, so the window
+    measures steady work, not the climb back from idle (cold caches, sleeping
+    threads), which would weigh most on the faster framework's short steps."""
     times = {w.name: [] for w in workers}
     for _ in range(windows):
         for w in workers:
@@ -285,7 +294,8 @@ def bench_arch(arch, batch_sizes, device, windows, steps, with_torch, threads):
                 w.ask(cmd="batch", batch=batch)
                 w.ask(cmd="train", steps=max(3, steps // 3))      # warm-up
             result["train"][str(batch)] = _rates(workers, batch * steps, windows,
-                                                 cmd="train", steps=steps)
+                                                 cmd="train", steps=steps,
+                                                 warmup=max(2, steps // 10))
         if device == "cpu":
             result["peak_rss_mib"] = {w.name: round(w.ask(cmd="rss")["peak_rss_mib"], 1)
                                       for w in workers}
@@ -293,7 +303,7 @@ def bench_arch(arch, batch_sizes, device, windows, steps, with_torch, threads):
         for w in workers:
             w.ask(cmd="infer", passes=1)
         result["inference"]["1000"] = _rates(workers, 1000 * passes, windows,
-                                             cmd="infer", passes=passes)
+                                             cmd="infer", passes=passes, warmup=1)
     finally:
         for w in workers:
             w.close()

@@ -378,20 +378,30 @@ def test_conv2d_in_chunks_matches_one_chunk(numba, layout, monkeypatch):
         np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
 
 
-def test_split_weight_gradient_of_a_long_thin_conv():
-    """A tiny weight over a long N*OH*OW (the first conv) takes its gradient as
-    eight partial GEMMs summed: checked against a float64 einsum."""
+def test_long_thin_conv_in_slices():
+    """A tiny weight over a long N*OH*OW (the first conv) runs its forward GEMM
+    and takes its weight gradient as eight slices (OpenBLAS's small-matrix
+    path); bias folded in. Checked against float64 loops."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((24, 1, 28, 28)).astype(np.float32)   # N*L = 18,816
     w = minidl.Tensor(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), requires_grad=True)
+    b = minidl.Tensor(rng.standard_normal(8).astype(np.float32), requires_grad=True)
     gy = rng.standard_normal((24, 8, 28, 28)).astype(np.float32)
-    conv2d(x, w, padding=1).backward(gy)
+    y = conv2d(x, w, b, padding=1)
+    y.backward(gy)
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    expected = np.empty((8, 1, 3, 3))
+    w64 = w.numpy().astype(np.float64)
+    y_ref = np.broadcast_to(b.numpy().astype(np.float64)[None, :, None, None], y.shape).copy()
+    gw_ref = np.empty((8, 1, 3, 3))
     for i in range(3):
         for j in range(3):
-            expected[:, 0, i, j] = np.einsum("nchw,nkhw->k", xp[:, :, i:i + 28, j:j + 28], gy)
-    np.testing.assert_allclose(w.grad.numpy(), expected, rtol=1e-4, atol=1e-3)
+            window = xp[:, :, i:i + 28, j:j + 28]
+            y_ref += np.einsum("nchw,k->nkhw", window, w64[:, 0, i, j])
+            gw_ref[:, 0, i, j] = np.einsum("nchw,nkhw->k", window, gy)
+    np.testing.assert_allclose(y.numpy(), y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(w.grad.numpy(), gw_ref, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(b.grad.numpy(), gy.astype(np.float64).sum((0, 2, 3)),
+                               rtol=1e-4, atol=1e-3)
 
 
 def test_unbatched_input():
