@@ -5,6 +5,7 @@ gx = gy @ W, gW = gy2.T @ x2 over all leading rows, gb = gy2.sum(0).
 """
 from __future__ import annotations
 
+from .. import backend
 from ..tensor import Function, Tensor
 
 
@@ -24,7 +25,10 @@ class LinearFunction(Function):
         gy2 = gy.reshape(-1, gy.shape[-1])
         if self.needs_input_grad[1]:
             x2 = self.x.reshape(-1, self.x.shape[-1])
-            gw = gy2.T @ x2
+            # one row (batch 1): NumPy's matmul takes a plain loop for a 1-long
+            # inner dimension (140 us for 128 x 784 here); dot calls BLAS
+            gw = backend.get_array_module(gy2).dot(gy2.T, x2) if gy2.shape[0] == 1 \
+                else gy2.T @ x2
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
             gb = gy2.sum(axis=0)
         return gx, gw, gb
