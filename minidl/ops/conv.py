@@ -207,14 +207,16 @@ _COL_CHUNK_BYTES = 16 * 2**20
 def _weight_grad(xp, col, gy):
     """(G, K, Cog) = col (G, K, M) @ gy (G, Cog, M).T, M the long N*L axis.
 
-    BLAS splits only the output between its threads, so a tiny output over a
-    long M (the first conv: 9 x 8 over 50,176) ran on one core at a third of
-    the speed; below 4 Ki outputs, M is cut into 8 slices multiplied as one
-    batch and summed."""
+    For a tiny output over a long M (the first conv: 10 x 8 over 50,176),
+    BLAS spends its time copying ("packing") the operands, not multiplying;
+    below 4 Ki outputs, M is cut into 8 slices multiplied as one batch and
+    summed: each slice is then small enough for OpenBLAS's unpacked
+    small-matrix kernel (0.45 -> 0.18 ms at the first conv, with 1 or 2
+    threads alike)."""
     G, K, M = col.shape
     Cog = gy.shape[1]
     parts = 8
-    if G > 1 or K * Cog > 4096 or M < 16384 or M % parts:
+    if xp is not np or G > 1 or K * Cog > 4096 or M < 16384 or M % parts:
         return xp.matmul(col, gy.transpose(0, 2, 1))
     a = col.reshape(K, parts, M // parts).transpose(1, 0, 2)      # (parts, K, M/parts)
     b = gy.reshape(Cog, parts, M // parts).transpose(1, 2, 0)     # (parts, M/parts, Cog)
@@ -228,10 +230,12 @@ def _conv_gemm(xp, w, col, out):
     over a long M (the first conv: 8 x 10 over 50,176) costs more than the
     multiply; cut into 8 slices of M, multiplied as one batch, each slice is
     small enough for OpenBLAS's unpacked small-matrix kernel (1.7x faster
-    there; slower for the second conv's 16 x 73, hence the bound)."""
+    there; slower for the second conv's 16 x 73, hence the bound). Both
+    tunings are OpenBLAS's, so NumPy only."""
     G, Cog, K = w.shape
     M, parts = col.shape[2], 8
-    if G > 1 or Cog * K > 256 or M < 16384 or M % parts or not out.flags.c_contiguous:
+    if (xp is not np or G > 1 or Cog * K > 256 or M < 16384 or M % parts
+            or not out.flags.c_contiguous):
         return xp.matmul(w, col, out=out)
     xp.matmul(w[0], col[0].reshape(K, parts, M // parts).transpose(1, 0, 2),
               out=out[0].reshape(Cog, parts, M // parts).transpose(1, 0, 2))
