@@ -350,7 +350,7 @@ def main(argv=None):
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for both frameworks (default: minidl's, i.e. the cores)")
-    p.add_argument("--windows", type=int, default=5, help="timed windows per framework")
+    p.add_argument("--windows", type=int, default=7, help="timed windows per framework")
     p.add_argument("--steps", type=int, default=30, help="training steps per window")
     p.add_argument("--no-torch", action="store_true", help="minidl alone")
     p.add_argument("--json", help="write the results to this file")

@@ -22,6 +22,19 @@ def test_bench_train_runs_on_a_tiny_setting(tmp_path):
     assert result["environment"]["threads"] >= 1
 
 
+def test_bench_ops_runs_on_a_tiny_setting(tmp_path):
+    out = tmp_path / "ops.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_ops.py"), "--quick",
+                    "--json", str(out)], check=True, capture_output=True, timeout=600)
+    result = json.loads(out.read_text())
+    names = [row["name"] for row in result["rows"]]
+    assert names[:2] == ["conv 1->8 28x28", "pool 2x2 8@28x28"] and len(names) == 5
+    for row in result["rows"]:
+        assert row["numpy_ms"] > 0
+        if result["torch"]:
+            assert row["torch_ms"] > 0 and row["ratio"] > 0
+
+
 def test_readme_table_is_generated_from_json(tmp_path, monkeypatch):
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
