@@ -5,7 +5,8 @@
 * :mod:`.cuda_cupy` - CuPy ``ElementwiseKernel`` s; col2im and max-pool
   backward are gathers (deterministic, no atomics)
 * :mod:`.common`    - what they share, written once against ``xp`` (the conv
-  GEMM's layout changes for NumPy and CuPy, the ``out=`` check)
+  GEMM's layout changes for NumPy and CuPy, the ``out=`` check, plane orders:
+  N-major NCHW and the C-major layout conv2d returns)
 
 All three expose the same functions with the same signatures; ops pick one
 through :func:`minidl.backend.kernels_for` and never import them directly.

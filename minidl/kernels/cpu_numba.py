@@ -2,21 +2,29 @@
 
 Same functions and signatures as :mod:`.cpu_numpy`. Each kernel is a
 ``@njit(parallel=True, cache=...)`` driver with ``prange`` over the N x C
-planes only, calling a plain ``@njit`` function for one plane: every plane
-is independent work, while col2im and the max-pool backward accumulate into
+planes only (or, for C-major 'same' convolutions, over channels x runs of
+images), calling a plain ``@njit`` function for its share: every task is
+independent work, while col2im and the max-pool backward accumulate into
 overlapping pixels of one plane and so are never split by output position.
-Indices are 64-bit throughout.
+Indices and offsets are 64-bit throughout.
 
 Fast paths, each checked against the naive loops in the tests: a
 'same'-width stride-1 window plane is the input plane shifted by one flat
-offset (one long vectorised run instead of OH short rows); 2x2 pooling with
-every window inside the input is unrolled.
+offset (one long vectorised run instead of OH short rows); for a C-major
+input (conv's own outputs, see :mod:`.common`) with a 'same' stride-1
+geometry, a channel's planes of all images are one run and each tap one
+shifted copy (im2col) or add (col2im) across them; 2x2 stride-2 pooling with
+every window inside the input works on flat arrays with unsigned offsets,
+records each window's choice as a uint8 code (0 1 / 2 3) instead of an int64
+index (``maxpool2d_indices`` turns codes into PyTorch's indices), records
+nothing when no gradient is needed, and its backward writes every pixel once
+(windows do not overlap) instead of zeroing and scattering.
 
 The Python wrappers allocate the outputs and hand the jitted loops
-C-contiguous arrays and Python ints, so each kernel compiles at most once
-per dtype (float32, float64); nothing is compiled at import, and Numba's
-on-disk cache (``MINIDL_NUMBA_CACHE=0`` turns it off) makes later processes
-start fast.
+C-contiguous arrays (N-major or C-major planes) and Python ints, so each
+kernel compiles at most once per dtype (float32, float64); nothing is
+compiled at import, and Numba's on-disk cache (``MINIDL_NUMBA_CACHE=0``
+turns it off) makes later processes start fast.
 
 Notation as in :mod:`minidl.ops.conv`. A kernel offset ``k`` of output row
 ``o`` reads input row ``o*S - P + k*D``; rows outside ``[0, H)`` are padding.
