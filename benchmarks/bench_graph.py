@@ -22,6 +22,8 @@ import statistics
 import sys
 import time
 
+from caller_env import restore_thread_settings  # noqa: E402  (before minidl)
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import minidl  # noqa: E402  (before NumPy: it sets BLAS thread settings NumPy reads)
 import numpy as np  # noqa: E402
@@ -62,6 +64,7 @@ def bench_minidl(data, n_ops, repeats):
 
 
 def bench_torch(data, n_ops, repeats):
+    restore_thread_settings()   # PyTorch as its users run it (see caller_env)
     try:
         import torch
     except ImportError:

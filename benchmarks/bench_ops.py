@@ -44,8 +44,8 @@ import time
 
 # minidl sets its thread settings (OMP_WAIT_POLICY, OPENBLAS_THREAD_TIMEOUT; see
 # minidl.backend) when imported, before NumPy loads its BLAS. The PyTorch child
-# gets the caller's environment unchanged.
-_CALLER_ENV = dict(os.environ)
+# gets the caller's environment unchanged (see caller_env).
+from caller_env import CALLER_ENV, restore_thread_settings  # noqa: E402  (before minidl)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -184,7 +184,7 @@ class TorchWorker:
         cmd = [sys.executable, os.path.abspath(__file__), "--only", "torch", "--threads",
                str(threads)] + (["--quick"] if quick else [])
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=_CALLER_ENV)
+                                     stderr=subprocess.PIPE, text=True, env=CALLER_ENV)
         self.version = self._read()["torch"]
 
     def _read(self):
@@ -205,6 +205,7 @@ class TorchWorker:
 
 def torch_worker(threads, batch):
     """The child's loop: build every case once, then time the ones asked for."""
+    restore_thread_settings()   # PyTorch as its users run it (see caller_env)
     import torch
     torch.set_num_threads(threads)
     steps = [torch_step(case, np.random.default_rng(0), torch) for case in cases(batch)]
@@ -217,7 +218,7 @@ def torch_worker(threads, batch):
 
 def _torch_available():
     probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True,
-                           env=_CALLER_ENV)
+                           env=CALLER_ENV)
     return probe.returncode == 0
 
 

@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+from caller_env import CALLER_ENV, restore_thread_settings  # before minidl
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import minidl  # noqa: E402  (before NumPy: it sets BLAS thread settings NumPy reads)
@@ -141,6 +143,7 @@ class TorchRunner:
     name = "torch"
 
     def __init__(self, arch, device, init_path, threads):
+        restore_thread_settings()   # PyTorch as its users run it (see caller_env)
         import torch
         torch.set_num_threads(threads)
         self.torch = torch
@@ -224,10 +227,11 @@ class Worker:
 
     def __init__(self, framework, arch, device, init_path, threads):
         self.name = framework
-        env = dict(os.environ)
+        env = dict(CALLER_ENV)
         if framework == "torch":
             # PyTorch as its users run it: the torch worker imports minidl only to
-            # read the initial weights, so it must not get minidl's malloc tuning.
+            # read the initial weights, so it must not get minidl's malloc tuning
+            # (nor, see TorchRunner, its thread settings).
             env["MINIDL_MALLOC_TUNING"] = "0"
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", framework, "--arch", arch,

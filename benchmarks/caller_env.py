@@ -1,0 +1,24 @@
+"""The environment the benchmarks were started with, for the PyTorch side.
+
+Importing minidl sets thread-pool variables (``OMP_WAIT_POLICY=PASSIVE``,
+``OPENBLAS_THREAD_TIMEOUT``; see ``minidl.backend``). PyTorch's own OpenMP
+runtime reads ``OMP_WAIT_POLICY`` when torch loads, and a passive wait made
+PyTorch's training step 15-40 % slower here, so a benchmark that let it leak
+would flatter minidl. Import this module before minidl; call
+:func:`restore_thread_settings` before importing torch.
+"""
+from __future__ import annotations
+
+import os
+
+CALLER_ENV = dict(os.environ)
+THREAD_VARIABLES = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")
+
+
+def restore_thread_settings():
+    """Put the thread variables back as the caller had them (PyTorch as its users run it)."""
+    for var in THREAD_VARIABLES:
+        if var in CALLER_ENV:
+            os.environ[var] = CALLER_ENV[var]
+        else:
+            os.environ.pop(var, None)
