@@ -404,6 +404,19 @@ def test_long_thin_conv_in_slices():
                                rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("numba", PATHS)
+def test_empty_batch(numba):
+    """N = 0, as PyTorch: an empty output and zero weight and bias gradients."""
+    x = minidl.Tensor(np.zeros((0, 3, 5, 5)), requires_grad=True)
+    w = minidl.Tensor(np.ones((4, 3, 3, 3)), requires_grad=True)
+    b = minidl.Tensor(np.ones(4), requires_grad=True)
+    with backend.use_numba(numba):
+        y = max_pool2d(conv2d(x, w, b, padding=1), 2)
+        y.sum().backward()
+    assert y.shape == (0, 4, 2, 2) and x.grad.shape == (0, 3, 5, 5)
+    assert not w.grad.numpy().any() and not b.grad.numpy().any()
+
+
 def test_unbatched_input():
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((2, 5, 5)), rng.standard_normal((3, 2, 3, 3))

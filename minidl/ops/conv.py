@@ -293,10 +293,12 @@ class Conv2dFunction(Function):
         # A C-major input (conv's own output, or any single-channel batch) gets
         # a C-major output: the GEMM's (Co, N*L) result as it is, no transpose.
         self.c_major = is_c_major(x)
-        y_t = (xp.empty if self.c_major else
-               lambda *a: _workspace.get(xp, *a))((G, Cog, N * L), x.dtype)
+        if self.c_major:   # y_t becomes y
+            y_t = xp.empty((G, Cog, N * L), x.dtype)
+        else:              # transposed into a new y below, then reused
+            y_t = _workspace.get(xp, (G, Cog, N * L), x.dtype)
         buf = None
-        for n0 in range(0, N, self.nb):
+        for n0 in range(0, max(N, 1), self.nb):   # an empty batch: one empty chunk
             n1 = min(N, n0 + self.nb)
             buf, col = self._unfold(kernels, xp, x, KH, KW, OH, OW, n0, n1)
             _conv_gemm(xp, w_g, col, y_t[:, :, n0 * L:n1 * L])
@@ -350,19 +352,20 @@ class Conv2dFunction(Function):
             gx = (xp.empty((C, N, H, W), gy.dtype).transpose(1, 0, 2, 3) if self.c_major
                   else xp.empty((N, C, H, W), gy.dtype))
             w_t = self.w.reshape(G, Cog, K).transpose(0, 2, 1)
-        for n0 in range(0, N, self.nb):
+        for n0 in range(0, max(N, 1), self.nb):   # an empty batch: one empty chunk
             n1 = min(N, n0 + self.nb)
             gy_c = gy_g[:, :, n0 * L:n1 * L]
             if self.needs_input_grad[1]:
-                if "col" in self.__dict__:
-                    col = self.col
-                else:
+                unfolded = "col" not in self.__dict__   # chunks: unfold them again
+                if unfolded:
                     buf, col = self._unfold(kernels, xp, self.x, KH, KW, OH, OW, n0, n1)
+                else:
+                    col = self.col
                 # (col @ gy_t.T) rather than gy_t @ col.T: BLAS then streams the big
                 # col untransposed (15-40% faster at the model's shapes)
                 part = _weight_grad(xp, col, gy_c)   # (G, K [+1], Cog)
                 gw_t = part if gw_t is None else gw_t + part
-                if "col" not in self.__dict__:
+                if unfolded:
                     _workspace.put(buf)
             if gx is not None:
                 gbuf = _workspace.get(xp, (self.chunk_elements,), gy.dtype)
