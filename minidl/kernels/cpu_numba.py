@@ -403,40 +403,27 @@ def _maxpool2x2_planes(x, y, code, p0, p1, with_code):
         for oh in range(OH):
             i0 = np.uint64((p * H + 2 * oh) * W)
             o0 = np.uint64((p * OH + oh) * OW)
-            if not with_code:   # inference: the maximum only, no branches
-                for owi in range(OW):
-                    ow = np.uint64(owi)
-                    i = i0 + ow + ow
-                    yf[o0 + ow] = _max4(xf[i], xf[i + one], xf[i + Wu], xf[i + Wu + one])
-                continue
             for owi in range(OW):
                 ow = np.uint64(owi)
                 i = i0 + ow + ow
-                best, k = xf[i], np.uint8(0)
-                v = xf[i + one]
-                if v > best or v != v:
-                    best, k = v, np.uint8(1)
-                v = xf[i + Wu]
-                if v > best or v != v:
-                    best, k = v, np.uint8(2)
-                v = xf[i + Wu + one]
-                if v > best or v != v:
-                    best, k = v, np.uint8(3)
+                best, k = _first_max4(xf[i], xf[i + one], xf[i + Wu], xf[i + Wu + one])
                 yf[o0 + ow] = best
-                cf[o0 + ow] = k
+                if with_code:
+                    cf[o0 + ow] = k
 
 
 @njit(inline="always", cache=_CACHE)
-def _max4(a, b, c, d):
-    """The value _maxpool2x2_planes picks (with NaN propagating)."""
-    best = a
+def _first_max4(a, b, c, d):
+    """(value, place) of a window's pick in scan order a b c d: PyTorch's
+    test, so the first maximum wins, or the last NaN."""
+    best, k = a, np.uint8(0)
     if b > best or b != b:
-        best = b
+        best, k = b, np.uint8(1)
     if c > best or c != c:
-        best = c
+        best, k = c, np.uint8(2)
     if d > best or d != d:
-        best = d
-    return best
+        best, k = d, np.uint8(3)
+    return best, k
 
 
 @njit(parallel=True, cache=_CACHE)
