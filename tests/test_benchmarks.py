@@ -35,6 +35,14 @@ def test_bench_ops_runs_on_a_tiny_setting(tmp_path):
             assert row["torch_ms"] > 0 and row["ratio"] > 0
 
 
+def test_profile_step_prints_a_breakdown():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "profile_step.py"),
+                          "--batch", "2", "--steps", "3"], check=True, capture_output=True,
+                         text=True, timeout=600).stdout
+    assert "ms per step" in out and "Conv2dFunction.forward" in out
+    assert "engine, modules, Python" in out
+
+
 def test_readme_table_is_generated_from_json(tmp_path, monkeypatch):
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
