@@ -1,6 +1,6 @@
 """Run every benchmark, save the JSON, and regenerate the README's results table.
 
-    python benchmarks/run_all.py            # ~5 minutes on 2 cores
+    python benchmarks/run_all.py            # ~3 minutes on 2 cores
     python benchmarks/run_all.py --quick    # a tiny setting (what the tests run)
     python benchmarks/run_all.py --table-only   # rebuild the README table from results.json
 
