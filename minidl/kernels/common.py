@@ -54,6 +54,21 @@ def batch_range(batch, N):
     return n0, n1
 
 
+def col2im_destination(col, channels_first, H, W, out, batch):
+    """``(N, C, (n0, n1))`` for col2im: col's image and channel counts, and
+    where its images go in ``out`` (None: a new array), checked."""
+    N, C = (col.shape[3], col.shape[0]) if channels_first else col.shape[:2]
+    if out is None:
+        if batch is not None:
+            raise ValueError("col2im: batch= needs out=")
+        return N, C, None
+    n0, n1 = batch_range(batch if batch is not None else (0, N), out.shape[0])
+    if n1 - n0 != N or out.shape[1:] != (C, H, W) or out.dtype != col.dtype:
+        raise ValueError(f"col2im: out {out.shape} {out.dtype} does not take {N} images of "
+                         f"{(C, H, W)} {col.dtype} at {(n0, n1)}")
+    return N, C, (n0, n1)
+
+
 def maxpool2d_indices(argmax, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
     """PyTorch's ``return_indices`` from ``maxpool2d_forward``'s argmax: for
     the NumPy and CuPy kernels they are already int64 indices into each H*W

@@ -36,7 +36,7 @@ import os
 import numpy as np
 from numba import njit, prange
 
-from .common import batch_range, is_c_major, output_array, plane_major
+from .common import batch_range, col2im_destination, is_c_major, output_array, plane_major
 
 _CACHE = os.environ.get("MINIDL_NUMBA_CACHE", "1") != "0"
 
@@ -578,15 +578,10 @@ def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False, out=None, ba
     ``col`` is scratch: its entries for taps that fall on padding (which
     feed no pixel) may be set to 0."""
     col = np.ascontiguousarray(col)
-    N, C = (col.shape[3], col.shape[0]) if channels_first else col.shape[:2]
+    N, C, where = col2im_destination(col, channels_first, H, W, out, batch)
     if out is None:
-        if batch is not None:
-            raise ValueError("col2im: batch= needs out=")
         out = np.empty((N, C, H, W), dtype=col.dtype)
-    n0, n1 = batch_range(batch if batch is not None else (0, N), out.shape[0])
-    if n1 - n0 != N or out.shape[1:] != (C, H, W) or out.dtype != col.dtype:
-        raise ValueError(f"col2im: out {out.shape} {out.dtype} does not take {N} images of "
-                         f"{(C, H, W)} {col.dtype} at {(n0, n1)}")
+    n0 = where[0] if where else 0
     if not (out.flags.c_contiguous or is_c_major(out)):
         raise ValueError("col2im: out must be N-major or C-major (contiguous planes)")
     img, c_major = plane_major(out)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import batch_range, gemm_to_nchw, maxpool2d_indices, nchw_to_gemm, output_array  # noqa: F401
+from .common import (batch_range, col2im_destination, gemm_to_nchw,  # noqa: F401
+                     maxpool2d_indices, nchw_to_gemm, output_array)
 
 
 def _padded_extent(size, K, S, P, D, O):
@@ -70,16 +71,11 @@ def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False, out=None, ba
     summing the contributions of overlapping windows; padding is dropped.
     With ``out`` (and ``batch=(n0, n1)``), images n0..n1-1 of ``out`` are
     overwritten with the result instead."""
+    _, _, where = col2im_destination(col, channels_first, H, W, out, batch)
     img = _col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first)
     if out is None:
-        if batch is not None:
-            raise ValueError("col2im: batch= needs out=")
         return img
-    n0, n1 = batch_range(batch if batch is not None else (0, img.shape[0]), out.shape[0])
-    if n1 - n0 != img.shape[0] or out.shape[1:] != img.shape[1:]:
-        raise ValueError(f"col2im: out {out.shape} does not take images {img.shape} at "
-                         f"{(n0, n1)}")
-    out[n0:n1] = img
+    out[where[0]:where[1]] = img
     return out
 
 

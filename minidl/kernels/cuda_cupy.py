@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import functools
 
-from .common import batch_range, gemm_to_nchw, maxpool2d_indices, nchw_to_gemm, output_array  # noqa: F401
+from .common import (batch_range, col2im_destination, gemm_to_nchw,  # noqa: F401
+                     maxpool2d_indices, nchw_to_gemm, output_array)
 
 _GEOMETRY = ("int64 H, int64 W, int64 KH, int64 KW, int64 SH, int64 SW, "
              "int64 PH, int64 PW, int64 DH, int64 DW, int64 OH, int64 OW")
@@ -186,16 +187,8 @@ def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False, out=None, ba
         C, KH, KW, N, OH, OW = col.shape
     else:
         N, C, KH, KW, OH, OW = col.shape
-    if out is None:
-        if batch is not None:
-            raise ValueError("col2im: batch= needs out=")
-        img = cp.empty((N, C, H, W), dtype=col.dtype)
-    else:
-        n0, n1 = batch_range(batch if batch is not None else (0, N), out.shape[0])
-        if n1 - n0 != N or out.shape[1:] != (C, H, W) or out.dtype != col.dtype:
-            raise ValueError(f"col2im: out {out.shape} {out.dtype} does not take {N} images "
-                             f"of {(C, H, W)} {col.dtype} at {(n0, n1)}")
-        img = out[n0:n1]
+    _, _, where = col2im_destination(col, channels_first, H, W, out, batch)
+    img = cp.empty((N, C, H, W), dtype=col.dtype) if out is None else out[where[0]:where[1]]
     _col2im_kernel()(col, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, N, C,
                      bool(channels_first), img)
     return img if out is None else out
