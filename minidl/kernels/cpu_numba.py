@@ -17,8 +17,9 @@ shifted copy (im2col) or add (col2im) across them; 2x2 stride-2 pooling with
 every window inside the input works on flat arrays with unsigned offsets,
 records each window's choice as a uint8 code (0 1 / 2 3) instead of an int64
 index (``maxpool2d_indices`` turns codes into PyTorch's indices), records
-nothing when no gradient is needed, and its backward writes every pixel once
-(windows do not overlap) instead of zeroing and scattering.
+nothing when no gradient is needed, and its backward zeroes each plane and
+stores each window's gradient at its pick, with no accumulation (windows do
+not overlap).
 
 The Python wrappers allocate the outputs and hand the jitted loops
 C-contiguous arrays (N-major or C-major planes) and Python ints, so each
