@@ -46,6 +46,7 @@ import time
 # minidl.backend) when imported, before NumPy loads its BLAS. The PyTorch child
 # gets the caller's environment unchanged (see caller_env).
 from caller_env import CALLER_ENV, restore_thread_settings  # noqa: E402  (before minidl)
+from worker_process import WorkerProcess  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -177,30 +178,17 @@ def first_conv_seconds(cache: bool) -> float:
 SETTLE_SECONDS = 0.2
 
 
-class TorchWorker:
+class TorchWorker(WorkerProcess):
     """PyTorch in a child process: ``best(i, repeat)`` times case i there."""
 
     def __init__(self, threads, quick):
         cmd = [sys.executable, os.path.abspath(__file__), "--only", "torch", "--threads",
                str(threads)] + (["--quick"] if quick else [])
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=CALLER_ENV)
-        self.version = self._read()["torch"]
-
-    def _read(self):
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("bench_ops: the PyTorch worker failed:\n" + self.proc.stderr.read())
-        return json.loads(line)
+        super().__init__("torch", cmd, CALLER_ENV)
+        self.version = self.read()["torch"]
 
     def best(self, index, repeat):
-        self.proc.stdin.write(f"{index} {repeat}\n")
-        self.proc.stdin.flush()
-        return self._read()["seconds"]
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        return self.request(f"{index} {repeat}")["seconds"]
 
 
 def torch_worker(threads, batch):

@@ -32,6 +32,7 @@ import tempfile
 import time
 
 from caller_env import CALLER_ENV, restore_thread_settings  # before minidl
+from worker_process import WorkerProcess
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -222,38 +223,23 @@ def worker(framework, arch, device, init_path, threads):
         print(json.dumps(reply), flush=True)
 
 
-class Worker:
+class Worker(WorkerProcess):
     """The parent's handle on one worker process."""
 
     def __init__(self, framework, arch, device, init_path, threads):
-        self.name = framework
         env = dict(CALLER_ENV)
         if framework == "torch":
             # PyTorch as its users run it: the torch worker imports minidl only to
             # read the initial weights, so it must not get minidl's malloc tuning
             # (nor, see TorchRunner, its thread settings).
             env["MINIDL_MALLOC_TUNING"] = "0"
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--worker", framework, "--arch", arch,
-             "--device", device, "--init", init_path, "--threads", str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.ready = self._read()
+        super().__init__(framework, [sys.executable, os.path.abspath(__file__), "--worker",
+                                     framework, "--arch", arch, "--device", device, "--init",
+                                     init_path, "--threads", str(threads)], env)
+        self.ready = self.read()
 
     def ask(self, **cmd):
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def _read(self):
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"bench_train: the {self.name} worker died "
-                               f"(exit code {self.proc.wait()})")
-        return json.loads(line)
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        return self.request(json.dumps(cmd))
 
 
 SETTLE_SECONDS = 0.25
