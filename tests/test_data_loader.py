@@ -161,6 +161,7 @@ def test_subset_and_random_split():
     assert [len(p) for p in random_split(ds, [0.5, 0.3, 0.2], seed=0)] == [5, 3, 2]
     with pytest.raises(ValueError, match="summing"):
         random_split(ds, [3, 3])
+    assert [len(p) for p in random_split(ds, [3.0, 7.0], seed=0)] == [3, 7]
 
 
 def test_subset_of_a_per_sample_dataset():
@@ -217,6 +218,12 @@ def test_to_float_and_normalize():
     np.testing.assert_allclose(per[:, :, 0, 0], [[0, -0.5, -0.5]] * 2)
     with pytest.raises(ValueError, match="non-zero"):
         Normalize(0, 0)
+    # two channels' values on a one-channel batch: an error, never a wider batch
+    with pytest.raises(ValueError, match=r"give 2 channels but the input \(4, 1, 5, 5\) has 1"):
+        Normalize([0.1, 0.2], [1, 1])(np.zeros((4, 1, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="mean has 2 values but std has 3"):
+        Normalize([0.1, 0.2], [1, 1, 1])
+    assert Normalize([0.5], [0.5])(c).shape == c.shape   # one value: any channel count
 
 
 def test_compose_in_order_through_the_loader():

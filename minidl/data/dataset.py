@@ -130,6 +130,7 @@ def random_split(dataset, lengths, generator=None, seed=None):
     if any(int(x) != x or x < 0 for x in lengths) or sum(lengths) != n:
         raise ValueError(f"random_split: lengths {lengths} must be non-negative counts "
                          f"summing to {n}, or fractions summing to 1")
+    lengths = [int(x) for x in lengths]   # whole-number floats such as 3.0 are counts
     rng = make_generator(generator, seed, "random_split") or default_generator()
     order = rng.permutation(n)
     ends = np.cumsum(lengths)

@@ -237,6 +237,14 @@ class MNIST(TensorDataset):
             (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = parts
         except (TypeError, ValueError):
             raise DataError(f"{path}: expected (train, valid, test) pairs of arrays") from None
+        pixels = int(np.prod(self.image_shape))
+        for split, x, y in (("train", x_train, y_train), ("valid", x_valid, y_valid),
+                            ("test", x_test, y_test)):
+            if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)
+                    and x.ndim == 2 and x.shape[1] == pixels and y.shape == x.shape[:1]):
+                raise DataError(
+                    f"{path}: its {split} split is not (images (n, {pixels}), labels (n,)) "
+                    f"arrays: got {_describe(x)} and {_describe(y)}")
         arrays = {
             "train-images-idx3-ubyte": _exact_uint8(np.concatenate([x_train, x_valid]), path),
             "train-labels-idx1-ubyte": _labels_uint8(np.concatenate([y_train, y_valid]), path),
@@ -345,9 +353,15 @@ def _exact_uint8(x, path):
     return k.astype(np.uint8)
 
 
+def _describe(value):
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {value.shape}"
+    return f"a {type(value).__name__}"
+
+
 def _labels_uint8(y, path):
     y = np.asarray(y)
-    if y.ndim != 1 or y.dtype.kind not in "iu" or y.min() < 0 or y.max() > 255:
+    if y.ndim != 1 or y.dtype.kind not in "iu" or (y.size and (y.min() < 0 or y.max() > 255)):
         raise DataError(f"{path}: labels are not small non-negative integers")
     return y.astype(np.uint8)
 

@@ -59,6 +59,9 @@ class Normalize:
             raise ValueError(f"Normalize: std must be non-zero, got {std}")
         if self.mean.ndim > 1 or self.std.ndim > 1:
             raise ValueError("Normalize: mean and std are scalars or one value per channel")
+        if 1 < self.mean.size != self.std.size > 1:
+            raise ValueError(f"Normalize: mean has {self.mean.size} values but std has "
+                             f"{self.std.size}")
 
     def __call__(self, x):
         xp = get_array_module(x)
@@ -68,6 +71,12 @@ class Normalize:
             if x.ndim < 3:
                 raise ValueError(f"Normalize: per-channel mean/std needs (N, C, ...) "
                                  f"input, got shape {x.shape}")
+            channels = max(self.mean.size, self.std.size)
+            # a single value broadcasts over any C; more must match C, or the
+            # batch would silently gain channels
+            if channels > 1 and x.shape[1] != channels:
+                raise ValueError(f"Normalize: mean/std give {channels} channels but the input "
+                                 f"{tuple(x.shape)} has {x.shape[1]} (axis 1)")
             shape = (-1,) + (1,) * (x.ndim - 2)   # broadcast over channel axis 1
             mean = xp.asarray(self.mean.astype(x.dtype).reshape(shape))
             inv = xp.asarray((1.0 / self.std).astype(x.dtype).reshape(shape))
