@@ -159,10 +159,11 @@ def attention_maps(model, images):
 
 def plot_attention(model, images, labels, path, count=16):
     plt = _pyplot()
-    logits, _, spatial = attention_maps(model, images_to_float(images[:1000]))
+    shown = min(len(images), 1000)   # the candidates: at most the first 1,000
+    logits, _, spatial = attention_maps(model, images_to_float(images[:shown]))
     predicted = logits.argmax(axis=1)
-    wrong = np.flatnonzero(predicted != labels[:1000])[: count // 4]
-    right = [i for i in range(1000) if i not in set(wrong)][: count - len(wrong)]
+    wrong = np.flatnonzero(predicted != labels[:shown])[: count // 4]
+    right = [i for i in range(shown) if i not in set(wrong)][: count - len(wrong)]
     chosen = list(wrong) + right
     side = int(np.ceil(np.sqrt(len(chosen))))
     fig, axes = plt.subplots(side, side, figsize=(2 * side, 2.2 * side))

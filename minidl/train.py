@@ -63,10 +63,15 @@ class TrainConfig:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"learning rate must be positive and finite, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight decay must be non-negative and finite, got "
+                             f"{self.weight_decay}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval batch size must be at least 1, got {self.eval_batch_size}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}: expected 'cosine' or "
                              "'constant'")
@@ -175,17 +180,28 @@ class Trainer:
             self.restore(self.checkpoint_path)
 
     # ------------------------------------------------------- checkpoints
+    # The settings a resumed run must share with its checkpoint: each shapes
+    # the run (the cosine schedule's length is epochs x steps per epoch, and
+    # the optimizer's and scheduler's saved states carry lr, momentum and
+    # weight decay), so a resume with another value would silently train a
+    # different run than either setting asks for.
+    RUN_SETTINGS = ("arch", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+                    "schedule", "shift", "seed", "train_limit")
+
     def state(self):
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
                 "rng": get_rng_state(), "history": self.history,
-                "config": {"arch": self.config.arch, "epochs": self.config.epochs,
-                           "batch_size": self.config.batch_size, "seed": self.config.seed}}
+                "config": {key: getattr(self.config, key) for key in self.RUN_SETTINGS}}
 
     def save_checkpoint(self, path=None):
+        """Write the full state to ``path`` (default: the epoch checkpoint); the
+        epoch checkpoint also refreshes ``model.safetensors``, which thus
+        always holds the weights of the last finished epoch."""
         path = path or self.checkpoint_path
         save(self.state(), path)
-        save(self.model.state_dict(), os.path.join(self.config.out, "model.safetensors"))
+        if path == self.checkpoint_path:
+            save(self.model.state_dict(), os.path.join(self.config.out, "model.safetensors"))
         return path
 
     def restore(self, path):
@@ -194,11 +210,15 @@ class Trainer:
                                     "--resume first (or point --out at the run to continue)")
         state = load(path)
         saved = state.get("config", {})
-        for key in ("arch", "batch_size"):
-            if key in saved and saved[key] != getattr(self.config, key):
-                raise ValueError(f"--resume: the checkpoint {path} was trained with {key}="
-                                 f"{saved[key]!r}, but this run asks for "
-                                 f"{getattr(self.config, key)!r}")
+        # (checkpoints of older versions recorded fewer settings: those are compared)
+        differ = [f"{key}={saved[key]!r} (this run: {getattr(self.config, key)!r})"
+                  for key in self.RUN_SETTINGS
+                  if key in saved and saved[key] != getattr(self.config, key)]
+        if differ:
+            raise ValueError(
+                f"--resume: the checkpoint {path} belongs to a run with other settings: "
+                f"{', '.join(differ)}. Resume with the same settings, or start a new run "
+                "(another --out, or without --resume)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -251,8 +271,15 @@ class Trainer:
         try:
             while self.epoch < cfg.epochs:
                 train_loss, train_acc, seconds, seen = self.train_epoch()
-                test_loss, test_acc = evaluate(self.model, self.test_x, self.test_y,
-                                               cfg.eval_batch_size, self.device)
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    test_loss, test_acc = evaluate(self.model, self.test_x, self.test_y,
+                                                   cfg.eval_batch_size, self.device)
+                if not math.isfinite(test_loss):   # the epoch's last updates blew up
+                    last = self.checkpoint_path if self.epoch else "none (no epoch finished)"
+                    raise TrainingDiverged(
+                        f"the test loss became {test_loss} after epoch {self.epoch + 1}: the "
+                        f"weights are no longer finite; this epoch is not saved; last good "
+                        f"checkpoint: {last}. Try a lower learning rate.")
                 self.epoch += 1
                 self.history.append({
                     "epoch": self.epoch, "train_loss": round(train_loss, 6),

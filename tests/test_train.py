@@ -95,6 +95,58 @@ def test_resume_gives_the_same_weights(tmp_path, mnist_small):
     assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
 
 
+def test_resume_refuses_other_run_settings(tmp_path, mnist_small):
+    data = (mnist_small[0][:64], mnist_small[1][:64], mnist_small[2][:64], mnist_small[3][:64])
+    Trainer(_config(tmp_path, epochs=1), data=data, log=lambda m: None).fit()
+    # more epochs would stretch the cosine schedule the checkpoint's scheduler
+    # state no longer matches; another lr would be ignored by the loaded optimizer
+    for kw, named in [(dict(epochs=2), r"epochs=1 \(this run: 2\)"),
+                      (dict(lr=0.5), r"lr=0.01 \(this run: 0.5\)"),
+                      (dict(epochs=2, shift=0), r"epochs=1 .*shift=2 \(this run: 0\)")]:
+        with pytest.raises(ValueError, match=f"--resume: .*other settings: {named}"):
+            Trainer(_config(tmp_path, resume=True, **kw), data=data, log=lambda m: None)
+    resumed = Trainer(_config(tmp_path, resume=True), data=data, log=lambda m: None)
+    assert resumed.epoch == 1
+
+
+def test_interrupt_mid_epoch_keeps_model_file_at_the_last_epoch(tmp_path, mnist_small):
+    from minidl.serialization import load
+    data = (mnist_small[0][:256], mnist_small[1][:256], mnist_small[2][:64], mnist_small[3][:64])
+    trainer = Trainer(_config(tmp_path, epochs=2), data=data, log=lambda m: None)
+    step = trainer.scheduler.step
+    calls = []
+
+    def interrupt_in_second_epoch():
+        calls.append(1)
+        if len(calls) == 6:   # 4 steps per epoch: the 2nd step of epoch 2
+            raise KeyboardInterrupt
+        step()
+
+    trainer.scheduler.step = interrupt_in_second_epoch
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    out = trainer.config.out
+    model = load(os.path.join(out, "model.safetensors"))
+    epoch_one = load(os.path.join(out, "checkpoint.safetensors"))["model"]
+    interrupted = load(os.path.join(out, "interrupted.safetensors"))["model"]
+    assert model.keys() == epoch_one.keys()
+    for key in model:
+        np.testing.assert_array_equal(np.asarray(model[key]), np.asarray(epoch_one[key]))
+    assert any(not np.array_equal(np.asarray(interrupted[k]), np.asarray(epoch_one[k]))
+               for k in model)
+
+
+def test_weights_blown_up_by_an_epochs_last_step_stop_training(tmp_path, mnist_small):
+    # one step per epoch: its loss is finite, the update it makes is not
+    data = (mnist_small[0][:64], mnist_small[1][:64], mnist_small[2][:64], mnist_small[3][:64])
+    trainer = Trainer(_config(tmp_path, lr=1e30, momentum=0.0, schedule="constant"), data=data,
+                      log=lambda m: None)
+    with pytest.raises(TrainingDiverged, match=r"test loss became (nan|inf) after epoch 1"):
+        trainer.fit()
+    assert not os.path.exists(os.path.join(trainer.config.out, "checkpoint.safetensors"))
+    assert not os.path.exists(os.path.join(trainer.config.out, "metrics.json"))
+
+
 def test_nan_loss_stops_with_the_step(tmp_path, mnist_small):
     data = (mnist_small[0][:640], mnist_small[1][:640], mnist_small[2][:100], mnist_small[3][:100])
     trainer = Trainer(_config(tmp_path, lr=1e12, momentum=0.0), data=data, log=lambda m: None)
@@ -104,7 +156,11 @@ def test_nan_loss_stops_with_the_step(tmp_path, mnist_small):
 
 def test_config_rejects_bad_values(tmp_path):
     for kw, pattern in [(dict(epochs=-1), "epochs"), (dict(batch_size=0), "batch size"),
-                        (dict(lr=0), "learning rate"), (dict(arch="big"), "unknown arch"),
+                        (dict(lr=0), "learning rate"), (dict(lr=float("inf")), "finite"),
+                        (dict(lr=float("nan")), "learning rate"),
+                        (dict(weight_decay=-1.0), "weight decay"),
+                        (dict(eval_batch_size=0), "eval batch size"),
+                        (dict(arch="big"), "unknown arch"),
                         (dict(device="tpu"), "unknown device")]:
         with pytest.raises(ValueError, match=pattern):
             _config(tmp_path, **kw).validate()
@@ -118,6 +174,16 @@ def _run_example(*args, cwd=None):
 def test_cli_help():
     result = _run_example("--help")
     assert result.returncode == 0 and "--epochs" in result.stdout and "--resume" in result.stdout
+
+
+def test_example_runs_with_fewer_test_images_than_it_plots(tmp_path, mnist_small):
+    # the attention figure shows 16 digits; with 5 test images it shows 5
+    out = tmp_path / "run"
+    result = _run_example("--arch", "seed", "--epochs", "1", "--train-limit", "64",
+                          "--test-limit", "5", "--no-progress", "--data-dir",
+                          str(tmp_path / "data"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert (out / "attention.png").is_file() and (out / "curves.png").is_file()
 
 
 @pytest.mark.parametrize("args, message", [
