@@ -220,6 +220,63 @@ def test_max_pool2d_ties_send_the_gradient_to_the_first_maximum(numba):
 
 
 @pytest.mark.parametrize("numba", PATHS)
+def test_max_pool2d_picks_the_last_nan_as_pytorch(numba):
+    # PyTorch's scan takes a value when it is greater or NaN: the last NaN wins
+    x = minidl.Tensor(np.array([[[[np.nan, 1.0], [np.nan, 2.0]]]]), requires_grad=True)
+    with backend.use_numba(numba):
+        y, idx = max_pool2d(x, 2, return_indices=True)
+        y.backward(np.ones((1, 1, 1, 1)))
+    assert np.isnan(y.numpy()).all()
+    np.testing.assert_array_equal(idx.numpy(), [[[[2]]]])
+    np.testing.assert_array_equal(x.grad.numpy(), [[[[0, 0], [1, 0]]]])
+
+
+@pytest.mark.parametrize("numba", PATHS)
+def test_col2im_keeps_far_pixels_exact_beside_huge_or_infinite_gradients(numba):
+    """A pixel outside the windows of a huge (or infinite) upstream gradient
+    gets exactly the sum of its own windows' terms: no huge value is added to
+    it and taken back out (1 + 1e8 - 1e8 != 1; inf - inf is NaN)."""
+    rng = np.random.default_rng(0)
+    x = minidl.Tensor(rng.standard_normal((1, 1, 6, 6)).astype(np.float32), requires_grad=True)
+    w = rng.standard_normal((1, 1, 3, 3)).astype(np.float32)
+    for big in (np.float32(1e8), np.float32(np.inf)):
+        gy = rng.standard_normal((1, 1, 6, 6)).astype(np.float32)
+        gy[0, 0, 0, 0] = big
+        x.grad = None
+        with backend.use_numba(numba), np.errstate(invalid="ignore"):
+            conv2d(x, w, padding=1).backward(gy)
+        # the reference in float64, from the windows alone
+        gy64, w64 = gy.astype(np.float64), w.astype(np.float64)
+        ref = np.zeros((8, 8))
+        for oh in range(6):
+            for ow in range(6):
+                ref[oh:oh + 3, ow:ow + 3] += gy64[0, 0, oh, ow] * w64[0, 0]
+        ref = ref[1:7, 1:7]
+        far = np.ones((6, 6), bool)
+        far[:2, :2] = False   # the pixels that gy[0, 0, 0, 0]'s window covers
+        np.testing.assert_allclose(x.grad.numpy()[0, 0][far], ref[far], rtol=1e-5, atol=1e-5)
+        with backend.use_numba(numba), np.errstate(invalid="ignore"):
+            gx = avg_pool2d(x, 3, stride=1, padding=1)
+            x.grad = None
+            gx.backward(gy)
+        assert not np.isnan(x.grad.numpy()[0, 0][far]).any()
+
+
+@pytest.mark.parametrize("numba", PATHS)
+def test_conv2d_frozen_bias_gives_the_weight_gradient(numba):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 5, 5))
+    w = minidl.Tensor(rng.standard_normal((4, 3, 3, 3)), requires_grad=True)
+    b = minidl.Tensor(rng.standard_normal(4))   # frozen: no gradient
+    with backend.use_numba(numba):
+        conv2d(x, w, b, padding=1).sum().backward()
+    reference = minidl.Tensor(w.numpy(), requires_grad=True)
+    conv2d(x, reference, padding=1).sum().backward()
+    assert b.grad is None
+    np.testing.assert_allclose(w.grad.numpy(), reference.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("numba", PATHS)
 def test_max_pool2d_all_negative_input_with_padding(numba):
     x = -1.0 - np.arange(16.0).reshape(1, 1, 4, 4)
     with backend.use_numba(numba):
@@ -447,6 +504,12 @@ def test_unbatched_input():
     (lambda: max_pool2d(np.zeros((5, 5)), 2), ["max_pool2d", "(5, 5)"]),
     (lambda: avg_pool2d(np.zeros((1, 1, 1, 1)), 2), ["avg_pool2d", "(1, 1, 1, 1)"]),
     (lambda: adaptive_avg_pool2d(np.zeros((1, 1, 4, 4)), 0), ["adaptive_avg_pool2d"]),
+    # never truncated to an int
+    (lambda: conv2d(np.zeros((1, 1, 5, 5)), np.zeros((1, 1, 3, 3)), stride=1.5),
+     ["conv2d", "stride", "1.5"]),
+    (lambda: conv2d(np.zeros((1, 2, 5, 5)), np.zeros((2, 1, 3, 3)), groups=2.7),
+     ["conv2d", "groups", "2.7"]),
+    (lambda: max_pool2d(np.zeros((1, 1, 5, 5)), 2.9), ["max_pool2d", "kernel_size", "2.9"]),
 ])
 def test_bad_input_raises_value_error_naming_op_and_shapes(call, words):
     with pytest.raises(ValueError) as info:

@@ -151,22 +151,23 @@ def _col2im_plane(col, n, c, cf, ip, SH, SW, PH, PW, DH, DW):
             ow_lo, ow_hi = _valid_range(W, j, SW, PW, DW, OW)
             cp = col[c, i, j, n] if cf else col[n, c, i, j]
             if flat and oh_lo < oh_hi and ow_lo < ow_hi:
-                # as in im2col: one long shifted run; the padding columns
-                # inside it land on the neighbouring row's edge pixels, so
-                # their contributions are taken back out right after.
+                # as in im2col: one long shifted run. Its padding columns
+                # land on the neighbouring row's edge pixels, so they are
+                # zeroed first (col is scratch; taking them back out after
+                # the run would not be exact: 1 + 1e8 - 1e8, inf - inf).
                 cflat, If = cp.reshape(OH * OW), ip.reshape(H * W)
                 shift = (i * DH - PH) * W + j * DW - PW
                 lo, hi = oh_lo * OW + ow_lo, (oh_hi - 1) * OW + ow_hi
-                _add(If[lo + shift:hi + shift], cflat[lo:hi])
                 for oh in range(oh_lo, oh_hi):
-                    for ow in range(ow_hi, OW):
-                        k = oh * OW + ow
-                        if k < hi:
-                            If[k + shift] -= cflat[k]
                     for ow in range(ow_lo):
                         k = oh * OW + ow
                         if k >= lo:
-                            If[k + shift] -= cflat[k]
+                            cflat[k] = 0
+                    for ow in range(ow_hi, OW):
+                        k = oh * OW + ow
+                        if k < hi:
+                            cflat[k] = 0
+                _add(If[lo + shift:hi + shift], cflat[lo:hi])
                 continue
             for oh in range(oh_lo, oh_hi):
                 row, base = ip[oh * SH - PH + i * DH], j * DW - PW
@@ -587,9 +588,9 @@ def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False, out=None, ba
         raise ValueError("col2im: out must be N-major or C-major (contiguous planes)")
     img, c_major = plane_major(out)
     OH, OW = col.shape[4:]
+    if not col.flags.writeable or np.may_share_memory(col, out):
+        col = col.copy()   # both paths write 0 to the padding taps of col
     if c_major and channels_first and _same_size(SH, SW, OH, OW, H, W) and col.size:
-        if not col.flags.writeable or np.may_share_memory(col, out):
-            col = col.copy()
         _col2im_same_c_major(col, img, n0, PH, PW, DH, DW, _runs(C, N), col.dtype.type(0))
         return out
     _col2im(col, bool(channels_first), img, c_major, n0, SH, SW, PH, PW, DH, DW)

@@ -113,7 +113,11 @@ def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, indices=True):
     col = col.reshape(N, C, KH * KW, OH, OW)
     if not indices:
         return col.max(axis=2), None
-    arg = col.argmax(axis=2)  # numpy's argmax returns the first maximum
+    arg = col.argmax(axis=2)  # numpy's argmax returns the first maximum...
+    nan = np.isnan(col)
+    if nan.any():   # ...and the first NaN; PyTorch's scan keeps the last NaN
+        last_nan = KH * KW - 1 - nan[:, :, ::-1].argmax(axis=2)
+        arg = np.where(nan.any(axis=2), last_nan, arg)
     y = np.take_along_axis(col, arg[:, :, None], axis=2)[:, :, 0]
     kh, kw = np.divmod(arg, KW)
     oh = np.arange(OH, dtype=np.int64)[:, None]

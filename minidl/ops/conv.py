@@ -66,6 +66,7 @@ the first maximum in row-major window order wins and gets the gradient
 """
 from __future__ import annotations
 
+import operator
 import threading
 
 import numpy as np
@@ -89,9 +90,9 @@ def _pair(op, name, value, minimum):
         pair = tuple(value)
     else:
         pair = (value, value)
-    try:
-        pair = tuple(int(v) for v in pair)
-    except (TypeError, ValueError):
+    try:   # operator.index: ints (NumPy's too), never a float silently truncated
+        pair = tuple(operator.index(v) for v in pair)
+    except TypeError:
         raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}") \
             from None
     if min(pair) < minimum:
@@ -249,7 +250,10 @@ class Conv2dFunction(Function):
         self.stride = _pair("conv2d", "stride", stride, 1)
         self.padding = _pair("conv2d", "padding", padding, 0)
         self.dilation = _pair("conv2d", "dilation", dilation, 1)
-        self.groups = int(groups)
+        try:
+            self.groups = operator.index(groups)
+        except TypeError:
+            raise ValueError(f"conv2d: groups must be an int, got {groups!r}") from None
         if self.groups < 1:
             raise ValueError(f"conv2d: groups must be positive, got {groups!r}")
 
@@ -377,8 +381,10 @@ class Conv2dFunction(Function):
                 _workspace.put(gbuf)
         if gy_t is not None:
             _workspace.put(gy_t)
-        if gb_from_gemm:
-            gb, gw_t = gw_t[0, K], gw_t[:, :K]
+        if self.fold_bias and gw_t is not None:   # the bias's row, wanted or not
+            if gb_from_gemm:
+                gb = gw_t[0, K]
+            gw_t = gw_t[:, :K]
         gw = None if gw_t is None else gw_t.transpose(0, 2, 1).reshape(Co, Cg, KH, KW)
         return gx, gw, gb
 
