@@ -30,6 +30,11 @@ from .tensor import Tensor
 
 FORMAT = "minidl.checkpoint/1"
 
+# The safetensors dtypes NumPy can hold (what safetensors.numpy reads). Others,
+# such as BF16 or F8_E4M3 from PyTorch, have no NumPy equivalent.
+NUMPY_DTYPES = ("BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "F32",
+                "F64", "C64")
+
 
 class CheckpointError(ValueError):
     """The file is not a readable minidl/safetensors checkpoint."""
@@ -110,12 +115,14 @@ def load(path):
     """Read a checkpoint written by :func:`save` (arrays come back as Tensors
     where Tensors were saved). A safetensors file from elsewhere loads as a
     flat dict name -> Tensor. Raises :class:`CheckpointError` naming the file
-    when it is truncated, corrupt or not safetensors."""
+    when it is truncated, corrupt or not safetensors, or holds a dtype NumPy
+    cannot represent (BF16, FP8)."""
     from safetensors.numpy import load as st_load
     path = os.fspath(path)
     with open(path, "rb") as f:
         blob = f.read()
     header = _read_header(blob, path)
+    _check_dtypes(header, path)
     try:
         tensors = st_load(blob)
     except Exception as exc:
@@ -133,6 +140,17 @@ def load(path):
     except KeyError as exc:
         raise CheckpointError(f"load: {path} names a tensor {exc} that it does not "
                               "contain") from None
+
+
+def _check_dtypes(header, path):
+    """Refuse, by name, a well-formed file whose tensors NumPy cannot represent."""
+    for name, entry in header.items():
+        dtype = entry.get("dtype") if name != "__metadata__" and isinstance(entry, dict) else None
+        if dtype is not None and dtype not in NUMPY_DTYPES:
+            raise CheckpointError(
+                f"load: {path}: tensor {name!r} has dtype {dtype}, which minidl (NumPy) does not "
+                f"support; supported dtypes are {', '.join(NUMPY_DTYPES)}. Convert it before "
+                "saving (in PyTorch, e.g. tensor.float() for BF16)")
 
 
 def _read_header(blob, path):

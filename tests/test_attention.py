@@ -141,3 +141,25 @@ def test_attention_pool2d():
     gradcheck(run, [randn(0, (2, 4, 3, 2))] + params)
     with pytest.raises(ValueError, match=r"AttentionPool2d.*\(B, 4, 3, 2\)"):
         pool(minidl.randn(2, 4, 2, 3))
+
+
+def test_multihead_attention_is_causal_combines_with_other_masks():
+    # Regression: is_causal was dropped whenever a key_padding_mask or attn_mask was given.
+    # PyTorch needs the causal mask spelled out, so it gets the equivalent explicit mask.
+    torch = pytest.importorskip("torch")
+    m, t = _mha_pair(True)
+    L = 4
+    x = randn(5, (2, L, 8))
+    above_diagonal = np.triu(np.ones((L, L), bool), 1)                # True = masked OUT
+    kpm = np.array([[False, False, True, False], [False, True, False, False]])
+    am = np.zeros((L, L), bool)
+    am[3, 1] = True
+    for attn_mask in (None, am):
+        o, w = m(*[minidl.tensor(x)] * 3, key_padding_mask=kpm, attn_mask=attn_mask,
+                 is_causal=True)
+        explicit = above_diagonal if attn_mask is None else above_diagonal | attn_mask
+        to, tw = t(*[torch.tensor(x)] * 3, key_padding_mask=torch.tensor(kpm),
+                   attn_mask=torch.tensor(explicit))
+        assert not (w.numpy() * above_diagonal).any()
+        assert_close(o, to.detach().numpy())
+        assert_close(w, tw.detach().numpy())

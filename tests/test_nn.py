@@ -349,3 +349,92 @@ def test_float32_stays_float32_through_every_layer():
     for layer in (nn.ChannelAttention(3, 6, 6, hidden=(4,)), nn.AttentionPool2d(3, 6, 6)):
         fused, weights = layer(x4)
         assert fused.dtype == weights.dtype == np.float32
+
+
+def test_replacing_a_member_keeps_its_position():
+    # Regression: replacing a parameter, buffer or submodule moved it to the end, so a
+    # ModuleList ran its layers in the wrong order after ml[0] = ...
+    lin = nn.Linear(2, 2)
+    lin.weight = nn.Parameter(np.zeros((2, 2), np.float32))
+    assert list(lin.state_dict()) == ["weight", "bias"]
+    lin.register_parameter("weight", nn.Parameter(np.ones((2, 2), np.float32)))
+    assert [n for n, _ in lin.named_parameters()] == ["weight", "bias"]
+    assert lin.weight.numpy().all()
+
+    bn = nn.BatchNorm2d(2)
+    buffers = [n for n, _ in bn.named_buffers()]
+    bn.register_buffer(buffers[0], np.ones(2, np.float32), persistent=False)
+    assert [n for n, _ in bn.named_buffers()] == buffers
+    assert buffers[0] not in bn.state_dict()
+    bn.register_buffer(buffers[0], np.ones(2, np.float32))      # persistent again
+    assert list(bn.state_dict())[2:] == buffers
+
+    ml = nn.ModuleList([nn.Linear(1, 1), nn.Linear(1, 2), nn.Linear(2, 3)])
+    ml[0] = nn.Linear(1, 1)
+    ml[-1] = nn.Linear(2, 4)
+    assert list(ml._modules) == ["0", "1", "2"]
+    assert [m.out_features for m in ml] == [1, 2, 4]
+    seq = nn.Sequential(nn.Linear(1, 2), nn.ReLU())
+    seq.add_module("0", nn.Linear(1, 3))
+    assert list(seq._modules) == ["0", "1"] and seq(minidl.randn(2, 1)).shape == (2, 3)
+
+    # A name that changes kind leaves its old registry.
+    lin.weight = nn.Identity()
+    assert "weight" not in lin._parameters and list(lin._modules) == ["weight"]
+    assert [n for n, _ in lin.named_parameters()] == ["bias"]
+
+
+class _SharedNet(nn.Module):
+    def __init__(self, lib):
+        super().__init__()
+        self.a = lib.Linear(3, 3)
+        self.b = self.a                          # one submodule under two names
+        self.w1 = lib.Parameter(lib.Linear(1, 2).weight.data)
+        self.w2 = self.w1                        # one parameter under two names
+
+
+def test_state_dict_lists_shared_members_under_every_name():
+    # Regression: state_dict walked the deduplicated named_modules(), saving 'b' not at all.
+    net = _SharedNet(nn)
+    keys = ["w1", "w2", "a.weight", "a.bias", "b.weight", "b.bias"]
+    assert list(net.state_dict()) == keys
+    assert [n for n, _ in net.named_parameters()] == ["w1", "a.weight", "a.bias"]
+    state = {k: np.full(v.shape, 2.0, np.float32) for k, v in net.state_dict().items()}
+    assert net.load_state_dict(state).missing_keys == []
+    assert (net.a.weight.numpy() == 2).all()
+    del state["b.bias"]
+    assert net.load_state_dict(state, strict=False).missing_keys == ["b.bias"]
+
+
+def test_shared_members_state_dict_keys_match_torch():
+    torch = _torch()
+
+    class TorchShared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(3, 3)
+            self.b = self.a
+            self.w1 = torch.nn.Parameter(torch.zeros(2, 1))
+            self.w2 = self.w1
+
+    ours, theirs = _SharedNet(nn), TorchShared()
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    theirs.load_state_dict(to_torch_state(ours))            # strict: the same key set
+    ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
+
+
+def test_train_calls_each_childs_train():
+    # Regression: train()/eval() set the flag on every descendant directly, so a layer
+    # that overrides train() (a frozen BatchNorm) was switched to training anyway.
+    class FrozenBatchNorm(nn.BatchNorm2d):
+        def train(self, mode=True):
+            return super().train(False)
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Sequential(FrozenBatchNorm(2)))
+    assert model.train() is model
+    assert model.training and model[0].training and model[1].training
+    assert not model[1][0].training
+    model(minidl.randn(4, 1, 3, 3))
+    assert not model[1][0].running_mean.numpy().any()        # eval mode: stats untouched
+    model.eval()
+    assert not any(m.training for m in model.modules())

@@ -160,3 +160,39 @@ def test_scheduler_state_dict_resumes_sequence():
     lam = LS.LambdaLR(optim.SGD([p], lr=0.2), lambda s: 0.5 ** s)
     lam.step()
     assert lam.get_last_lr() == [0.1] and "lr_lambdas" not in lam.state_dict()
+
+
+@pytest.mark.parametrize("kind", ["Adam", "AdamW"])
+@pytest.mark.parametrize("maximize", [False, True])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adam_matches_torch_for_maximize_weight_decay_amsgrad(kind, maximize, weight_decay,
+                                                             amsgrad):
+    # Regression: maximize with (coupled) weight decay used one scratch array for both the
+    # negated gradient and the decay term, so the gradient was lost.
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((4, 3))
+    grads = [rng.standard_normal((4, 3)) for _ in range(5)]
+    kwargs = {"lr": 0.01, "weight_decay": weight_decay, "amsgrad": amsgrad, "maximize": maximize}
+    mp, tp = nn.Parameter(w0.copy()), torch.nn.Parameter(torch.tensor(w0.copy()))
+    mo, to = getattr(optim, kind)([mp], **kwargs), getattr(torch.optim, kind)([tp], **kwargs)
+    for g in grads:
+        mp.grad, tp.grad = minidl.tensor(g.copy()), torch.tensor(g.copy())
+        mo.step()
+        to.step()
+    assert_close(mp, tp.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["SGD", "Adam", "AdamW"])
+def test_frozen_parameters_are_accepted_and_skipped(kind):
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    model[0].requires_grad_(False)
+    opt = getattr(optim, kind)(model.parameters(), lr=0.1)   # PyTorch accepts them too
+    frozen = model[0].weight.numpy().copy()
+    trained = model[1].weight.numpy().copy()
+    model(minidl.randn(3, 2)).sum().backward()
+    assert model[0].weight.grad is None
+    opt.step()
+    assert_close(model[0].weight, frozen, rtol=0, atol=0)
+    assert not np.array_equal(model[1].weight.numpy(), trained)

@@ -1,6 +1,7 @@
 """minidl.save / minidl.load: safetensors, atomic, nested state, torch interop, bad files."""
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -144,3 +145,15 @@ def test_scalar_buffers_and_batchnorm_roundtrip(tmp_path):
     x = np.random.default_rng(0).standard_normal((2, 1, 5, 5)).astype(np.float32)
     assert_close(m.eval()(minidl.tensor(x)), t(torch.tensor(x)).detach().numpy(), rtol=1e-5,
                  atol=1e-5)
+
+
+def test_unsupported_dtype_names_the_tensor_and_dtype(tmp_path):
+    # Regression: a well-formed BF16 file (as safetensors.torch writes) was reported as
+    # truncated or corrupt. Written by hand here, so torch is not needed.
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}).encode()
+    header += b" " * (-len(header) % 8)
+    path = tmp_path / "bf16.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\x80\x3f\x80\x3f")
+    with pytest.raises(CheckpointError, match=r"tensor 'w' has dtype BF16.*F32") as err:
+        load(path)
+    assert "corrupt" not in str(err.value) and str(path) in str(err.value)

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import backend
 from ..ops.activation import softmax
-from ..ops.attention import scaled_dot_product_attention
+from ..ops.attention import causal_mask, scaled_dot_product_attention
 from ..ops.linear import linear
 from ..tensor import Tensor
 from . import init
@@ -46,6 +46,10 @@ class MultiheadAttention(Module):
     (that key is not attended to). Float masks are added to the scores.
     Weights are (B, L, S) averaged over heads, or (B, h, L, S) with
     ``average_attn_weights=False``; None unless ``need_weights``.
+
+    ``is_causal=True`` masks every key after its query (query i sees keys
+    j <= i), together with any ``attn_mask``/``key_padding_mask``. Unlike
+    PyTorch, where it is only a hint, no causal ``attn_mask`` is needed.
     """
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
@@ -145,10 +149,15 @@ class MultiheadAttention(Module):
                                  f"got {m.shape}")
             m = m.reshape(B, 1, 1, S)
             mask = m if mask is None else mask + m
-        causal = is_causal and mask is None
+        if is_causal and mask is not None:
+            # scaled_dot_product_attention takes is_causal or a mask, not both, so the
+            # causal part joins the other masks here: a key is attended to only if
+            # it is at or before the query AND not masked by attn_mask/key_padding_mask.
+            xp = backend.get_array_module(mask)
+            mask = mask + xp.where(causal_mask(L, S, xp), dtype.type(0), dtype.type(-np.inf))
         out, weights = scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=causal, return_weights=True)
+            is_causal=is_causal and mask is None, return_weights=True)
         out = out.swapaxes(1, 2).reshape(B, L, E)
         out = self.out_proj(out)
         if unbatched:

@@ -59,10 +59,10 @@ class Module:
             return
         params, buffers, modules = self._parameters, self._buffers, self._modules
         if isinstance(value, Parameter):
-            self._drop(name)
+            self._drop(name, keep=params)
             params[name] = value
         elif isinstance(value, Module):
-            self._drop(name)
+            self._drop(name, keep=modules)
             modules[name] = value
             value._set_path(self._child_path(name))
         elif name in params:
@@ -81,10 +81,18 @@ class Module:
             self._drop(name)
             object.__setattr__(self, name, value)
 
-    def _drop(self, name):
-        for d in (self._parameters, self._buffers, self._modules):
-            d.pop(name, None)
-        self._non_persistent.discard(name)
+    def _drop(self, name, keep=None):
+        """Forget ``name`` in every registry but ``keep`` (and as a plain attribute).
+
+        The registry being assigned to is left alone: assigning to an existing
+        key of an ordered dict keeps the key's position, so replacing a
+        parameter, buffer or submodule does not move it to the end of
+        ``parameters()``, ``state_dict()`` or a container, as in PyTorch."""
+        for registry in (self._parameters, self._buffers, self._modules):
+            if registry is not keep:
+                registry.pop(name, None)
+        if keep is not self._buffers:
+            self._non_persistent.discard(name)
         self.__dict__.pop(name, None)
 
     def __getattr__(self, name):
@@ -118,22 +126,24 @@ class Module:
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter: '{name}' must be a Parameter or None, got "
                             f"{type(param).__name__}")
-        self._drop(name)
+        self._drop(name, keep=self._parameters)
         self._parameters[name] = param
 
     def register_buffer(self, name, tensor, persistent=True):
         """A tensor that is state but not learnable (running statistics)."""
         if tensor is not None and not isinstance(tensor, Tensor):
             tensor = Tensor(tensor)
-        self._drop(name)
+        self._drop(name, keep=self._buffers)
         self._buffers[name] = tensor
-        if not persistent:
+        if persistent:
+            self._non_persistent.discard(name)
+        else:
             self._non_persistent.add(name)
 
     def add_module(self, name, module):
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module: '{name}' must be a Module, got {type(module).__name__}")
-        self._drop(name)
+        self._drop(name, keep=self._modules)
         self._modules[name] = module
         if module is not None:
             module._set_path(self._child_path(name))
@@ -141,15 +151,22 @@ class Module:
     register_module = add_module
 
     # --------------------------------------------------------- traversal
-    def named_modules(self, memo=None, prefix=""):
-        memo = set() if memo is None else memo
-        if id(self) in memo:
-            return
-        memo.add(id(self))
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
+        """(dotted name, module) for self and every descendant, depth first.
+
+        A module registered under several names is yielded once, under its
+        first name, unless ``remove_duplicate=False`` (what ``state_dict`` uses,
+        so a shared submodule is saved under every name, as in PyTorch)."""
+        if remove_duplicate:
+            memo = set() if memo is None else memo
+            if id(self) in memo:
+                return
+            memo.add(id(self))
         yield prefix, self
         for name, child in self._modules.items():
             if child is not None:
-                yield from child.named_modules(memo, f"{prefix}.{name}" if prefix else name)
+                yield from child.named_modules(memo, f"{prefix}.{name}" if prefix else name,
+                                               remove_duplicate)
 
     def modules(self):
         for _, m in self.named_modules():
@@ -200,8 +217,11 @@ class Module:
 
     # -------------------------------------------------------------- modes
     def train(self, mode=True):
-        for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+        # Each child's own train() is called (not its flag set directly), so a
+        # subclass that overrides train(), such as a frozen BatchNorm, is respected.
+        object.__setattr__(self, "training", bool(mode))
+        for child in self.children():
+            child.train(mode)
         return self
 
     def eval(self):
@@ -259,7 +279,8 @@ class Module:
     def state_dict(self, destination=None, prefix="", keep_vars=False):
         """name -> Tensor for every parameter and persistent buffer (arrays shared)."""
         out = OrderedDict() if destination is None else destination
-        for mod_prefix, module in self.named_modules(prefix=prefix.rstrip(".")):
+        modules = self.named_modules(prefix=prefix.rstrip("."), remove_duplicate=False)
+        for mod_prefix, module in modules:
             p = f"{mod_prefix}." if mod_prefix else ""
             for name, param in module._parameters.items():
                 if param is not None:
@@ -271,7 +292,7 @@ class Module:
 
     def _state_targets(self):
         targets = OrderedDict()
-        for mod_prefix, module in self.named_modules():
+        for mod_prefix, module in self.named_modules(remove_duplicate=False):
             p = f"{mod_prefix}." if mod_prefix else ""
             for name, param in module._parameters.items():
                 if param is not None:

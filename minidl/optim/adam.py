@@ -47,17 +47,9 @@ class Adam(Optimizer):
             t = state["step"]
             m, v = state["exp_avg"], state["exp_avg_sq"]
             s = self._buffer(p, "s")
-            if group["maximize"]:
-                gm = self._buffer(p, "g")
-                xp.negative(g, out=gm)
-                g = gm
             if wd and self._decoupled:
                 p.data *= dt(1 - lr * wd)
-            elif wd:
-                ge = self._buffer(p, "g")
-                xp.multiply(p.data, dt(wd), out=ge)
-                ge += g
-                g = ge
+            g = self._effective_grad(p, g, 0 if self._decoupled else wd, group["maximize"])
             m *= dt(b1)
             xp.multiply(g, dt(1 - b1), out=s)
             m += s

@@ -39,9 +39,8 @@ class Optimizer:
             if not isinstance(p, Tensor):
                 raise TypeError(f"{type(self).__name__}: parameters must be Tensors, got "
                                 f"{type(p).__name__}")
-            if not p.requires_grad:
-                raise ValueError(f"{type(self).__name__}: a parameter of shape {tuple(p.shape)} "
-                                 "does not require grad")
+        # Frozen parameters (requires_grad=False) are accepted, as in PyTorch: they never
+        # get a gradient, and step() skips every parameter whose grad is None.
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         if any(id(p) in seen for p in ps):
             raise ValueError(f"{type(self).__name__}: a parameter appears in two param groups")
@@ -83,6 +82,22 @@ class Optimizer:
                 backend.device_of(buf) != backend.device_of(data):
             buf = slot[name] = backend.get_array_module(data).empty_like(data)
         return buf
+
+    def _effective_grad(self, p, g, weight_decay, maximize):
+        """The gradient the update uses: ``g`` itself, or ``weight_decay * p + g``
+        (``- g`` when maximizing) in a scratch array; ``g`` is never written.
+        Built in one array in one pass: negating into it first and then writing
+        the decay term there would discard the gradient."""
+        if not (weight_decay or maximize):
+            return g
+        xp, dt = backend.get_array_module(p.data), p.data.dtype.type
+        out = self._buffer(p, "effective_grad")
+        if weight_decay:
+            xp.multiply(p.data, dt(weight_decay), out=out)
+            (xp.subtract if maximize else xp.add)(out, g, out=out)
+        else:
+            xp.negative(g, out=out)
+        return out
 
     # ------------------------------------------------------ state dicts
     def state_dict(self):

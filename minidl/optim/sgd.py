@@ -34,14 +34,7 @@ class SGD(Optimizer):
         for p, g in zip(params, grads):
             xp = backend.get_array_module(p.data)
             dt = p.data.dtype.type
-            d = g                      # read only: the scratch arrays take every write
-            if wd or maximize:
-                d = self._buffer(p, "d")
-                if wd:
-                    xp.multiply(p.data, dt(wd), out=d)
-                    (xp.subtract if maximize else xp.add)(d, g, out=d)
-                else:
-                    xp.negative(g, out=d)
+            d = self._effective_grad(p, g, wd, maximize)   # g is read only
             if mom:
                 state = self.state.setdefault(p, {})
                 buf = state.get("momentum_buffer")
