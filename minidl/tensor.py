@@ -19,45 +19,64 @@ import contextlib
 import heapq
 import itertools
 import sys
+import threading
 import weakref
 
 import numpy as np
 
 from . import backend
 
-_grad_enabled = True
+
+class _GradMode(threading.local):
+    """Whether ops record a graph, per thread (as in PyTorch: a no_grad block in
+    one thread must not switch recording off in another)."""
+
+    enabled = True  # the class attribute is every thread's starting value
+
+    def __init__(self):
+        # The modes that the open no_grad/enable_grad blocks replaced, innermost
+        # last. Blocks nest, so a per-thread stack restores the right one even
+        # when one instance is entered twice (recursion through a decorated
+        # function, a shared ``no_grad()`` object, Optimizer.step's decorator).
+        self.saved = []
 
 
-class no_grad(contextlib.ContextDecorator):
-    """Context manager and decorator that disables graph recording."""
+_grad_mode = _GradMode()
+
+
+class _SetGradMode(contextlib.ContextDecorator):
+    """Context manager and decorator that sets grad mode to ``_mode`` inside."""
+
+    _mode = True
 
     def __enter__(self):
-        global _grad_enabled
-        self._prev, _grad_enabled = _grad_enabled, False
+        _grad_mode.saved.append(_grad_mode.enabled)
+        _grad_mode.enabled = self._mode
         return self
 
     def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self._prev
+        _grad_mode.enabled = _grad_mode.saved.pop()
         return False
 
 
-class enable_grad(contextlib.ContextDecorator):
-    """Context manager and decorator that re-enables graph recording."""
+class no_grad(_SetGradMode):
+    """Context manager and decorator that disables graph recording.
 
-    def __enter__(self):
-        global _grad_enabled
-        self._prev, _grad_enabled = _grad_enabled, True
-        return self
+    Re-entrant and thread-safe: one instance may be nested, reused, shared by
+    threads or decorate a recursive function."""
 
-    def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self._prev
-        return False
+    _mode = False
+
+
+class enable_grad(_SetGradMode):
+    """Context manager and decorator that re-enables graph recording (inside
+    ``no_grad``); re-entrant and thread-safe like :class:`no_grad`."""
+
+    _mode = True
 
 
 def is_grad_enabled() -> bool:
-    return _grad_enabled
+    return _grad_mode.enabled
 
 
 def _is_array(x) -> bool:
@@ -126,6 +145,10 @@ class Tensor:
     @classmethod
     def _wrap(cls, array):
         """A constant tensor around a raw array, with no checks (hot path)."""
+        if isinstance(array, np.generic):
+            # NumPy gives scalars for 0-d results; ``data`` is always an array
+            # (writable in place, with ``.base`` and ``.flags``).
+            array = np.asarray(array)
         t = object.__new__(cls)
         t.data = array
         t.grad = None
@@ -346,7 +369,7 @@ class Function:
         arrays = [t.data for t in tensors]
         if backend.cupy_module() is not None:
             self._check_devices(tensors)
-        record = _grad_enabled and any(t.requires_grad for t in tensors)
+        record = _grad_mode.enabled and any(t.requires_grad for t in tensors)
         self.needs_input_grad = tuple(t.requires_grad for t in tensors) if record \
             else (False,) * len(tensors)
         try:
@@ -413,17 +436,38 @@ def _private_view(array):
     return sys.getrefcount(base) <= 3
 
 
+def _has_own_elements(array):
+    """Whether every element of ``array`` has its own writable memory: False for a
+    read-only array or a broadcast view (a 0 stride over a dim longer than 1;
+    CuPy has no read-only flag, but its broadcast views have those strides)."""
+    if not getattr(array.flags, "writeable", True):
+        return False
+    return all(stride or size <= 1 for stride, size in zip(array.strides, array.shape))
+
+
 def _accumulate_leaf(tensor, grad, owned_ids):
-    """Add ``grad`` to a leaf's ``.grad``, making sure no two leaves share an array."""
-    if grad.dtype != tensor.data.dtype:
+    """Add ``grad`` to a leaf's ``.grad``.
+
+    A leaf's gradient is always a writable array of its own (users and hooks
+    clip or zero it in place): never shared with another leaf or a saved array,
+    never a read-only or broadcast view, never a NumPy scalar. A gradient that
+    already is one (the common case) is kept without a copy.
+    """
+    if isinstance(grad, np.generic):  # a 0-d result: a fresh 0-d array is private
+        grad = np.array(grad, dtype=tensor.data.dtype)
+    elif grad.dtype != tensor.data.dtype:
         grad = grad.astype(tensor.data.dtype)
-    elif id(grad) in owned_ids or (grad.base is not None and not _private_view(grad)):
+    elif (id(grad) in owned_ids or not _has_own_elements(grad)
+          or (grad.base is not None and not _private_view(grad))):
         grad = grad.copy()
     owned_ids.add(id(grad))
     if tensor.grad is None:
         tensor.grad = Tensor._wrap(grad)
     else:
+        # Not in place: an array the caller took from .grad earlier stays as it was.
         tensor.grad.data = tensor.grad.data + grad
+        if isinstance(tensor.grad.data, np.generic):
+            tensor.grad.data = np.asarray(tensor.grad.data)
 
 
 def run_backward(root, grad, retain_graph=False, owned=True):

@@ -170,6 +170,100 @@ def test_no_grad_and_enable_grad():
     assert minidl.is_grad_enabled()
 
 
+def test_grad_mode_is_reentrant():
+    @minidl.no_grad()                # one decorator instance, entered once per call
+    def walk(depth):
+        if depth:
+            walk(depth - 1)
+        assert not minidl.is_grad_enabled()
+
+    walk(2)
+    assert minidl.is_grad_enabled()
+
+    @minidl.enable_grad()
+    def record(depth, t):
+        return record(depth - 1, t) if depth else t * 2
+
+    x = minidl.tensor([1.0], requires_grad=True)
+    with minidl.no_grad():
+        assert record(2, x).requires_grad
+        assert not (x * 3).requires_grad   # the outer no_grad still holds
+    ng = minidl.no_grad()
+    with ng:
+        with ng:
+            pass
+        assert not minidl.is_grad_enabled()
+    assert minidl.is_grad_enabled()
+
+    # Optimizer.step is decorated by one shared no_grad(); a closure that steps
+    # again re-enters it. Called under no_grad, no_grad must still hold after.
+    opt = minidl.optim.SGD([minidl.tensor([1.0], requires_grad=True)], lr=0.1)
+    with minidl.no_grad():
+        opt.step(lambda: opt.step())
+        assert not minidl.is_grad_enabled()
+    assert minidl.is_grad_enabled()
+
+
+def test_grad_mode_is_per_thread():
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+    seen = {}
+
+    def worker():
+        seen["starts_enabled"] = minidl.is_grad_enabled()
+        with minidl.no_grad():
+            entered.set()
+            release.wait(10)
+        seen["after"] = minidl.is_grad_enabled()
+
+    thread = threading.Thread(target=worker)
+    with minidl.no_grad():           # a new thread starts with grad mode on anyway
+        thread.start()
+        assert entered.wait(10)
+    x = minidl.tensor([1.0], requires_grad=True)
+    assert (x * 2).requires_grad     # the worker's no_grad does not reach this thread
+    release.set()
+    thread.join(10)
+    assert seen == {"starts_enabled": True, "after": True}
+    assert minidl.is_grad_enabled()
+
+
+def _assert_own_writable_array(grad, shape):
+    assert type(grad.data) is np.ndarray and grad.shape == shape
+    assert grad.data.flags.writeable and 0 not in grad.data.strides
+
+
+def test_leaf_grad_is_a_writable_array_of_its_own():
+    x = minidl.tensor(np.ones((3, 4), np.float32), requires_grad=True)
+    x.mean().backward()              # d mean is a stride-0 broadcast of one value
+    _assert_own_writable_array(x.grad, (3, 4))
+    x.grad.data[0, 0] = 0.0
+    np.testing.assert_array_equal(x.grad.numpy()[1], np.full(4, 1 / 12, np.float32))
+
+    b = minidl.tensor(np.ones((1, 4)), requires_grad=True)
+    b.expand(3, 4).sum().backward()  # summed back from a broadcast view
+    x2 = minidl.tensor(np.ones(4), requires_grad=True)
+    x2.expand(3, 4)[0].sum().backward()
+    _assert_own_writable_array(b.grad, (1, 4))
+    _assert_own_writable_array(x2.grad, (4,))
+
+    s = minidl.tensor(2.0, requires_grad=True)
+    (s * 3).backward()               # 0-d: NumPy computes a scalar, not an array
+    _assert_own_writable_array(s.grad, ())
+    (s * s).backward()               # accumulation of 0-d gradients
+    _assert_own_writable_array(s.grad, ())
+    assert s.grad.item() == 7.0
+    s.grad.data[...] = 0
+
+
+def test_op_outputs_are_arrays_even_when_0d():
+    s = minidl.tensor(2.0, requires_grad=True)
+    for out in (s * 3, s.exp(), minidl.ones(3).sum(), minidl.ones(2, 3)[1, 2],
+                minidl.ones(3).argmax()):
+        assert type(out.data) is np.ndarray and out.shape == ()
+
+
 def test_no_graph_without_requires_grad_and_detach_cuts_it():
     x = minidl.tensor([1.0, 2.0])
     assert (x * 2).creator is None

@@ -3,6 +3,8 @@ broadcasting pairs, axes and index patterns), a few composite expressions
 compared with PyTorch, and the float32 dtype discipline of every op."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import broadcast_shapes, distinct, randn, seeds, shapes
@@ -187,7 +189,7 @@ def _reduce(name, x, axis, keepdims, torch_spelling, **kw):
     return method(axis=axis, keepdims=keepdims, **kw)
 
 
-@given(shape_and_axes(), seeds, st.sampled_from(["sum", "mean", "var", "max", "min"]))
+@given(shape_and_axes(), seeds, st.sampled_from(["sum", "mean", "var", "std", "max", "min"]))
 @settings(max_examples=30)
 def test_reductions(case, seed, name):
     shape, axis, keepdims, torch_spelling = case
@@ -211,17 +213,69 @@ def test_var_std_unbiased(case, seed):
     gradcheck(lambda x: minidl.var(x, axis, unbiased=True), [x])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_std_of_a_constant_has_zero_gradient_as_torch(dtype):
+    rows = np.array([[1.0, 2.0, 4.0], [5.0, 5.0, 5.0]])   # the second row is constant
+    check_vs_torch(lambda x: x.std(dim=1, correction=0), [rows],
+                   lambda x: x.std(dim=1), dtype=dtype)
+    check_vs_torch(lambda x: x.std(), [np.full((2, 3), 0.5)], dtype=dtype)
+    gradcheck(lambda x: x.std(axis=1, ddof=1), [rows])   # numeric: 0 there too
+
+
 def test_max_min_ties_share_gradient_as_torch_amax():
     x = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]])
     check_vs_torch(lambda x: x.amax(dim=1), [x], lambda x: x.max(dim=1))
     check_vs_torch(lambda x: x.amin(), [x], lambda x: x.min())
 
 
+@pytest.mark.parametrize("name", ["sum", "mean", "var", "std", "max", "min", "argmax"])
+def test_reductions_of_a_0d_tensor_over_dim_0_or_minus_1_reduce_nothing(name):
+    x = minidl.tensor(np.float64(3.0), requires_grad=name != "argmax")
+    for dim in (0, -1, (0,)):
+        y = getattr(x, name)(dim=dim)
+        assert y.shape == ()
+        expected = {"var": 0.0, "std": 0.0, "argmax": 0}.get(name, 3.0)
+        assert y.item() == expected
+    if name != "argmax":
+        gradcheck(lambda x: getattr(x, name)(dim=-1, keepdim=True), [x])
+    with pytest.raises(IndexError, match=r"dim 1 is out of range .*\[-1, 0\]"):
+        getattr(x, name)(dim=1)
+
+
+def test_max_over_a_nonempty_dim_of_an_empty_tensor():
+    x = minidl.zeros(0, 3, requires_grad=True)
+    y = x.max(axis=1)
+    assert y.shape == (0,)
+    y.sum().backward()
+    assert x.grad.shape == (0, 3)
+    assert minidl.zeros(3, 0).min(dim=0).shape == (0,)
+    for axis in (0, None):
+        with pytest.raises(ValueError, match=r"max: cannot reduce over dim 0 of size 0"):
+            x.max(axis=axis)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_softmax_of_0d_and_over_an_empty_dim(name):
+    fn = getattr(minidl.nn.functional, name)
+    x = minidl.tensor(np.float64(3.0), requires_grad=True)
+    y = fn(x, 0)
+    assert y.shape == () and y.item() == (1.0 if name == "softmax" else 0.0)
+    gradcheck(lambda t: fn(t, -1), [x])
+    for shape, dim in (((3, 0), -1), ((0, 3), 1), ((3, 0), 0)):
+        e = minidl.zeros(*shape, requires_grad=True)
+        y = fn(e, dim)
+        assert y.shape == shape and y.dtype == np.float32
+        y.sum().backward()
+        assert e.grad.shape == shape
+
+
 def test_reduction_axis_accepts_numpy_integers():
     x = minidl.tensor(np.arange(6.0).reshape(2, 3))
     assert x.sum(axis=np.int64(1)).shape == (2,)
-    with pytest.raises(ValueError, match="axis 2 is out of range"):
+    with pytest.raises(ValueError, match=r"dim 2 is out of range .*\[-2, 1\]"):
         x.sum(axis=2)
+    with pytest.raises(IndexError):  # PyTorch's type for it
+        x.sum(axis=-3)
     with pytest.raises(ValueError, match="repeated axis"):
         x.sum(axis=(0, -2))
 
@@ -354,6 +408,59 @@ def test_pad(data, shape, seed):
                    lambda x: ops.pad(x, widths, value=value))
 
 
+def test_out_of_range_dims_raise_index_error_naming_the_range():
+    a = minidl.ones(2, 3)
+    cases = [  # (call, dim, valid range)
+        (lambda: a.permute(3, 0), 3, "[-2, 1]"),
+        (lambda: a.transpose(0, 3), 3, "[-2, 1]"),
+        (lambda: a.swapaxes(-3, 0), -3, "[-2, 1]"),
+        (lambda: a.unsqueeze(4), 4, "[-3, 2]"),
+        (lambda: a.unsqueeze(-4), -4, "[-3, 2]"),
+        (lambda: minidl.ones(1, 3).squeeze(5), 5, "[-2, 1]"),
+        (lambda: a.squeeze((0, 2)), 2, "[-2, 1]"),
+        (lambda: a.flatten(3), 3, "[-2, 1]"),
+        (lambda: a.flatten(0, -3), -3, "[-2, 1]"),
+        (lambda: minidl.cat([a, a], dim=2), 2, "[-2, 1]"),
+        (lambda: minidl.stack([a, a], dim=3), 3, "[-3, 2]"),
+        (lambda: minidl.tensor(1.0).squeeze(1), 1, "[-1, 0]"),
+        (lambda: minidl.nn.functional.softmax(a, 2), 2, "[-2, 1]"),
+    ]
+    for call, dim, valid in cases:
+        with pytest.raises(IndexError, match=rf"dim {dim} is out of range .*{re.escape(valid)}"):
+            call()
+    # the ends of the ranges are fine
+    assert a.unsqueeze(2).shape == (2, 3, 1) and a.unsqueeze(-3).shape == (1, 2, 3)
+    assert minidl.stack([a, a], dim=-3).shape == (2, 2, 3)
+    assert minidl.cat([a, a], dim=-2).shape == (4, 3)
+    with pytest.raises(ValueError, match="permute.*repeats a dim"):
+        a.permute(1, -1)
+    with pytest.raises(ValueError, match="permute.*expected a permutation of its 2 dims"):
+        a.permute(1, 0, 2)
+
+
+def test_shape_ops_on_a_0d_tensor():
+    s = minidl.tensor(np.float64(3.0), requires_grad=True)
+    for y in (s.squeeze(0), s.squeeze(-1), s.squeeze(), s.transpose(0, -1), s.T,
+              s.permute(), s.swapaxes(-1, 0)):
+        assert y.shape == () and y.item() == 3.0
+    assert s.unsqueeze(0).shape == (1,) and s.unsqueeze(-1).shape == (1,)
+    assert s.flatten().shape == (1,) and s.flatten(0, -1).shape == (1,)
+    assert minidl.stack([s, s], dim=-1).shape == (2,)
+    gradcheck(lambda t: t.transpose(0, -1).unsqueeze(0).squeeze(-1) * 2, [s])
+    with pytest.raises(ValueError, match="concat: cannot concatenate 0-d tensors"):
+        minidl.cat([s, s])
+
+
+def test_empty_list_index_is_an_integer_index():
+    x = minidl.tensor(np.ones((4, 3)), requires_grad=True)
+    y = x[[]]
+    assert y.shape == (0, 3)
+    assert x[:, []].shape == (4, 0)
+    (y.sum() + x[[1, 1]].sum()).backward()
+    np.testing.assert_array_equal(x.grad.numpy()[1], [2.0, 2.0, 2.0])
+    check_vs_torch(lambda t: t[[]], [np.ones((4, 3))])
+
+
 def test_squeeze_unsqueeze_cast():
     x = randn(0, (2, 1, 3))
     gradcheck(lambda x: x.squeeze(1).unsqueeze(0), [x])
@@ -454,6 +561,45 @@ def test_float32_stays_float32(name):
     assert y.dtype == np.float32, f"{name}: forward gave {y.dtype}"
     y.sum().backward()
     assert x.grad.dtype == np.float32, f"{name}: gradient is {x.grad.dtype}"
+
+
+INT_TO_FLOAT_CASES = {  # float-valued ops on integer tensors: float32, as torch
+    "div_scalar": lambda i: i / 2, "div_int": lambda i: i / (i * 0 + 3), "rdiv": lambda i: 6 / i,
+    "pow_half": lambda i: i ** 0.5, "rpow": lambda i: 2.0 ** i, "exp": lambda i: i.exp(),
+    "log": lambda i: i.log(), "sqrt": lambda i: i.sqrt(), "tanh": lambda i: i.tanh(),
+    "sigmoid": lambda i: i.sigmoid(), "clamp_float": lambda i: i.clamp(min=1.5),
+    "clamp_np_float": lambda i: i.clip(np.float32(0.5), 2), "clamp_max": lambda i: i.clamp(max=2.5),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, np.bool_])
+@pytest.mark.parametrize("name", sorted(INT_TO_FLOAT_CASES))
+def test_float_ops_on_integer_tensors_give_float32_as_torch(name, dtype):
+    torch = pytest.importorskip("torch")
+    data = np.array([1, 2, 3, 4]).astype(dtype)
+    fn = INT_TO_FLOAT_CASES[name]
+    got, expected = fn(minidl.tensor(data)), fn(torch.tensor(data))
+    assert got.dtype == np.float32 and expected.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-6)
+
+
+def test_integer_results_and_float_inputs_keep_their_dtype():
+    i = minidl.tensor([-2, 1, 3])
+    assert i.clamp(0, 2).dtype == np.int64 and i.clamp(0, 2).tolist() == [0, 1, 2]
+    assert (i ** 2).dtype == np.int64 and abs(i).dtype == np.int64 and i.relu().dtype == np.int64
+    np.testing.assert_allclose(i.sigmoid().numpy(), 1 / (1 + np.exp(-np.array([-2, 1, 3]))),
+                               rtol=1e-6)
+    x = minidl.tensor(np.ones(4, np.float32), requires_grad=True)
+    y = x * (minidl.arange(4) / 4)   # a position ramp must not promote the graph
+    assert y.dtype == np.float32
+    y.sum().backward()
+    assert x.grad.dtype == np.float32
+    for dtype in (np.float16, np.float32, np.float64):
+        a = np.linspace(0.5, 2, 4).astype(dtype)
+        assert ops.arith.as_float(a) is a          # floats pass through, no copy
+        for op in ("exp", "sqrt", "sigmoid", "tanh", "log"):
+            assert getattr(minidl.tensor(a), op)().dtype == dtype
+        assert (minidl.tensor(a) / 2).dtype == dtype
 
 
 def test_integer_tensor_with_float_gives_float32():

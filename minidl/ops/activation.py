@@ -22,17 +22,14 @@ import numpy as np
 from .. import backend
 from ..random import generator_for
 from ..tensor import Function, Tensor
-
-
-def _axis(op, x, dim):
-    ndim = max(x.ndim, 1)
-    if not -ndim <= dim < ndim:
-        raise ValueError(f"{op}: dim {dim} is out of range for a tensor of shape {tuple(x.shape)}")
-    return dim % ndim
+from .arith import as_float
+from .shape import normalize_dim, reshape
 
 
 def _safe_max(x, axis, xp):
     """max over ``axis`` (keepdims) with non-finite maxima (all -inf rows) replaced by 0."""
+    if x.shape[axis] == 0:  # rows of no elements: nothing to subtract (NumPy's max would fail)
+        return xp.zeros(x.shape[:axis] + (1,) + x.shape[axis + 1:], dtype=x.dtype)
     m = x.max(axis=axis, keepdims=True)
     if not xp.isfinite(m).all():
         m[~xp.isfinite(m)] = 0
@@ -45,6 +42,7 @@ class Softmax(Function):
 
     def forward(self, x):
         xp = backend.get_array_module(x)
+        x = as_float(x)  # integers give float32, as the other float-valued ops
         y = x - _safe_max(x, self.axis, xp)
         xp.exp(y, out=y)
         s = y.sum(axis=self.axis, keepdims=True)
@@ -69,6 +67,7 @@ class LogSoftmax(Function):
 
     def forward(self, x):
         xp = backend.get_array_module(x)
+        x = as_float(x)  # integers give float32, as the other float-valued ops
         y = x - _safe_max(x, self.axis, xp)
         e = xp.exp(y)
         s = e.sum(axis=self.axis, keepdims=True)
@@ -91,14 +90,20 @@ def softmax(x, dim=-1, *, axis=None):
     Numerically stable for any magnitude; a row that is entirely -inf gives
     zeros (PyTorch gives NaN there)."""
     x = x if isinstance(x, Tensor) else Tensor(x)
-    return Softmax(_axis("softmax", x, axis if axis is not None else dim))(x)
+    axis = normalize_dim("softmax", axis if axis is not None else dim, x.ndim)
+    if x.ndim == 0:  # one element (dim 0 or -1, as PyTorch): a row of length 1
+        return reshape(Softmax(0)(reshape(x, 1)), ())
+    return Softmax(axis)(x)
 
 
 def log_softmax(x, dim=-1, *, axis=None):
     """log(softmax(x)) over ``dim`` (default the last), computed directly (stable at any
     magnitude)."""
     x = x if isinstance(x, Tensor) else Tensor(x)
-    return LogSoftmax(_axis("log_softmax", x, axis if axis is not None else dim))(x)
+    axis = normalize_dim("log_softmax", axis if axis is not None else dim, x.ndim)
+    if x.ndim == 0:  # one element (dim 0 or -1, as PyTorch): a row of length 1
+        return reshape(LogSoftmax(0)(reshape(x, 1)), ())
+    return LogSoftmax(axis)(x)
 
 
 # --------------------------------------------------------------------- GELU
@@ -134,7 +139,7 @@ class GELU(Function):
 
     def forward(self, x):
         xp = backend.get_array_module(x)
-        self.x = x
+        self.x = x = as_float(x)
         if self.approximate == "tanh":
             inner = x * x
             inner *= 0.044715 * x
@@ -196,7 +201,7 @@ class Dropout(Function):
         mask = keep.astype(dtype)
         mask *= dtype.type(1.0 / (1.0 - self.p))
         self.mask = mask
-        return x * mask
+        return as_float(x) * mask  # int64 * float32 would be float64
 
     def backward(self, gy):
         return gy * self.mask

@@ -3,7 +3,10 @@
 Every binary op broadcasts as NumPy does; the engine sums each gradient back
 to its input's shape, so the backward methods here ignore broadcasting.
 A Python scalar or a NumPy constant meeting a float tensor takes the
-tensor's dtype, so ``x * 0.5`` keeps a float32 graph float32.
+tensor's dtype, so ``x * 0.5`` keeps a float32 graph float32. Ops whose
+result is a float (true division, exp, log, sqrt, tanh, sigmoid, a fractional
+power, a float clip bound) give float32 for integer and bool inputs, as
+PyTorch: see :func:`float_result_dtype`.
 """
 from __future__ import annotations
 
@@ -11,6 +14,21 @@ import numpy as np
 
 from .. import backend
 from ..tensor import Function, Tensor, as_array
+
+
+def float_result_dtype(dtype) -> np.dtype:
+    """The dtype of a float-valued op on an input of ``dtype``: a float (or complex)
+    dtype is kept; integers and bools give float32, PyTorch's default float dtype
+    (NumPy would give float64, which then silently promotes float32 graphs)."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype.kind in "fc" else np.dtype(np.float32)
+
+
+def as_float(array):
+    """``array`` itself when it is floating, else cast to :func:`float_result_dtype`."""
+    if array.dtype.kind in "fc":
+        return array
+    return array.astype(float_result_dtype(array.dtype))
 
 
 def constant_like(value, ref: Tensor) -> Tensor:
@@ -80,6 +98,8 @@ class Mul(Function):
 
 class Div(Function):
     def forward(self, a, b):
+        # Both are floats of one dtype unless both are integers (see operands).
+        a, b = as_float(a), as_float(b)
         self.a, self.b = a, b
         return a / b
 
@@ -115,6 +135,8 @@ class PowScalar(Function):
         self.c = exponent
 
     def forward(self, a):
+        if isinstance(self.c, float):  # an integer tensor to a fractional power: a float
+            a = as_float(a)
         self.a = a
         return a ** a.dtype.type(self.c) if a.dtype.kind == "f" else a ** self.c
 
@@ -233,7 +255,7 @@ class Neg(Function):
 class Exp(Function):
     def forward(self, x):
         xp = backend.get_array_module(x)
-        self.y = xp.exp(x)
+        self.y = xp.exp(as_float(x))
         return self.y
 
     def backward(self, gy):
@@ -243,7 +265,7 @@ class Exp(Function):
 class Log(Function):
     def forward(self, x):
         xp = backend.get_array_module(x)
-        self.x = x
+        self.x = x = as_float(x)
         return xp.log(x)
 
     def backward(self, gy):
@@ -253,7 +275,7 @@ class Log(Function):
 class Sqrt(Function):
     def forward(self, x):
         xp = backend.get_array_module(x)
-        self.y = xp.sqrt(x)
+        self.y = xp.sqrt(as_float(x))
         return self.y
 
     def backward(self, gy):
@@ -274,7 +296,7 @@ class Abs(Function):
 class Tanh(Function):
     def forward(self, x):
         xp = backend.get_array_module(x)
-        self.y = xp.tanh(x)
+        self.y = xp.tanh(as_float(x))
         return self.y
 
     def backward(self, gy):
@@ -284,6 +306,7 @@ class Tanh(Function):
 class Sigmoid(Function):
     def forward(self, x):
         xp = backend.get_array_module(x)
+        x = as_float(x)  # an integer dtype's 0.5 would be 0
         # tanh form: no overflow warning for large |x|, exact in both tails.
         half = x.dtype.type(0.5)
         self.y = half * xp.tanh(half * x) + half
@@ -313,6 +336,10 @@ class Clip(Function):
 
     def forward(self, x):
         xp = backend.get_array_module(x)
+        if any(isinstance(b, (float, np.floating)) for b in (self.low, self.high)):
+            # A float bound on an integer tensor: a float result, as PyTorch
+            # (casting the bound to the integer dtype would truncate it).
+            x = as_float(x)
         self.x = x
         low = None if self.low is None else x.dtype.type(self.low)
         high = None if self.high is None else x.dtype.type(self.high)

@@ -7,10 +7,10 @@ semantics); their gradient is shared equally among tied maxima, as amax's.
 from __future__ import annotations
 
 import builtins
-import operator
 
 from .. import backend
 from ..tensor import Function, Tensor
+from .shape import normalize_dim
 
 
 def reduction_axis(op, ndim, axis=None, keepdims=False, dim=None, keepdim=None):
@@ -23,15 +23,12 @@ def reduction_axis(op, ndim, axis=None, keepdims=False, dim=None, keepdim=None):
         keepdims = keepdim
     if axis is None:
         return None, bool(keepdims)
-    # operator.index accepts NumPy integers too (e.g. an axis from np.argmax).
-    axes = (operator.index(axis),) if not isinstance(axis, (tuple, list)) else tuple(axis)
-    normalized = []
-    for a in axes:
-        if not -ndim <= a < builtins.max(ndim, 1):
-            raise ValueError(f"{op}: axis {a} is out of range for a tensor of {ndim} dimensions")
-        normalized.append(a % ndim if ndim else 0)
+    axes = (axis,) if not isinstance(axis, (tuple, list)) else tuple(axis)
+    normalized = [normalize_dim(op, a, ndim) for a in axes]
     if len(set(normalized)) != len(normalized):
         raise ValueError(f"{op}: repeated axis in {axis}")
+    if ndim == 0:  # dim 0 or -1 of a 0-d tensor, as PyTorch: there is nothing to reduce
+        return (), bool(keepdims)
     return tuple(sorted(normalized)), bool(keepdims)
 
 
@@ -86,9 +83,13 @@ class MaxMin(Function):
         self.axes, self.keepdims, self.is_max = axes, keepdims, is_max
 
     def forward(self, x):
-        if x.size == 0:
-            raise ValueError(f"{'max' if self.is_max else 'min'}: reduction of an empty tensor "
-                             f"of shape {x.shape}")
+        # Reducing over a non-empty dim of an empty tensor is fine (shape (0, 3)
+        # over dim 1 gives (0,)); over an empty dim there is no maximum.
+        for a in range(x.ndim) if self.axes is None else self.axes:
+            if x.shape[a] == 0:
+                raise ValueError(f"{'max' if self.is_max else 'min'}: cannot reduce over dim {a} "
+                                 f"of size 0 of a tensor of shape {x.shape} (it has no "
+                                 "elements there); pass a dim whose size is not 0")
         y = (x.max if self.is_max else x.min)(axis=self.axes, keepdims=True)
         self.x, self.y_keep = x, y
         return y if self.keepdims else y.reshape(_reduced_shape(x.shape, self.axes))
@@ -125,6 +126,26 @@ class Var(Function):
         return _unreduce(gy, c.shape, self.axes, self.keepdims) * (c * scale)
 
 
+class Std(Var):
+    """sqrt(var). Where std is 0 (a constant input) the gradient is 0, as PyTorch's,
+    not the 0 * inf = NaN of differentiating ``var ** 0.5``."""
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        self.y = xp.sqrt(super().forward(x))
+        return self.y
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        y = self.y
+        constant = y == 0
+        # d std = d var / (2 std); divide by 1 where std is 0 (no warning), then zero it.
+        safe = xp.where(constant, y.dtype.type(1), y)
+        gvar = gy / (safe + safe)
+        gvar = xp.where(constant, gvar.dtype.type(0), gvar)
+        return super().backward(gvar)
+
+
 # ---------------------------------------------------------------- wrappers
 
 def sum(x, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001
@@ -153,31 +174,40 @@ def var(x, axis=None, keepdims=False, ddof=0, *, dim=None, keepdim=None,
         correction=None, unbiased=None):
     """Variance. ``ddof=0`` by default (NumPy); ``correction=1`` or
     ``unbiased=True`` give PyTorch's default (Bessel's correction)."""
+    return _variance(Var, "var", x, axis, keepdims, ddof, dim, keepdim, correction, unbiased)
+
+
+def std(x, axis=None, keepdims=False, ddof=0, *, dim=None, keepdim=None,
+        correction=None, unbiased=None):
+    """Standard deviation, the square root of :func:`var` (same arguments); its
+    gradient is 0 where std is 0, as PyTorch's."""
+    return _variance(Std, "std", x, axis, keepdims, ddof, dim, keepdim, correction, unbiased)
+
+
+def _variance(op_class, op, x, axis, keepdims, ddof, dim, keepdim, correction, unbiased):
     if correction is not None:
         ddof = correction
     elif unbiased is not None:
         ddof = 1 if unbiased else 0
-    axes, keep = reduction_axis("var", x.ndim, axis, keepdims, dim, keepdim)
-    return Var(axes, keep, ddof)(x)
-
-
-def std(x, axis=None, keepdims=False, ddof=0, **aliases):
-    return var(x, axis, keepdims, ddof, **aliases) ** 0.5
+    axes, keep = reduction_axis(op, x.ndim, axis, keepdims, dim, keepdim)
+    if x.data.dtype.kind not in "fc":
+        raise TypeError(f"{op}: expected a floating-point tensor, got dtype {x.dtype}")
+    return op_class(axes, keep, ddof)(x)
 
 
 def argmax(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     """Index of the first maximum (int64, no gradient)."""
     axes, keep = reduction_axis("argmax", x.ndim, axis, keepdims, dim, keepdim)
-    if axes is not None and len(axes) != 1:
+    if axes is not None and len(axes) > 1:
         raise ValueError("argmax: expected one axis")
-    out = x.data.argmax(axis=None if axes is None else axes[0], keepdims=keep)
+    out = x.data.argmax(axis=axes[0] if axes else None, keepdims=keep)  # () for a 0-d x
     return Tensor._wrap(out.astype("int64", copy=False))
 
 
 def argmin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     """Index of the first minimum (int64, no gradient)."""
     axes, keep = reduction_axis("argmin", x.ndim, axis, keepdims, dim, keepdim)
-    if axes is not None and len(axes) != 1:
+    if axes is not None and len(axes) > 1:
         raise ValueError("argmin: expected one axis")
-    out = x.data.argmin(axis=None if axes is None else axes[0], keepdims=keep)
+    out = x.data.argmin(axis=axes[0] if axes else None, keepdims=keep)  # () for a 0-d x
     return Tensor._wrap(out.astype("int64", copy=False))

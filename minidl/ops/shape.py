@@ -5,10 +5,33 @@ Forwards return views wherever NumPy does; backwards are the inverse view
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from .. import backend
 from ..tensor import Function, Tensor, as_array
+
+
+class DimError(IndexError, ValueError):
+    """A dim out of range: an IndexError as in PyTorch, and a ValueError as
+    minidl's reductions raised before (NumPy's AxisError is both too)."""
+
+
+def normalize_dim(op, dim, ndim, new_dim=False):
+    """``dim`` (negative counts from the end) as an index in ``range(ndim)``.
+
+    ``new_dim=True`` is for a dim being inserted (unsqueeze, stack): any of the
+    ndim + 1 positions. A 0-d tensor accepts dim 0 and -1, as in PyTorch
+    (it returns 0; the caller decides what that means for no dims).
+    Raises DimError naming the dim and the valid range.
+    """
+    size = ndim + 1 if new_dim else max(ndim, 1)
+    dim = operator.index(dim)  # NumPy integers too; a float is a TypeError
+    if not -size <= dim < size:
+        raise DimError(f"{op}: dim {dim} is out of range for a tensor of {ndim} dimensions "
+                       f"(expected a dim in [{-size}, {size - 1}])")
+    return dim % size
 
 
 def _shape_arg(op, shape):
@@ -61,7 +84,9 @@ def _raw_key(key):
     if isinstance(key, Tensor):
         return key.data
     if isinstance(key, list):
-        return as_array(key)
+        # An empty list selects nothing along the dim: an integer index (as in
+        # PyTorch), where as_array would make it float32 and NumPy refuse it.
+        return as_array(key) if key else np.zeros(0, dtype=np.int64)
     return key
 
 
@@ -170,10 +195,11 @@ view = reshape
 
 
 def flatten(x, start_dim=0, end_dim=-1):
-    """Merge dims ``start_dim..end_dim`` into one (PyTorch's flatten)."""
+    """Merge dims ``start_dim..end_dim`` into one (PyTorch's flatten); a 0-d tensor gives (1,)."""
+    start = normalize_dim("flatten", start_dim, x.ndim)
+    end = normalize_dim("flatten", end_dim, x.ndim)
     if x.ndim == 0:
         return reshape(x, 1)
-    start, end = start_dim % x.ndim, end_dim % x.ndim
     if start > end:
         raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
     merged = 1
@@ -183,16 +209,17 @@ def flatten(x, start_dim=0, end_dim=-1):
 
 
 def squeeze(x, axis=None, *, dim=None):
+    """Drop the given size-1 dims (all of them without ``axis``); other dims stay."""
     axis = dim if dim is not None else axis
     if axis is None:
         return reshape(x, tuple(s for s in x.shape if s != 1))
-    axes = (axis,) if isinstance(axis, int) else axis
-    axes = {a % x.ndim for a in axes}
+    axes = (axis,) if not isinstance(axis, (tuple, list)) else axis
+    axes = {normalize_dim("squeeze", a, x.ndim) for a in axes}
     return reshape(x, tuple(s for i, s in enumerate(x.shape) if not (i in axes and s == 1)))
 
 
 def unsqueeze(x, dim):
-    dim = dim % (x.ndim + 1)
+    dim = normalize_dim("unsqueeze", dim, x.ndim, new_dim=True)
     return reshape(x, x.shape[:dim] + (1,) + x.shape[dim:])
 
 
@@ -201,10 +228,14 @@ expand_dims = unsqueeze
 
 def permute(x, *dims):
     dims = _shape_arg("permute", dims)
-    if sorted(d % max(x.ndim, 1) for d in dims) != list(range(x.ndim)):
-        raise ValueError(f"permute: {dims} is not a permutation of the {x.ndim} dims of a "
-                         f"tensor of shape {x.shape}")
-    return Transpose(tuple(d % x.ndim for d in dims))(x)
+    if len(dims) != x.ndim:
+        raise ValueError(f"permute: got {len(dims)} dims {dims} for a tensor of shape {x.shape}; "
+                         f"expected a permutation of its {x.ndim} dims")
+    axes = tuple(normalize_dim("permute", d, x.ndim) for d in dims)
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"permute: {dims} repeats a dim; expected a permutation of the "
+                         f"{x.ndim} dims of a tensor of shape {x.shape}")
+    return Transpose(axes)(x)
 
 
 def transpose(x, *axes):
@@ -220,8 +251,11 @@ def transpose(x, *axes):
 
 
 def swapaxes(x, axis1, axis2):
+    a = normalize_dim("swapaxes", axis1, x.ndim)
+    b = normalize_dim("swapaxes", axis2, x.ndim)
+    if x.ndim == 0:  # dims 0 and -1 of a 0-d tensor: nothing to swap
+        return x
     perm = list(range(x.ndim))
-    a, b = axis1 % x.ndim, axis2 % x.ndim
     perm[a], perm[b] = perm[b], perm[a]
     return Transpose(tuple(perm))(x)
 
@@ -235,7 +269,10 @@ def concat(tensors, axis=0, *, dim=None):
     tensors = list(tensors)
     if not tensors:
         raise ValueError("concat: expected at least one tensor")
-    return Concat(axis % tensors[0].ndim)(*tensors)
+    if any(t.ndim == 0 for t in tensors):
+        raise ValueError("concat: cannot concatenate 0-d tensors; use stack, or unsqueeze "
+                         "them to shape (1,) first")
+    return Concat(normalize_dim("concat", axis, tensors[0].ndim))(*tensors)
 
 
 cat = concatenate = concat
@@ -246,7 +283,7 @@ def stack(tensors, axis=0, *, dim=None):
     tensors = list(tensors)
     if not tensors:
         raise ValueError("stack: expected at least one tensor")
-    return Stack(axis % (tensors[0].ndim + 1))(*tensors)
+    return Stack(normalize_dim("stack", axis, tensors[0].ndim, new_dim=True))(*tensors)
 
 
 def broadcast_to(x, *shape):
