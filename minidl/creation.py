@@ -5,7 +5,7 @@ import numpy as np
 
 from . import backend
 from .random import generator_for
-from .tensor import Tensor
+from .tensor import Tensor, as_array
 
 
 def _make(array, requires_grad):
@@ -22,11 +22,20 @@ def _size(size):
 
 
 def tensor(data, requires_grad=False, dtype=None, device=None) -> Tensor:
-    """A new tensor from array-like data (see :func:`minidl.tensor.as_array` for dtypes)."""
-    return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
+    """A new tensor from array-like data (see :func:`minidl.tensor.as_array` for
+    dtypes). Always a copy, as ``torch.tensor``: an optimizer updating the
+    tensor never writes into the caller's array (:func:`from_numpy` shares)."""
+    source = data.data if isinstance(data, Tensor) else data
+    t = Tensor(source, requires_grad=requires_grad, dtype=dtype, device=device)
+    if t.data is source:
+        t.data = t.data.copy()
+    return t
 
 
 def from_numpy(array: np.ndarray) -> Tensor:
+    """A tensor sharing ``array``'s memory (writes show through both ways)."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(array).__name__}")
     return Tensor._wrap(array)
 
 
@@ -38,7 +47,11 @@ def ones(*size, dtype=np.float32, device="cpu", requires_grad=False):
     return _make(backend.xp_for(device).ones(_size(size), dtype=dtype), requires_grad)
 
 
-def full(size, fill_value, dtype=np.float32, device="cpu", requires_grad=False):
+def full(size, fill_value, dtype=None, device="cpu", requires_grad=False):
+    """A tensor of ``size`` filled with ``fill_value``; without ``dtype``, the
+    value's (as ``torch.full``: a float gives float32, an int int64, a bool bool)."""
+    if dtype is None:
+        dtype = as_array(fill_value).dtype
     return _make(backend.xp_for(device).full(tuple(size), fill_value, dtype=dtype), requires_grad)
 
 
@@ -59,6 +72,8 @@ def ones_like(t, dtype=None, requires_grad=False):
 def arange(start, end=None, step=1, dtype=None, device="cpu"):
     if end is None:
         start, end = 0, start
+    if step == 0:
+        raise ValueError("arange: step must be non-zero")
     array = np.arange(start, end, step)
     if dtype is None and array.dtype.kind == "f":
         dtype = np.float32  # float bounds give float32, as torch.arange (NumPy: float64)
@@ -85,6 +100,14 @@ def rand(*size, dtype=np.float32, device="cpu", requires_grad=False):
     return _make(generator_for(xp).random(_size(size), dtype=dtype), requires_grad)
 
 
-def randint(low, high, size, device="cpu"):
+def randint(low, high=None, size=None, dtype=np.int64, device="cpu"):
+    """Integers uniform in [low, high), as ``torch.randint``: ``randint(high, size)``
+    or ``randint(low, high, size)``."""
+    if size is None and isinstance(high, (tuple, list)):   # randint(high, size)
+        low, high, size = 0, low, high
+    elif high is None:                                     # randint(high, size=...)
+        low, high = 0, low
+    if size is None:
+        raise TypeError("randint: expected randint(high, size) or randint(low, high, size)")
     xp = backend.xp_for(device)
-    return Tensor._wrap(generator_for(xp).integers(low, high, size=tuple(size), dtype=np.int64))
+    return Tensor._wrap(generator_for(xp).integers(low, high, size=tuple(size), dtype=dtype))

@@ -21,7 +21,9 @@ def manual_seed(seed: int) -> np.random.Generator:
     if seed < 0:
         raise ValueError(f"manual_seed: expected a non-negative seed, got {seed}")
     _seed = seed
-    _generator = np.random.default_rng(seed)
+    # Reseed the generator in place: a handle taken earlier (default_generator(),
+    # a DataLoader's generator=) follows the new seed too.
+    _generator.bit_generator.state = np.random.PCG64(seed).state
     _cuda_generator = None  # re-created from the new seed on first use
     from . import backend
     if backend.numba_enabled():

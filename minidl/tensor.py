@@ -89,28 +89,61 @@ def _is_array(x) -> bool:
 def as_array(data, dtype=None, device=None):
     """Convert user data to a raw array following minidl's dtype rules.
 
-    Arrays keep their dtype (float64 stays float64, integers stay integers);
-    Python floats and float lists become float32, Python ints int64 and
-    bools bool, as ``torch.tensor`` does.
+    Arrays and NumPy scalars keep their dtype (float64 stays float64,
+    integers stay integers); Python floats and float lists become float32,
+    Python ints int64 and bools bool, as ``torch.tensor`` does. With
+    ``dtype``, Python numbers are converted to it directly (a float64 tensor
+    never goes through float32).
     """
     if isinstance(data, Tensor):
         data = data.data
     if _is_array(data):
         array = data
+    elif isinstance(data, np.generic):
+        array = np.asarray(data)
+    elif dtype is not None:
+        array = np.asarray(data, dtype=dtype)
     else:
         array = np.asarray(data)
         if array.dtype.kind == "f":
             array = array.astype(np.float32)
         elif array.dtype.kind in "iu":
+            # NumPy reads ints in [2**63, 2**64) as uint64: out of int64's range
+            if array.dtype == np.uint64 and array.size and array.max() > np.iinfo(np.int64).max:
+                raise OverflowError(f"tensor: {int(array.max())} is out of the range of int64")
             array = array.astype(np.int64)
         elif array.dtype.kind not in "bc":
             raise TypeError(f"tensor: cannot make a tensor from {type(data).__name__} "
-                            f"(NumPy dtype {array.dtype})")
+                            f"(NumPy dtype {array.dtype}; integers beyond int64 are refused "
+                            "too)")
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     if device is not None:
         array = backend.to_device(array, device)
     return array
+
+
+class _Size(int):
+    """``Tensor.size``: NumPy's element count, an int, that is also PyTorch's
+    ``size()`` when called: ``t.size()`` is the shape, ``t.size(d)`` its
+    length along ``d``. Both habits work."""
+
+    def __new__(cls, shape):
+        count = 1
+        for n in shape:
+            count *= n
+        self = super().__new__(cls, count)
+        self.shape = tuple(shape)
+        return self
+
+    def __call__(self, dim=None):
+        if dim is None:
+            return self.shape
+        ndim = len(self.shape)
+        if not -max(ndim, 1) <= dim < max(ndim, 1):
+            raise IndexError(f"size: dim {dim} is out of range for a tensor of shape "
+                             f"{self.shape}")
+        return self.shape[dim] if ndim else 1
 
 
 def _check_grad_dtype(array, where="requires_grad"):
@@ -163,7 +196,7 @@ class Tensor:
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: self.data.size)
+    size = property(lambda self: _Size(self.data.shape))
     is_leaf = property(lambda self: self.creator is None)
     grad_fn = property(lambda self: self.creator)
 
@@ -193,6 +226,14 @@ class Tensor:
             raise ValueError(f"the truth value of a tensor of shape {self.shape} is "
                              "ambiguous; use .any() or .all()")
         return bool(self.data)
+
+    def any(self, dim=None, keepdim=False):
+        """Whether any element (along ``dim``) is non-zero: a bool tensor."""
+        return Tensor._wrap(self.data.any(axis=dim, keepdims=keepdim))
+
+    def all(self, dim=None, keepdim=False):
+        """Whether every element (along ``dim``) is non-zero: a bool tensor."""
+        return Tensor._wrap(self.data.all(axis=dim, keepdims=keepdim))
 
     def __float__(self):
         return float(self.item())

@@ -18,31 +18,47 @@ def _to_numpy(x):
     return backend.as_numpy(x.data if isinstance(x, Tensor) else x)
 
 
+# float itemsize -> torch.testing.assert_close's default (rtol, atol)
+_TOLERANCES = {2: (1e-3, 1e-5), 4: (1.3e-6, 1e-5), 8: (1e-7, 1e-7)}
+
+
 def assert_close(actual, expected, rtol=None, atol=None, msg=""):
     """Assert ``|actual - expected| <= atol + rtol * |expected|`` elementwise.
 
-    Default tolerances per dtype as ``torch.testing.assert_close``: float32
-    rtol 1.3e-6 / atol 1e-5, float64 1e-7 / 1e-7. The message gives the number
-    of mismatches and the worst absolute and relative difference with its index.
+    Default tolerances per dtype as ``torch.testing.assert_close``: float16
+    rtol 1e-3 / atol 1e-5, float32 1.3e-6 / 1e-5, float64 1e-7 / 1e-7 (the
+    least precise of the two dtypes decides), integers and bools exact.
+    An infinite expected value is met only by the same infinity, NaN only by
+    NaN. The message gives the number of mismatches and the worst absolute
+    and relative difference with its index.
     """
     a, e = np.asarray(_to_numpy(actual)), np.asarray(_to_numpy(expected))
     if a.shape != e.shape:
         raise AssertionError(f"{msg}shape mismatch: actual {a.shape}, expected {e.shape}")
-    low = np.float32 if np.float32 in (a.dtype, e.dtype) else np.float64
-    if rtol is None:
-        rtol = 1.3e-6 if low == np.float32 else 1e-7
-    if atol is None:
-        atol = 1e-5 if low == np.float32 else 1e-7
-    a64, e64 = a.astype(np.float64), e.astype(np.float64)
-    diff = np.abs(a64 - e64)
-    bad = ~(diff <= atol + rtol * np.abs(e64))
-    bad |= np.isnan(a64) != np.isnan(e64)
+    exact = a.dtype.kind in "iub" and e.dtype.kind in "iub"
+    floats = [d.itemsize for d in (a.dtype, e.dtype) if d.kind == "f"]
+    default_rtol, default_atol = (0, 0) if exact else _TOLERANCES[min(floats, default=8)]
+    rtol = default_rtol if rtol is None else rtol
+    atol = default_atol if atol is None else atol
+    if exact and rtol == 0 and atol == 0:   # no float64 rounding of big integers
+        bad = a != e
+        a64, e64 = a.astype(np.float64), e.astype(np.float64)
+        diff = np.abs(a64 - e64)
+    else:
+        a64, e64 = a.astype(np.float64), e.astype(np.float64)
+        with np.errstate(invalid="ignore"):   # inf - inf
+            diff = np.abs(a64 - e64)
+            bad = ~(diff <= atol + rtol * np.abs(e64))
+        # rtol * inf would accept anything: an infinity must be matched exactly
+        bad = np.where(np.isinf(e64), a64 != e64, bad)
+        bad |= np.isnan(a64) != np.isnan(e64)
     if bad.any():
         # A NaN mismatch ranks worst (nanargmax would skip it, or fail when
         # every mismatch is NaN).
         score = np.where(bad, np.where(np.isnan(diff), np.inf, diff), -1.0)
         worst = np.unravel_index(np.argmax(score), diff.shape) if diff.ndim else ()
-        rel = diff[worst] / max(abs(e64[worst]), 1e-300)
+        with np.errstate(invalid="ignore"):   # inf / inf
+            rel = diff[worst] / max(abs(e64[worst]), 1e-300)
         raise AssertionError(
             f"{msg}{int(bad.sum())} of {bad.size} elements differ (rtol={rtol}, atol={atol}); "
             f"worst at index {tuple(int(i) for i in worst)}: actual {a64[worst]!r}, expected "

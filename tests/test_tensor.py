@@ -53,10 +53,13 @@ def test_factories_default_to_float32():
 
 def test_properties_and_conversions():
     a = np.arange(6.0).reshape(2, 3)
-    t = minidl.tensor(a, requires_grad=True)
+    t = minidl.from_numpy(a).requires_grad_()
     assert t.shape == (2, 3) and t.ndim == 2 and t.size == 6 and t.numel() == 6
+    assert t.size() == (2, 3) and t.size(1) == 3 and t.size(-2) == 2   # PyTorch's size()
+    with pytest.raises(IndexError, match="dim 2"):
+        t.size(2)
     assert t.device == "cpu" and t.is_leaf and t.grad is None
-    assert t.data is a  # the raw array, not a copy
+    assert t.data is a  # from_numpy shares the array
     assert t.to("cpu") is t
     assert t.cpu() is t
     assert t.to(np.float32).dtype == np.float32
@@ -209,3 +212,61 @@ def test_set_num_threads(monkeypatch):
     assert minidl.backend._default_threads() == 1
     monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
     assert minidl.backend._default_threads() == 2
+
+
+# ------------------------------------------- PyTorch's construction rules
+
+def test_tensor_copies_what_it_is_given_and_from_numpy_shares():
+    a = np.array([1.0, 2.0], np.float32)
+    t = minidl.tensor(a, requires_grad=True)
+    t.data -= 1          # what an optimizer step does
+    np.testing.assert_array_equal(a, [1.0, 2.0])
+    u = minidl.tensor(t)
+    t.data += 5
+    np.testing.assert_array_equal(u.numpy(), [0.0, 1.0])
+    shared = minidl.from_numpy(a)
+    shared.data += 1
+    np.testing.assert_array_equal(a, [2.0, 3.0])
+    with pytest.raises(TypeError, match="from_numpy: expected a numpy.ndarray, got list"):
+        minidl.from_numpy([1, 2])
+
+
+def test_tensor_dtype_is_applied_directly_and_big_ints_are_refused():
+    t = minidl.tensor([0.1, 2.0**40 + 1], dtype=np.float64)
+    assert t.numpy().tolist() == [0.1, 2.0**40 + 1]   # never rounded through float32
+    assert minidl.tensor(np.float64(1.5)).dtype == np.float64   # NumPy scalars keep theirs
+    assert minidl.tensor(np.int32(1)).dtype == np.int32
+    with pytest.raises(OverflowError, match="out of the range of int64"):
+        minidl.tensor([2**63])
+
+
+def test_full_takes_the_fill_values_dtype_and_randint_both_forms():
+    assert minidl.full((2,), 3).dtype == np.int64
+    assert minidl.full((2,), True).dtype == np.bool_
+    assert minidl.full((2,), 1.5).dtype == np.float32
+    assert minidl.full((1,), 2**40 + 1).numpy().tolist() == [2**40 + 1]
+    assert minidl.full((2,), 3, dtype=np.float64).dtype == np.float64
+    minidl.manual_seed(0)
+    a = minidl.randint(10, (3,))
+    minidl.manual_seed(0)
+    b = minidl.randint(0, 10, (3,))
+    assert a.shape == (3,) and np.array_equal(a.numpy(), b.numpy())
+    assert minidl.randint(10, size=(2, 2)).shape == (2, 2)
+    with pytest.raises(ValueError, match="step must be non-zero"):
+        minidl.arange(0, 5, 0)
+
+
+def test_any_all_and_the_truth_value_message():
+    t = minidl.tensor([0.0, 2.0])
+    assert bool(t.any()) and not bool(t.all())
+    assert t.any(dim=0).shape == () and minidl.zeros(2, 3).all(dim=1, keepdim=True).shape == (2, 1)
+    with pytest.raises(ValueError, match=r"ambiguous; use \.any\(\) or \.all\(\)"):
+        bool(t)
+
+
+def test_manual_seed_reseeds_a_generator_taken_earlier():
+    handle = minidl.random.default_generator()
+    minidl.manual_seed(3)
+    first = handle.random()
+    minidl.manual_seed(3)
+    assert minidl.random.default_generator() is handle and handle.random() == first

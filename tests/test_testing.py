@@ -152,3 +152,27 @@ def test_assert_close():
         assert_close(np.array([1.0, np.nan]), np.array([1.0, 2.0]))
     with pytest.raises(AssertionError, match="1 of 1"):  # NaN != NaN, as torch's default
         assert_close(np.array([np.nan]), np.array([np.nan]))
+
+
+def test_assert_close_infinities_integers_and_float16():
+    for actual, expected in [(1.0, np.inf), (-np.inf, np.inf), (np.nan, 1.0)]:
+        with pytest.raises(AssertionError):
+            assert_close(np.array([actual]), np.array([expected]))
+    assert_close(np.array([np.inf, -np.inf]), np.array([np.inf, -np.inf]))
+    with pytest.raises(AssertionError):   # integers compare exactly
+        assert_close(np.array([10**9]), np.array([10**9 + 1]))
+    assert_close(np.array([10**18 + 1]), np.array([10**18 + 1]))
+    assert_close(np.array([1.0], np.float16), np.array([1.0005], np.float16))
+
+
+def test_gradcheck_rejects_a_wrong_gradient_where_differences_overflow():
+    class ExpWithZeroGradient(Function):
+        def forward(self, x):
+            return np.exp(x)
+
+        def backward(self, gy):
+            return gy * 0
+
+    x = minidl.Tensor(np.array([np.log(np.finfo(np.float64).max)]), requires_grad=True)
+    with pytest.raises(AssertionError), np.errstate(over="ignore"):
+        gradcheck(lambda t: ExpWithZeroGradient()(t), [x])
