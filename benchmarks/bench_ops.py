@@ -211,7 +211,7 @@ def _torch_available():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for minidl (Numba + BLAS) and torch (default: all cores)")
     parser.add_argument("--repeat", type=int, default=30, help="timed steps per round")

@@ -84,7 +84,9 @@ def table(results):
             lines += ["", "Ops: " + "; ".join(notes) + "."]
     graph = results.get("graph")
     if graph:
-        lines += ["", f"Graph overhead: a 1000-op elementwise chain on 64x64, forward + "
+        size = "x".join(str(n) for n in graph.get("shape", (64, 64)))
+        lines += ["", f"Graph overhead: a {graph.get('ops', 1000)}-op elementwise chain on "
+                      f"{size}, forward + "
                       f"backward: minidl {graph['minidl_ms']:.1f} ms, PyTorch "
                       f"{graph['torch_ms']:.1f} ms (ratio {graph['ratio']:.2f})."]
     return "\n".join(lines)

@@ -12,6 +12,7 @@ metrics.json/.csv, curves.png (loss and accuracy per epoch) and attention.png
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -93,6 +94,9 @@ def train(argv):
         config.validate()
     except (ValueError, minidl.backend.DeviceError) as exc:
         fail(str(exc))
+    if not args.no_plots and importlib.util.find_spec("matplotlib") is None:
+        # say so now, not after the whole training run
+        fail("the plots need matplotlib: pip install -e '.[examples]' (or pass --no-plots)")
     try:
         trainer = Trainer(config)
     except (ValueError, FileNotFoundError, OSError, minidl.backend.DeviceError) as exc:

@@ -11,7 +11,8 @@ Kernels (im2col, pooling, ...) are picked per array module by
 * ``xp is cupy``                   -> ``minidl.kernels.cuda_cupy``
 
 Environment knobs: ``MINIDL_NUMBA=0`` forces the plain NumPy kernels;
-``MINIDL_NUMBA_CACHE=0`` turns off Numba's on-disk cache (kernel development).
+``MINIDL_NUMBA_CACHE=0`` turns off Numba's on-disk cache (kernel development);
+``MINIDL_NUM_THREADS=n`` calls ``set_num_threads(n)`` when minidl is imported.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import ctypes
 import importlib
 import os
 import sys
+import warnings
 
 # Numba's OpenMP workers spin after each kernel by default, fighting the BLAS
 # GEMM that follows on the same cores (conv 8->16 at batch 64: 12 ms spinning,
@@ -244,7 +246,10 @@ def set_num_threads(n: int | None = None) -> int:
     """Set the threads of Numba kernels and, where threadpoolctl is present, BLAS.
 
     One knob for both so they never oversubscribe the cores. ``None`` means
-    the default: ``OMP_NUM_THREADS``/``NUMBA_NUM_THREADS`` or the usable cores.
+    the default: ``MINIDL_NUM_THREADS``, ``NUMBA_NUM_THREADS`` or
+    ``OMP_NUM_THREADS`` (the first set), else the usable cores. Numba's pool
+    cannot grow past the size it started with (``NUMBA_NUM_THREADS``, by
+    default the cores): asking for more warns, and Numba keeps that size.
     """
     global _num_threads
     n = _default_threads() if n is None else int(n)
@@ -253,7 +258,12 @@ def set_num_threads(n: int | None = None) -> int:
     _num_threads = n
     if numba_available():
         import numba
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        limit = numba.config.NUMBA_NUM_THREADS
+        if n > limit:
+            warnings.warn(f"set_num_threads({n}): Numba's pool started with {limit} threads "
+                          f"(NUMBA_NUM_THREADS, read when Numba is imported); its kernels "
+                          f"use {limit}, BLAS {n}", RuntimeWarning, stacklevel=2)
+        numba.set_num_threads(min(n, limit))
     try:
         import threadpoolctl
     except ImportError:
@@ -261,6 +271,16 @@ def set_num_threads(n: int | None = None) -> int:
     else:
         threadpoolctl.threadpool_limits(n)
     return n
+
+
+if os.environ.get("MINIDL_NUM_THREADS"):
+    # Applied now: read only by get_num_threads(), it would report a count
+    # the pools are not using.
+    try:
+        set_num_threads(int(os.environ["MINIDL_NUM_THREADS"]))
+    except ValueError:
+        raise ValueError(f"MINIDL_NUM_THREADS must be a positive integer, got "
+                         f"{os.environ['MINIDL_NUM_THREADS']!r}") from None
 
 
 def scatter_add(target, key, values):

@@ -91,6 +91,29 @@ def test_minidl_numba_env_toggle():
                    MINIDL_NUMBA="1") == expected
 
 
+@pytest.mark.skipif(not backend.numba_available(), reason="needs Numba")
+def test_minidl_num_threads_is_applied_at_import():
+    pytest.importorskip("threadpoolctl")
+    out = _python("import minidl, numba, threadpoolctl\n"
+                  "blas = {d['num_threads'] for d in threadpoolctl.threadpool_info()}\n"
+                  "print(minidl.get_num_threads(), numba.get_num_threads(), sorted(blas))",
+                  MINIDL_NUM_THREADS="1")
+    assert out == "1 1 [1]"
+
+
+def test_set_num_threads_beyond_numbas_pool_warns():
+    if not backend.numba_available():
+        pytest.skip("needs Numba")
+    import numba
+    before = minidl.get_num_threads()
+    try:
+        with pytest.warns(RuntimeWarning, match="Numba's pool started with"):
+            minidl.set_num_threads(numba.config.NUMBA_NUM_THREADS + 1)
+        assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    finally:
+        minidl.set_num_threads(before)
+
+
 def test_use_numba_selects_the_kernel_module():
     from minidl.kernels import cpu_numpy
     with backend.use_numba(False):

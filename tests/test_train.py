@@ -178,6 +178,7 @@ def test_cli_help():
 
 def test_example_runs_with_fewer_test_images_than_it_plots(tmp_path, mnist_small):
     # the attention figure shows 16 digits; with 5 test images it shows 5
+    pytest.importorskip("matplotlib")   # the examples extra
     out = tmp_path / "run"
     result = _run_example("--arch", "seed", "--epochs", "1", "--train-limit", "64",
                           "--test-limit", "5", "--no-progress", "--data-dir",
