@@ -28,8 +28,8 @@ def assert_close(actual, expected, rtol=None, atol=None, msg=""):
     Default tolerances per dtype as ``torch.testing.assert_close``: float16
     rtol 1e-3 / atol 1e-5, float32 1.3e-6 / 1e-5, float64 1e-7 / 1e-7 (the
     least precise of the two dtypes decides), integers and bools exact.
-    An infinite expected value is met only by the same infinity, NaN only by
-    NaN. The message gives the number of mismatches and the worst absolute
+    An infinite expected value is met only by the same infinity; NaN matches
+    nothing, not even NaN (``torch.testing.assert_close``'s default). The message gives the number of mismatches and the worst absolute
     and relative difference with its index.
     """
     a, e = np.asarray(_to_numpy(actual)), np.asarray(_to_numpy(expected))

@@ -104,3 +104,124 @@ def test_loss_modules():
     assert_close(nn.MSELoss(reduction="sum")(x, x * 0.0), (x * x).sum(), rtol=1e-5)
     y = np.ones((4, 4), np.float32)
     assert_close(nn.BCEWithLogitsLoss()(x, y), F.binary_cross_entropy_with_logits(x, y))
+
+
+def test_every_target_ignored_gives_nan_loss_and_zero_gradient():
+    # PyTorch: 'mean' over no counted rows is 0/0 = NaN, but ignored rows get a
+    # gradient of exactly 0 (not (gy / 0) * 0 = NaN), so a model stays finite.
+    ignored = np.full(3, -100)
+    cases = [lambda x: F.cross_entropy(x, ignored),
+             lambda x: F.cross_entropy(x, ignored, weight=np.ones(4, np.float32),
+                                       label_smoothing=0.2),
+             lambda x: F.nll_loss(F.log_softmax(x, dim=1), ignored)]
+    for loss_fn in cases:
+        x = minidl.tensor(np.ones((3, 4), np.float32), requires_grad=True)
+        loss = loss_fn(x)
+        assert np.isnan(loss.item())
+        loss.backward()
+        assert x.grad.dtype == np.float32 and not x.grad.numpy().any()
+
+
+def test_every_target_ignored_gradients_match_torch():
+    torch = pytest.importorskip("torch")
+    tf = torch.nn.functional
+
+    def both(torch_loss, minidl_loss, x):
+        tx = torch.tensor(x, requires_grad=True)
+        mx = minidl.tensor(x, requires_grad=True)
+        tl, ml = torch_loss(tx), minidl_loss(mx)
+        tl.backward()
+        with np.errstate(invalid="ignore"):   # a zero total weight: NumPy warns at inf * 0
+            ml.backward()
+        # (assert_close would not match NaN with NaN; compare NaN positions exactly)
+        np.testing.assert_allclose(ml.numpy(), tl.detach().numpy(), rtol=1e-6, equal_nan=True)
+        np.testing.assert_allclose(mx.grad.numpy(), tx.grad.numpy(), rtol=1e-6, equal_nan=True)
+
+    spatial = np.full((2, 2), -100)
+    both(lambda x: tf.cross_entropy(x, _t(spatial), label_smoothing=0.1),
+         lambda x: F.cross_entropy(x, spatial, label_smoothing=0.1), randn(0, (2, 3, 2)))
+    # a counted row of weight 0 is not ignored: there PyTorch's gradient is NaN, and ours
+    zero_weight, t = np.array([0.0, 1.0]), np.array([0, 0])
+    both(lambda x: tf.nll_loss(x, _t(t), _t(zero_weight)),
+         lambda x: F.nll_loss(x, t, zero_weight), randn(1, (2, 2)))
+    both(lambda x: tf.cross_entropy(x, _t(t), _t(zero_weight)),
+         lambda x: F.cross_entropy(x, t, zero_weight), randn(2, (2, 2)))
+
+
+# (size_average, reduce) -> the reduction PyTorch's legacy_get_string picks
+LEGACY = [((False, None), "sum"), ((None, False), "none"), ((True, None), "mean"),
+          ((False, False), "none"), ((True, True), "mean"), ((None, True), "mean")]
+
+
+@pytest.mark.parametrize("legacy, reduction", LEGACY)
+def test_deprecated_size_average_reduce_select_a_reduction(legacy, reduction):
+    size_average, reduce = legacy
+    x, y = minidl.randn(4, 4), minidl.rand(4, 4)
+    t = np.array([1, 0, -100, 3])
+    old = {"size_average": size_average, "reduce": reduce, "reduction": "mean"}
+    pairs = [(lambda **kw: F.cross_entropy(x, t, **kw)),
+             (lambda **kw: F.nll_loss(x, t, **kw)),
+             (lambda **kw: F.mse_loss(x, y, **kw)),
+             (lambda **kw: F.binary_cross_entropy_with_logits(x, y, **kw))]
+    for loss_fn in pairs:
+        with pytest.warns(UserWarning, match=f"use reduction='{reduction}'"):
+            got = loss_fn(**old)
+        assert_close(got, loss_fn(reduction=reduction))
+    modules = [(nn.CrossEntropyLoss, (x, t)), (nn.NLLLoss, (x, t)), (nn.MSELoss, (x, y)),
+               (nn.BCEWithLogitsLoss, (x, y))]
+    for cls, args in modules:
+        with pytest.warns(UserWarning, match="deprecated"):
+            module = cls(size_average=size_average, reduce=reduce)
+        assert module.reduction == reduction
+        assert_close(module(*args), cls(reduction=reduction)(*args))
+
+
+def test_deprecated_size_average_reduce_match_torch():
+    pytest.importorskip("torch")
+    from torch.nn._reduction import legacy_get_string
+    for (size_average, reduce), reduction in LEGACY:
+        assert legacy_get_string(size_average, reduce, emit_warning=False) == reduction
+
+
+def test_loss_module_signatures_match_torch():
+    import inspect
+    torch = pytest.importorskip("torch")
+    for name in ("CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss"):
+        ours = inspect.signature(getattr(nn, name)).parameters
+        theirs = inspect.signature(getattr(torch.nn, name)).parameters
+        assert [(p.name, p.default) for p in ours.values()] == \
+            [(p.name, p.default) for p in theirs.values()], name
+    with pytest.warns(UserWarning):
+        assert nn.CrossEntropyLoss(None, False, 0).reduction == "sum"   # positional, as torch
+    assert nn.CrossEntropyLoss(None, None, 0).ignore_index == 0
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_loss_backward_returns_float32_for_float32(reduction, monkeypatch):
+    from minidl.ops import loss as L
+    seen = []
+    for cls in (L.CrossEntropy, L.NLLLoss, L.MSELoss, L.BCEWithLogits):
+        def spy(self, gy, _backward=cls.backward, _name=cls.__name__):
+            grads = _backward(self, gy)
+            for g in grads if isinstance(grads, tuple) else (grads,):
+                if g is not None:
+                    seen.append((_name, g.dtype))
+            return grads
+        monkeypatch.setattr(cls, "backward", spy)
+
+    def f32(shape, seed):
+        return minidl.tensor(randn(seed, shape).astype(np.float32), requires_grad=True)
+    x, y = f32((5, 4), 0), f32((5, 4), 1)
+    t = np.array([1, 0, -100, 3, 2])
+    w = np.ones(4, np.float32)
+    probs = np.full((5, 4), 0.25, np.float32)
+    losses = [F.cross_entropy(x, t, reduction=reduction),
+              F.cross_entropy(x, t, w, label_smoothing=0.1, reduction=reduction),
+              F.cross_entropy(x, probs, reduction=reduction, label_smoothing=0.1),
+              F.nll_loss(x, t, w, reduction=reduction),
+              F.mse_loss(x, y, reduction=reduction),
+              F.binary_cross_entropy_with_logits(x, y, w, reduction=reduction, pos_weight=w)]
+    for loss in losses:
+        loss.sum().backward()
+    assert len({name for name, _ in seen}) == 4
+    assert all(dtype == np.float32 for _, dtype in seen), seen

@@ -438,3 +438,77 @@ def test_train_calls_each_childs_train():
     assert not model[1][0].running_mean.numpy().any()        # eval mode: stats untouched
     model.eval()
     assert not any(m.training for m in model.modules())
+
+
+def _params_with_grads(grads):
+    params = [nn.Parameter(np.zeros(g.shape, g.dtype)) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = minidl.tensor(g.copy())
+    return params
+
+
+def test_clip_grad_norm_special_norms_and_nonfinite():
+    ps = _params_with_grads([np.array([0.5, 2.0, -3.0], np.float32)])
+    assert nn.utils.clip_grad_norm_(ps, 10.0, -math.inf).item() == 0.5   # min |g|, not max
+    # norm 0 is the count of parameters with a non-zero gradient (norm 0 of the
+    # per-parameter counts), as PyTorch; 2 > max_norm 1, so the gradients halve
+    ps = _params_with_grads([np.array([0.0, 2.0, -3.0], np.float32), np.ones(2, np.float32)])
+    total = nn.utils.clip_grad_norm_(ps, 1.0, 0)
+    assert total.item() == 2.0 and total.dtype == np.float32
+    assert_close(ps[0].grad, np.array([0.0, 1.0, -1.5], np.float32), rtol=1e-5)
+    # a NaN in any gradient, not only the first, is found (Python's max skips NaN)
+    grads = [np.ones(2, np.float32), np.array([np.nan, 1.0], np.float32)]
+    for norm_type in (math.inf, -math.inf, 2.0, 1.0):
+        with pytest.raises(RuntimeError, match="nan"):
+            nn.utils.clip_grad_norm_(_params_with_grads(grads), 1.0, norm_type,
+                                     error_if_nonfinite=True)
+    # without the error, a NaN total makes every gradient NaN, as PyTorch's multiply does
+    ps = _params_with_grads(grads)
+    assert np.isnan(nn.utils.clip_grad_norm_(ps, 1.0).item())
+    assert all(np.isnan(p.grad.numpy()).all() for p in ps)
+    with pytest.raises(ValueError, match="empty"):
+        nn.utils.clip_grad_norm_(_params_with_grads([np.ones((3, 0), np.float32)]), 1.0, math.inf)
+
+
+def test_clip_grad_norm_every_norm_type_matches_torch():
+    torch = _torch()
+    rng = np.random.default_rng(0)
+    for norm_type in (2.0, 1.0, 0.5, 3.0, -1.0, 0, math.inf, -math.inf):
+        grads = [rng.standard_normal(s).astype(np.float32) for s in ((3, 4), (5,))]
+        grads[1][2] = 0.0
+        ps = _params_with_grads(grads)
+        tps = [torch.zeros(g.shape, requires_grad=True) for g in grads]
+        for t, g in zip(tps, grads):
+            t.grad = torch.tensor(g)
+        total = nn.utils.clip_grad_norm_(ps, 1.0, norm_type)
+        assert_close(total, torch.nn.utils.clip_grad_norm_(tps, 1.0, norm_type).numpy(),
+                     msg=f"norm_type={norm_type}: ")
+        for p, t in zip(ps, tps):
+            assert_close(p.grad, t.grad.numpy(), msg=f"norm_type={norm_type}: ")
+    # an inf gradient: the total is inf and the coefficient 0, so inf * 0 = NaN
+    ps = _params_with_grads([np.array([np.inf, 1.0], np.float32)])
+    t = torch.zeros(2, requires_grad=True)
+    t.grad = torch.tensor([np.inf, 1.0])
+    with np.errstate(invalid="ignore"):
+        total = nn.utils.clip_grad_norm_(ps, 1.0)
+    assert total.item() == torch.nn.utils.clip_grad_norm_([t], 1.0).item() == math.inf
+    np.testing.assert_array_equal(ps[0].grad.numpy(), t.grad.numpy())
+
+
+def test_linear_with_no_input_features_as_torch():
+    with pytest.warns(UserWarning, match="zero-element tensors is a no-op"):
+        m = nn.Linear(0, 3)
+    assert not m.bias.numpy().any()          # PyTorch's bias bound is 0 for fan_in 0
+    y = m(minidl.zeros(2, 0))
+    assert y.shape == (2, 3) and not y.numpy().any()
+
+
+def test_init_rejects_bad_mode_and_bool_slope():
+    t = nn.Parameter(np.empty((4, 3), np.float32))
+    for init_fn in (nn.init.kaiming_uniform_, nn.init.kaiming_normal_):
+        with pytest.raises(ValueError, match=r"mode must be one of \('fan_in', 'fan_out'\)"):
+            init_fn(t, mode="fan_avg")
+        init_fn(t, mode="FAN_OUT")               # any case, as PyTorch
+    with pytest.raises(ValueError, match="negative slope must be a number, got True"):
+        nn.init.calculate_gain("leaky_relu", True)
+    assert nn.init.calculate_gain("leaky_relu", 0) == math.sqrt(2.0)

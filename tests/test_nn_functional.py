@@ -118,3 +118,53 @@ def test_batch_norm(training):
                    lambda x, w, b: F.batch_norm(x, mrm, mrv, w, b, training, 0.1))
     assert_close(mrm, trm.numpy())
     assert_close(mrv, trv.numpy())
+
+
+def test_pad_value_none_means_zero():
+    x = minidl.tensor(np.arange(4, dtype=np.float32).reshape(2, 2))
+    padded = F.pad(x, (1, 1), value=None)
+    assert_close(padded, np.array([[0, 0, 1, 0], [0, 2, 3, 0]], np.float32))
+    assert_close(F.pad(x, (1, 1)), padded)
+
+
+def test_relu_accepts_inplace_but_computes_out_of_place():
+    x = minidl.tensor(np.array([-1.0, 2.0], np.float32))
+    for inplace in (False, True):
+        assert_close(F.relu(x, inplace=inplace), np.array([0.0, 2.0], np.float32))
+    assert_close(x, np.array([-1.0, 2.0], np.float32))      # documented: input unchanged
+
+
+def test_softmax_dtype_casts_first_and_dim_none_is_refused():
+    x = minidl.tensor(randn(0, (2, 3)).astype(np.float32), requires_grad=True)
+    for fn in (F.softmax, F.log_softmax):
+        y = fn(x, 1, dtype=np.float64)
+        assert y.dtype == np.float64
+        assert_close(y, fn(minidl.tensor(x.numpy().astype(np.float64)), 1))
+        x.grad = None
+        y.sum().backward()
+        assert x.grad.dtype == np.float32
+        with pytest.raises(TypeError, match="dim=None is not supported"):
+            fn(x, None)
+        with pytest.raises(TypeError, match="floating dtype"):
+            fn(x, 1, dtype=np.int64)
+
+
+def test_softmax_dtype_vs_torch():
+    torch = pytest.importorskip("torch")
+    for m_fn, t_fn in ((F.softmax, torch.softmax), (F.log_softmax, torch.log_softmax)):
+        check_vs_torch(lambda x, t_fn=t_fn: t_fn(x, 1, dtype=torch.float64), [(3, 4)],
+                       lambda x, m_fn=m_fn: m_fn(x, 1, dtype=np.float64), dtype=np.float32)
+
+
+def test_linear_bias_of_another_dtype_is_refused():
+    x, w = minidl.ones(2, 3), minidl.ones(4, 3)
+    with pytest.raises(TypeError, match="bias dtype float64 differs .* float32"):
+        F.linear(x, w, minidl.tensor(np.ones(4)))
+
+
+def test_sdpa_fully_masked_row_matches_torch():
+    # torch's scaled_dot_product_attention gives zeros there (not NaN), as ours
+    tf = pytest.importorskip("torch.nn.functional")
+    mask = np.array([[True, False, True], [False, False, False]])
+    check_vs_torch(tf.scaled_dot_product_attention, [(2, 4), (3, 4), (3, 5), mask],
+                   F.scaled_dot_product_attention)

@@ -55,7 +55,7 @@ def test_float32_no_allocation_after_first_step_and_grads_untouched(kind):
     opt = getattr(optim, kind)([p], lr=0.1, weight_decay=0.1,
                                **({"momentum": 0.9, "nesterov": True} if kind == "SGD" else {}))
     grad = np.full((4, 4), 0.5, np.float32)
-    p.grad = minidl.tensor(grad)
+    p.grad = minidl.from_numpy(grad)   # shared: the step must not write into it
     opt.step()
     state_ids = [id(v) for v in opt.state[p].values() if isinstance(v, np.ndarray)]
     scratch_ids = [id(v) for v in opt._scratch[id(p)].values()]

@@ -5,14 +5,24 @@
 """
 from __future__ import annotations
 
+from ..ops import arith as _arith
 from ..ops.activation import dropout, gelu, log_softmax, softmax
-from ..ops.arith import relu, sigmoid, tanh
+from ..ops.arith import sigmoid, tanh
 from ..ops.conv import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
 from ..ops.attention import scaled_dot_product_attention
 from ..ops.linear import linear
 from ..ops.loss import (binary_cross_entropy_with_logits, cross_entropy, mse_loss, nll_loss)
 from ..ops.norm import batch_norm, layer_norm
 from ..ops.shape import flatten, pad
+
+
+def relu(input, inplace=False):
+    """max(input, 0), with ``torch.nn.functional.relu``'s signature.
+
+    ``inplace=True`` is accepted so PyTorch code runs, but the result is always
+    a new tensor and ``input`` is left unchanged: minidl has no in-place
+    autograd ops. Use the returned value (``x = F.relu(x, inplace=True)``)."""
+    return _arith.relu(input)
 
 
 __all__ = ["relu", "sigmoid", "tanh", "gelu", "softmax", "log_softmax", "dropout", "linear",

@@ -7,6 +7,10 @@ weights on CPU and GPU.
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
+
+import numpy as np
 
 from .. import backend
 from ..random import default_generator
@@ -39,7 +43,13 @@ def calculate_gain(nonlinearity, param=None):
     if nonlinearity == "relu":
         return math.sqrt(2.0)
     if nonlinearity == "leaky_relu":
-        slope = 0.01 if param is None else float(param)
+        if param is None:
+            slope = 0.01
+        elif isinstance(param, numbers.Real) and not isinstance(param, (bool, np.bool_)):
+            slope = float(param)
+        else:  # a bool is an int to Python, but True is no slope (PyTorch refuses it too)
+            raise ValueError(f"calculate_gain: the leaky_relu negative slope must be a number, "
+                             f"got {param!r}")
         return math.sqrt(2.0 / (1 + slope ** 2))
     if nonlinearity == "selu":
         return 3.0 / 4
@@ -69,18 +79,37 @@ def ones_(tensor):
     return constant_(tensor, 1)
 
 
+def _kaiming_fan(op, tensor, mode):
+    """The fan that ``mode`` ('fan_in' or 'fan_out', any case, as PyTorch) names,
+    or None for a zero-element tensor, which is left as it is with PyTorch's
+    warning (its fan may be 0, and there is nothing to fill)."""
+    valid_modes = ("fan_in", "fan_out")
+    if not isinstance(mode, str) or mode.lower() not in valid_modes:
+        raise ValueError(f"{op}: mode must be one of {valid_modes}, got {mode!r}")
+    if 0 in tensor.shape:
+        warnings.warn("Initializing zero-element tensors is a no-op", UserWarning, stacklevel=3)
+        return None
+    fan_in, fan_out = _calculate_fan_in_and_fan_out(tensor)
+    return fan_in if mode.lower() == "fan_in" else fan_out
+
+
 def kaiming_uniform_(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu", generator=None):
     """U(-b, b) with b = gain * sqrt(3 / fan); ``a=sqrt(5)`` gives PyTorch's
-    Linear/Conv2d default, b = 1/sqrt(fan_in)."""
-    fan_in, fan_out = _calculate_fan_in_and_fan_out(tensor)
-    fan = fan_in if mode == "fan_in" else fan_out
+    Linear/Conv2d default, b = 1/sqrt(fan_in). A zero-element tensor is left
+    as it is, with a warning (PyTorch's behaviour; ``nn.Linear(0, n)`` works)."""
+    fan = _kaiming_fan("kaiming_uniform_", tensor, mode)
+    if fan is None:
+        return tensor
     bound = calculate_gain(nonlinearity, a) * math.sqrt(3.0 / fan)
     return uniform_(tensor, -bound, bound, generator)
 
 
 def kaiming_normal_(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu", generator=None):
-    fan_in, fan_out = _calculate_fan_in_and_fan_out(tensor)
-    fan = fan_in if mode == "fan_in" else fan_out
+    """N(0, std^2) with std = gain / sqrt(fan); a zero-element tensor is left as
+    it is, with a warning (as PyTorch)."""
+    fan = _kaiming_fan("kaiming_normal_", tensor, mode)
+    if fan is None:
+        return tensor
     return normal_(tensor, 0.0, calculate_gain(nonlinearity, a) / math.sqrt(fan), generator)
 
 

@@ -164,6 +164,9 @@ class AdaptiveAvgPool2d(Module):
 
 
 class ReLU(Module):
+    """max(x, 0). ``inplace`` is accepted for PyTorch's signature but the output is
+    always a new tensor (minidl has no in-place autograd ops)."""
+
     def __init__(self, inplace=False):
         super().__init__()
 

@@ -1,4 +1,10 @@
-"""Loss modules: thin wrappers over the fused functions in :mod:`minidl.ops.loss`."""
+"""Loss modules: thin wrappers over the fused functions in :mod:`minidl.ops.loss`.
+
+Constructor parameters are PyTorch's, in PyTorch's positional order, the
+deprecated ``size_average``/``reduce`` included: given, they select
+``self.reduction`` by PyTorch's rule, with a warning (see
+:func:`minidl.ops.loss.legacy_reduction`).
+"""
 from __future__ import annotations
 
 from ..ops import loss as L
@@ -6,10 +12,12 @@ from .module import Module
 
 
 class CrossEntropyLoss(Module):
-    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                 reduction="mean", label_smoothing=0.0):
         super().__init__()
         self.weight, self.ignore_index = weight, ignore_index
-        self.reduction, self.label_smoothing = reduction, label_smoothing
+        self.reduction = L.legacy_reduction("CrossEntropyLoss", size_average, reduce, reduction)
+        self.label_smoothing = label_smoothing
 
     def forward(self, input, target):
         return L.cross_entropy(input, target, self.weight, ignore_index=self.ignore_index,
@@ -17,9 +25,11 @@ class CrossEntropyLoss(Module):
 
 
 class NLLLoss(Module):
-    def __init__(self, weight=None, ignore_index=-100, reduction="mean"):
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                 reduction="mean"):
         super().__init__()
-        self.weight, self.ignore_index, self.reduction = weight, ignore_index, reduction
+        self.weight, self.ignore_index = weight, ignore_index
+        self.reduction = L.legacy_reduction("NLLLoss", size_average, reduce, reduction)
 
     def forward(self, input, target):
         return L.nll_loss(input, target, self.weight, ignore_index=self.ignore_index,
@@ -27,18 +37,20 @@ class NLLLoss(Module):
 
 
 class MSELoss(Module):
-    def __init__(self, reduction="mean"):
+    def __init__(self, size_average=None, reduce=None, reduction="mean"):
         super().__init__()
-        self.reduction = reduction
+        self.reduction = L.legacy_reduction("MSELoss", size_average, reduce, reduction)
 
     def forward(self, input, target):
         return L.mse_loss(input, target, reduction=self.reduction)
 
 
 class BCEWithLogitsLoss(Module):
-    def __init__(self, weight=None, reduction="mean", pos_weight=None):
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean",
+                 pos_weight=None):
         super().__init__()
-        self.weight, self.reduction, self.pos_weight = weight, reduction, pos_weight
+        self.weight, self.pos_weight = weight, pos_weight
+        self.reduction = L.legacy_reduction("BCEWithLogitsLoss", size_average, reduce, reduction)
 
     def forward(self, input, target):
         return L.binary_cross_entropy_with_logits(input, target, self.weight,

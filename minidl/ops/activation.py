@@ -22,7 +22,7 @@ import numpy as np
 from .. import backend
 from ..random import generator_for
 from ..tensor import Function, Tensor
-from .arith import as_float
+from .arith import as_float, cast
 from .shape import normalize_dim, reshape
 
 
@@ -84,23 +84,41 @@ class LogSoftmax(Function):
         return gx
 
 
-def softmax(x, dim=-1, *, axis=None):
+def _softmax_input(op, x, dim, axis, dtype):
+    """(x as a Tensor, cast to ``dtype`` if given; the normalised axis) for softmax/log_softmax."""
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    if axis is None and dim is None:
+        # PyTorch picks a dim from the rank for dim=None, with a deprecation warning; a
+        # silent guess is worse than asking
+        raise TypeError(f"{op}: dim=None is not supported; pass the dim to normalise over "
+                        f"(e.g. dim=-1 for the last of a tensor of shape {tuple(x.shape)})")
+    if dtype is not None:
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"{op}: dtype must be a floating dtype, got {dtype}")
+        x = cast(x, dtype)  # before the op, as PyTorch: the sums run in dtype
+    return x, normalize_dim(op, axis if axis is not None else dim, x.ndim)
+
+
+def softmax(x, dim=-1, *, dtype=None, axis=None):
     """Softmax over ``dim`` (default the last; PyTorch's name, ``axis`` is accepted too).
 
+    ``dtype`` casts the input first, as PyTorch's (e.g. float64 sums for a
+    float32 input); ``dim=None`` is a TypeError (PyTorch would guess a dim).
     Numerically stable for any magnitude; a row that is entirely -inf gives
-    zeros (PyTorch gives NaN there)."""
-    x = x if isinstance(x, Tensor) else Tensor(x)
-    axis = normalize_dim("softmax", axis if axis is not None else dim, x.ndim)
+    zeros, where ``torch.softmax`` gives NaN (zeros are what a fully masked
+    query needs in attention; PyTorch's scaled_dot_product_attention gives
+    zeros there too)."""
+    x, axis = _softmax_input("softmax", x, dim, axis, dtype)
     if x.ndim == 0:  # one element (dim 0 or -1, as PyTorch): a row of length 1
         return reshape(Softmax(0)(reshape(x, 1)), ())
     return Softmax(axis)(x)
 
 
-def log_softmax(x, dim=-1, *, axis=None):
+def log_softmax(x, dim=-1, *, dtype=None, axis=None):
     """log(softmax(x)) over ``dim`` (default the last), computed directly (stable at any
-    magnitude)."""
-    x = x if isinstance(x, Tensor) else Tensor(x)
-    axis = normalize_dim("log_softmax", axis if axis is not None else dim, x.ndim)
+    magnitude). ``dtype`` and ``dim=None`` as :func:`softmax`."""
+    x, axis = _softmax_input("log_softmax", x, dim, axis, dtype)
     if x.ndim == 0:  # one element (dim 0 or -1, as PyTorch): a row of length 1
         return reshape(LogSoftmax(0)(reshape(x, 1)), ())
     return LogSoftmax(axis)(x)

@@ -15,7 +15,8 @@ Mask polarity (the same as ``torch.nn.functional.scaled_dot_product_attention``)
 does: there True in ``key_padding_mask``/``attn_mask`` means masked OUT.
 
 A query whose keys are all masked out gets all-zero attention weights and a
-zero output (PyTorch gives NaN there).
+zero output, as PyTorch's scaled_dot_product_attention gives (a plain
+``torch.softmax`` over an all -inf row gives NaN; minidl's softmax gives zeros).
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 
     Boolean ``attn_mask``: **True = takes part in attention**, False = masked
     out. Float ``attn_mask``: added to the scores. ``is_causal``: query i sees
-    keys j <= i. A fully masked query row gives zeros, not NaN. ``dropout_p``
+    keys j <= i. A fully masked query row gives zeros, as PyTorch. ``dropout_p``
     drops attention weights (pass 0 in eval). ``return_weights=True`` (a
     minidl extra) also returns the (..., L, S) weights after dropout.
     """

@@ -43,5 +43,8 @@ def linear(input, weight, bias=None):
     if x.dtype != weight.dtype:
         raise TypeError(f"linear: input dtype {x.dtype} and weight dtype {weight.dtype} differ "
                         "(cast one; minidl never promotes silently)")
+    if bias is not None and bias.dtype != weight.dtype:
+        raise TypeError(f"linear: bias dtype {bias.dtype} differs from the input and weight "
+                        f"dtype {weight.dtype} (cast one; minidl never promotes silently)")
     fn = LinearFunction()
     return fn(x, weight) if bias is None else fn(x, weight, bias)

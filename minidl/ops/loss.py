@@ -19,6 +19,9 @@ with p the softmax: forward keeps only p.
 """
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 
 from .. import backend
@@ -31,6 +34,30 @@ _REDUCTIONS = ("mean", "sum", "none")
 def _check_reduction(op, reduction):
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def legacy_reduction(op, size_average, reduce, reduction):
+    """The reduction that the deprecated ``size_average``/``reduce`` flags select,
+    by PyTorch's rule (``torch.nn._reduction.legacy_get_string``).
+
+    When either flag is given it overrides ``reduction``: an unset flag counts
+    as True, ``reduce=False`` gives 'none', else ``size_average=False`` gives
+    'sum', else 'mean'; a warning names the ``reduction=`` to use instead (a
+    UserWarning, as PyTorch's). With neither flag, ``reduction`` is returned."""
+    if size_average is None and reduce is None:
+        return reduction
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    if size_average and reduce:
+        legacy = "mean"
+    elif reduce:
+        legacy = "sum"
+    else:
+        legacy = "none"
+    # stacklevel 3: the caller of the loss function or of the loss module's __init__
+    warnings.warn(f"{op}: size_average and reduce are deprecated; use reduction={legacy!r} "
+                  "instead", UserWarning, stacklevel=3)
+    return legacy
 
 
 def _as_tensor(x):
@@ -64,17 +91,30 @@ def _reduce_rows(loss, reduction, denom, shape, dtype):
         return loss.reshape(_target_shape(shape)).astype(dtype, copy=False)
     total = loss.sum()
     if reduction == "mean":
-        total = total / denom
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0 = NaN, as PyTorch, quietly
+            total = total / denom
     return xp.asarray(total, dtype=dtype)
 
 
-def _row_grads(gy, reduction, denom, rows):
+def _row_grads(gy, reduction, denom, rows, valid=None):
     """The gradient reaching each of ``rows`` per-row losses from ``gy``, the
-    gradient of :func:`_reduce_rows`' result: shape (rows,)."""
+    gradient of :func:`_reduce_rows`' result: shape (rows,).
+
+    ``valid`` (rows,) marks the rows not ignored; ignored rows get 0. That
+    matters for 'mean' when every row is ignored: the loss is 0/0 = NaN, but
+    PyTorch skips ignored rows in backward, so their gradient is 0, not
+    (gy / 0) * 0 = NaN."""
     if reduction == "none":
         return gy.reshape(-1)
     xp = backend.get_array_module(gy)
-    return xp.broadcast_to(gy / denom if reduction == "mean" else gy, (rows,))
+    if reduction == "sum":
+        return xp.broadcast_to(gy, (rows,))
+    with np.errstate(divide="ignore", invalid="ignore"):   # denom 0: every row ignored
+        g = gy / denom
+    if valid is None:
+        return xp.broadcast_to(g, (rows,))
+    # one (rows,) select, always: testing denom == 0 first would sync a GPU every step
+    return xp.where(valid, g, gy.dtype.type(0))
 
 
 def _unrows(g, shape):
@@ -110,7 +150,7 @@ class CrossEntropy(Function):
             a_sum = a.sum(axis=1)
             loss = a_sum * log_s - (a * z).sum(axis=1)
             denom = dtype.type(z.shape[0])
-            self.a, self.rows = a, None
+            self.a, self.rows, self.valid = a, None, None
         else:
             t = target.reshape(-1)
             valid = t != self.ignore_index
@@ -138,14 +178,14 @@ class CrossEntropy(Function):
             else:
                 a_sum = c_nll
             denom = wt.sum()
-            self.rows, self.t, self.c_nll = rows, t_safe, c_nll
+            self.rows, self.t, self.c_nll, self.valid = rows, t_safe, c_nll, valid
         self.p, self.a_sum, self.shape = p, a_sum.astype(dtype, copy=False), shape
         self.denom = denom
         return _reduce_rows(loss, self.reduction, denom, shape, dtype)
 
     def backward(self, gy):
         shape = self.shape
-        g = _row_grads(gy, self.reduction, self.denom, self.a_sum.shape[0])
+        g = _row_grads(gy, self.reduction, self.denom, self.a_sum.shape[0], self.valid)
         gx = self.p * (g * self.a_sum)[:, None]
         if self.rows is None:
             gx -= self.a * g[:, None]
@@ -163,9 +203,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     """Cross-entropy of ``input`` logits (N, C) or (N, C, d1, ...) against class
     indices (N) / (N, d1, ...) or class probabilities (same shape as input),
     as ``torch.nn.functional.cross_entropy``: log-softmax and NLL in one op
-    with one backward (see the module docstring for the formula)."""
-    if size_average is not None or reduce is not None:
-        raise TypeError("cross_entropy: size_average/reduce are deprecated; use reduction=")
+    with one backward (see the module docstring for the formula).
+    The deprecated ``size_average``/``reduce`` select a reduction as in PyTorch
+    (see :func:`legacy_reduction`)."""
+    reduction = legacy_reduction("cross_entropy", size_average, reduce, reduction)
     _check_reduction("cross_entropy", reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
@@ -218,14 +259,14 @@ class NLLLoss(Function):
         rows = xp.arange(t.shape[0])
         wt = valid.astype(dtype) if self.weight is None else self.weight[t_safe] * valid
         loss = -wt * z[rows, t_safe]
-        self.rows, self.t, self.wt, self.shape = rows, t_safe, wt, shape
+        self.rows, self.t, self.wt, self.shape, self.valid = rows, t_safe, wt, shape, valid
         self.denom = wt.sum()
         return _reduce_rows(loss, self.reduction, self.denom, shape, dtype)
 
     def backward(self, gy):
         xp = backend.get_array_module(gy)
         shape = self.shape
-        g = _row_grads(gy, self.reduction, self.denom, self.rows.shape[0])
+        g = _row_grads(gy, self.reduction, self.denom, self.rows.shape[0], self.valid)
         gx = xp.zeros((self.rows.shape[0], shape[1] if len(shape) > 1 else shape[0]), gy.dtype)
         gx[self.rows, self.t] = -g * self.wt
         return _unrows(gx, shape)
@@ -234,7 +275,9 @@ class NLLLoss(Function):
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
              reduction="mean"):
     """Negative log-likelihood of log-probabilities ``input`` (N, C) or (N, C, d1, ...)
-    at integer ``target``, as ``torch.nn.functional.nll_loss``."""
+    at integer ``target``, as ``torch.nn.functional.nll_loss``. The deprecated
+    ``size_average``/``reduce`` select a reduction (see :func:`legacy_reduction`)."""
+    reduction = legacy_reduction("nll_loss", size_average, reduce, reduction)
     _check_reduction("nll_loss", reduction)
     x = _as_tensor(input)
     t = _raw(target)
@@ -259,10 +302,15 @@ def _reduce(loss, reduction, xp, dtype):
 
 
 def _unreduce(gy, shape, reduction, xp):
+    """``gy``, the gradient of :func:`_reduce`'s result, spread over ``shape``."""
     if reduction == "none":
         return gy
-    g = gy / np.prod(shape, dtype=np.int64) if reduction == "mean" else gy
-    return xp.broadcast_to(g, shape)
+    if reduction == "mean":
+        count = math.prod(shape)
+        # a scalar of gy's own dtype: dividing by an int64 count would give float64
+        # under NumPy 2; an empty input (count 0) has no element to receive it
+        gy = gy * gy.dtype.type(1.0 / count if count else 0.0)
+    return xp.broadcast_to(gy, shape)
 
 
 class MSELoss(Function):
@@ -283,7 +331,10 @@ class MSELoss(Function):
 
 
 def mse_loss(input, target, size_average=None, reduce=None, reduction="mean"):
-    """Mean squared error, as ``torch.nn.functional.mse_loss`` (shapes must match)."""
+    """Mean squared error, as ``torch.nn.functional.mse_loss`` (shapes must match).
+    The deprecated ``size_average``/``reduce`` select a reduction (see
+    :func:`legacy_reduction`)."""
+    reduction = legacy_reduction("mse_loss", size_average, reduce, reduction)
     _check_reduction("mse_loss", reduction)
     x, y = _as_tensor(input), _as_tensor(target)
     if x.shape != y.shape:
@@ -327,7 +378,11 @@ class BCEWithLogits(Function):
 
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
                                      reduction="mean", pos_weight=None):
-    """Sigmoid + binary cross-entropy in one stable op, as PyTorch's."""
+    """Sigmoid + binary cross-entropy in one stable op, as PyTorch's. The
+    deprecated ``size_average``/``reduce`` select a reduction (see
+    :func:`legacy_reduction`)."""
+    reduction = legacy_reduction("binary_cross_entropy_with_logits", size_average, reduce,
+                                 reduction)
     _check_reduction("binary_cross_entropy_with_logits", reduction)
     x, y = _as_tensor(input), _as_tensor(target)
     if x.shape != y.shape:

@@ -301,8 +301,11 @@ def expand(x, *sizes):
     return broadcast_to(x, shape)
 
 
-def pad(x, pad, mode="constant", value=0.0):
-    """PyTorch's ``F.pad``: ``pad`` lists (before, after) pairs from the last dim back."""
+def pad(x, pad, mode="constant", value=None):
+    """PyTorch's ``F.pad``: ``pad`` lists (before, after) pairs from the last dim back;
+    the new elements are ``value`` (None means 0, as in PyTorch)."""
+    if value is None:
+        value = 0  # x.dtype.type(None) would be NaN
     if mode != "constant":
         raise NotImplementedError(f"pad: mode {mode!r} is not supported; only 'constant'")
     pad = tuple(int(p) for p in pad)
