@@ -477,6 +477,19 @@ def _private_view(array):
     return sys.getrefcount(base) <= 3
 
 
+def clear_grad(tensor, set_to_none=True):
+    """Clear ``tensor.grad`` for zero_grad: set it to None, or with
+    ``set_to_none=False`` zero it in place (as PyTorch), so a reference to the
+    gradient taken earlier sees the zeros too."""
+    grad = tensor.grad
+    if set_to_none or grad is None:
+        tensor.grad = None
+    elif _has_own_elements(grad.data):
+        grad.data[...] = 0
+    else:   # a read-only or broadcast array a user assigned: replace it
+        grad.data = backend.get_array_module(grad.data).zeros_like(tensor.data)
+
+
 def _has_own_elements(array):
     """Whether every element of ``array`` has its own writable memory: False for a
     read-only array or a broadcast view (a 0 stride over a dim longer than 1;

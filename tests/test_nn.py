@@ -512,3 +512,34 @@ def test_init_rejects_bad_mode_and_bool_slope():
     with pytest.raises(ValueError, match="negative slope must be a number, got True"):
         nn.init.calculate_gain("leaky_relu", True)
     assert nn.init.calculate_gain("leaky_relu", 0) == math.sqrt(2.0)
+
+
+def test_zero_grad_without_set_to_none_zeroes_in_place():
+    lin = nn.Linear(2, 2)
+    opt = minidl.optim.SGD(lin.parameters(), lr=0.1)
+    for zero_grad in (lin.zero_grad, opt.zero_grad):
+        lin(minidl.ones(1, 2)).sum().backward()
+        held = lin.weight.grad
+        zero_grad(set_to_none=False)
+        assert lin.weight.grad is held and not held.numpy().any()   # seen through the reference
+        zero_grad()
+        assert lin.weight.grad is None
+
+
+def test_registration_refuses_names_as_pytorch():
+    lin = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="cannot assign int as child module 'fc'"):
+        model = nn.Sequential()
+        model.fc = nn.Linear(1, 1)
+        model.fc = 5
+    with pytest.raises(KeyError, match="attribute 'weight' already exists"):
+        lin.register_buffer("weight", minidl.zeros(2, 2))
+    assert [name for name, _ in lin.named_parameters()] == ["weight", "bias"]
+    for method, value in [("register_buffer", minidl.zeros(1)),
+                          ("register_parameter", nn.Parameter(np.zeros(1, np.float32))),
+                          ("add_module", nn.Linear(1, 1))]:
+        with pytest.raises(KeyError, match="contain no '.'"):
+            getattr(lin, method)("a.b", value)
+    lin.register_buffer("running", minidl.zeros(1))
+    lin.register_buffer("running", minidl.ones(1))   # replacing one's own buffer is fine
+    assert lin.running.numpy().tolist() == [1.0]

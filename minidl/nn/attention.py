@@ -244,8 +244,9 @@ class AttentionPool2d(Module):
     position embedding ``pos_embedding`` (P, C); a learned ``query`` (C,)
     attends over them through ``attn`` (a MultiheadAttention with
     ``num_heads`` heads). Returns ``(pooled, attention)``: pooled (B, C) and
-    the attention map (B, H, W) averaged over heads (each map sums to 1), for
-    visualisation.
+    the attention map (B, H, W) averaged over heads, for visualisation (each
+    map sums to 1, except in training with ``dropout`` > 0: the map is then
+    the one the pooling used, after dropout, as PyTorch's attention weights).
     """
 
     def __init__(self, channels, height, width, num_heads=1, dropout=0.0, dtype=np.float32):

@@ -40,8 +40,9 @@ class Linear(Module):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight = Parameter(np.empty((self.out_features, self.in_features), dtype))
-        self.bias = Parameter(np.empty(self.out_features, dtype)) if bias else None
-        if not bias:
+        if bias:
+            self.bias = Parameter(np.empty(self.out_features, dtype))
+        else:
             self.register_parameter("bias", None)
         self.reset_parameters()
 

@@ -16,7 +16,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import backend
-from ..tensor import Tensor
+from ..tensor import Tensor, clear_grad
 
 
 class Parameter(Tensor):
@@ -75,7 +75,10 @@ class Module:
                 raise TypeError(f"cannot assign {type(value).__name__} as buffer '{name}' "
                                 "(Tensor or None expected)")
             buffers[name] = value
-        elif name in modules and value is None:
+        elif name in modules:
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} as child module "
+                                f"'{name}' (Module or None expected)")
             modules[name] = None
         else:
             self._drop(name)
@@ -122,10 +125,22 @@ class Module:
             if child is not None:
                 child._set_path(f"{path}.{name}")
 
+    def _check_new_name(self, method, name, registry):
+        """PyTorch's checks on a name registered by ``method`` into ``registry``."""
+        if not isinstance(name, str):
+            raise TypeError(f"{method}: the name must be a str, got {type(name).__name__}")
+        if not name or "." in name:
+            raise KeyError(f"{method}: the name {name!r} must be non-empty and contain no "
+                           "'.' (dots separate the levels of state_dict keys)")
+        if name not in registry and hasattr(self, name):
+            # e.g. a buffer named like a parameter would take it out of parameters()
+            raise KeyError(f"{method}: attribute '{name}' already exists")
+
     def register_parameter(self, name, param):
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter: '{name}' must be a Parameter or None, got "
                             f"{type(param).__name__}")
+        self._check_new_name("register_parameter", name, self._parameters)
         self._drop(name, keep=self._parameters)
         self._parameters[name] = param
 
@@ -133,6 +148,7 @@ class Module:
         """A tensor that is state but not learnable (running statistics)."""
         if tensor is not None and not isinstance(tensor, Tensor):
             tensor = Tensor(tensor)
+        self._check_new_name("register_buffer", name, self._buffers)
         self._drop(name, keep=self._buffers)
         self._buffers[name] = tensor
         if persistent:
@@ -143,6 +159,7 @@ class Module:
     def add_module(self, name, module):
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module: '{name}' must be a Module, got {type(module).__name__}")
+        self._check_new_name("add_module", name, self._modules)
         self._drop(name, keep=self._modules)
         self._modules[name] = module
         if module is not None:
@@ -234,10 +251,7 @@ class Module:
 
     def zero_grad(self, set_to_none=True):
         for p in self.parameters():
-            if set_to_none or p.grad is None:
-                p.grad = None
-            else:
-                p.grad = Tensor._wrap(backend.get_array_module(p.data).zeros_like(p.data))
+            clear_grad(p, set_to_none)
 
     # ------------------------------------------------------------ devices
     def to(self, device=None, dtype=None):

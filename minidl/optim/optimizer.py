@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 
 from .. import backend
-from ..tensor import Tensor, no_grad
+from ..tensor import Tensor, clear_grad, no_grad
 
 
 class Optimizer:
@@ -52,10 +52,7 @@ class Optimizer:
     def zero_grad(self, set_to_none=True):
         for group in self.param_groups:
             for p in group["params"]:
-                if set_to_none or p.grad is None:
-                    p.grad = None
-                else:
-                    p.grad = Tensor._wrap(backend.get_array_module(p.data).zeros_like(p.data))
+                clear_grad(p, set_to_none)
 
     @no_grad()
     def step(self, closure=None):
