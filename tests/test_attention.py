@@ -163,3 +163,12 @@ def test_multihead_attention_is_causal_combines_with_other_masks():
         assert not (w.numpy() * above_diagonal).any()
         assert_close(o, to.detach().numpy())
         assert_close(w, tw.detach().numpy())
+
+
+def test_multihead_attention_names_mismatched_batch_or_length():
+    mha = nn.MultiheadAttention(4, 2, batch_first=True)
+    q = minidl.randn(2, 5, 4)
+    with pytest.raises(ValueError, match=r"share the batch size.*\(2, 5\) for query, \(3, 5\)"):
+        mha(q, minidl.randn(3, 5, 4), minidl.randn(3, 5, 4))
+    with pytest.raises(ValueError, match="key and value the length"):
+        mha(q, minidl.randn(2, 5, 4), minidl.randn(2, 6, 4))

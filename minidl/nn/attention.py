@@ -125,6 +125,11 @@ class MultiheadAttention(Module):
         if not self.batch_first or unbatched:
             query, key, value = (t.swapaxes(0, 1) for t in (query, key, value))
         B, L, S = query.shape[0], query.shape[1], key.shape[1]
+        if key.shape[0] != B or value.shape[0] != B or value.shape[1] != S:
+            raise ValueError(
+                f"{self._label()}: query, key and value must share the batch size, and key "
+                f"and value the length; got (B, L) = {(B, L)} for query, {tuple(key.shape[:2])} "
+                f"for key and {tuple(value.shape[:2])} for value (in (B, L) order)")
         (wq, bq), (wk, bk), (wv, bv) = self._projections()
         q = linear(query, wq, bq).reshape(B, L, h, D).swapaxes(1, 2)
         k = linear(key, wk, bk).reshape(B, S, h, D).swapaxes(1, 2)
