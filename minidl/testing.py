@@ -80,12 +80,13 @@ def _prepare_inputs(inputs):
         else:
             data, wants = x, True
         if np.dtype(data.dtype).kind == "f":
-            # A C-ordered copy: the caller's array is never touched, and the
-            # element loop below perturbs it through a reshape(-1) *view*
-            # (astype's default order='K' would keep a transposed input
-            # F-ordered, and reshape(-1) would silently copy).
+            # A copy (the caller's array is never touched) in the same memory
+            # layout: ops take layout-specific paths (conv2d's C-major one),
+            # and those must be checked too.
             xp = backend.get_array_module(data)
-            t = Tensor._wrap(xp.array(data, dtype=np.float64, order="C"))
+            copy = xp.empty_like(data, dtype=np.float64)
+            copy[...] = data
+            t = Tensor._wrap(copy)
             t.requires_grad = wants
             prepared.append(t)
             differentiable.append(wants)
@@ -147,10 +148,12 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, directional=False, see
         norm = np.sqrt(sum(float((d * d).sum()) for d in directions)) or 1.0
         directions = [d / norm for d in directions]
         originals = [inputs[i].data for i in diff_idx]
+        shifted = [xp.empty_like(base) for base in originals]   # the same memory layout
         values = []
         for sign in (1, -1):
-            for i, d, base in zip(diff_idx, directions, originals):
-                inputs[i].data = base + sign * eps * xp.asarray(d)
+            for i, d, base, out in zip(diff_idx, directions, originals, shifted):
+                xp.add(base, xp.asarray(sign * eps * d), out=out)
+                inputs[i].data = out
             values.append(_objective(fn, inputs, grad_outputs))
         for i, base in zip(diff_idx, originals):
             inputs[i].data = base
@@ -164,15 +167,14 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, directional=False, see
         for k, i in enumerate(diff_idx):
             data = inputs[i].data
             numeric = np.zeros(data.shape)
-            flat = data.reshape(-1)  # a view of the float64 copy
-            for j in range(flat.size):
-                old = flat[j].item()
-                flat[j] = old + eps
+            for j in np.ndindex(data.shape):   # in place, whatever the layout
+                old = data[j].item()
+                data[j] = old + eps
                 plus = _objective(fn, inputs, grad_outputs)
-                flat[j] = old - eps
+                data[j] = old - eps
                 minus = _objective(fn, inputs, grad_outputs)
-                flat[j] = old
-                numeric.reshape(-1)[j] = (plus - minus) / (2 * eps)
+                data[j] = old
+                numeric[j] = (plus - minus) / (2 * eps)
             try:
                 assert_close(analytic[k], numeric, rtol=rtol, atol=atol,
                              msg=f"gradcheck: input {i} (shape {data.shape}) analytic vs "

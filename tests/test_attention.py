@@ -59,6 +59,29 @@ def test_sdpa_float32_and_dropout():
         F.scaled_dot_product_attention(q, minidl.randn(2, 3, 5), q)
 
 
+def test_attention_dropout_drops_weights_in_training_only():
+    minidl.manual_seed(0)
+    q, k = minidl.randn(4, 16, 8), minidl.randn(4, 64, 8)
+    v = minidl.tensor(np.eye(64, dtype=np.float32)[None].repeat(4, axis=0))   # out = weights
+    plain = F.scaled_dot_product_attention(q, k, v).numpy()
+    dropped = F.scaled_dot_product_attention(q, k, v, dropout_p=0.25).numpy()
+    zeroed = dropped == 0
+    assert 0.2 < zeroed.mean() < 0.3   # each weight dropped with probability 0.25
+    assert_close(dropped[~zeroed], plain[~zeroed] / 0.75, rtol=1e-5, atol=1e-7)
+    # MultiheadAttention: dropout in train(), none in eval()
+    mha = nn.MultiheadAttention(8, 2, dropout=0.5, batch_first=True)
+    x = minidl.randn(2, 5, 8)
+    mha.eval()
+    out_eval, w_eval = mha(x, x, x)
+    mha.dropout = 0.0
+    out_ref, _ = mha(x, x, x)
+    assert_close(out_eval, out_ref)
+    mha.dropout = 0.5
+    mha.train()
+    _, w_train = mha(x, x, x, average_attn_weights=False)
+    assert (w_train.numpy() == 0).any()
+
+
 def _mha_pair(batch_first, kdim=None):
     torch = pytest.importorskip("torch")
     m = nn.MultiheadAttention(8, 2, batch_first=batch_first, kdim=kdim, vdim=kdim).double()

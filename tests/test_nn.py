@@ -543,3 +543,39 @@ def test_registration_refuses_names_as_pytorch():
     lin.register_buffer("running", minidl.zeros(1))
     lin.register_buffer("running", minidl.ones(1))   # replacing one's own buffer is fine
     assert lin.running.numpy().tolist() == [1.0]
+
+
+def _torch_twins():
+    torch = pytest.importorskip("torch")
+    import inspect
+    from minidl import optim
+    twins = [(getattr(optim, n), getattr(torch.optim, n)) for n in ("SGD", "Adam", "AdamW")]
+    for name in dir(optim.lr_scheduler):
+        ours = getattr(optim.lr_scheduler, name)
+        if inspect.isclass(ours) and hasattr(torch.optim.lr_scheduler, name):
+            twins.append((ours, getattr(torch.optim.lr_scheduler, name)))
+    for name in dir(nn):
+        ours = getattr(nn, name)
+        if inspect.isclass(ours) and issubclass(ours, nn.Module) and hasattr(torch.nn, name):
+            twins.append((ours, getattr(torch.nn, name)))
+    return twins
+
+
+# softmax over the last dim by default, where PyTorch picks one implicitly (with a warning)
+_DEFAULTS_THAT_DIFFER = {("Softmax", "dim")}
+
+
+def test_constructor_signatures_and_defaults_match_torch():
+    import inspect
+    checked = 0
+    for ours, theirs in _torch_twins():
+        mine = inspect.signature(ours).parameters
+        torch_params = inspect.signature(theirs).parameters
+        shared = [n for n in mine if n in torch_params and n not in ("device", "dtype")]
+        # the same positional order for the names both have
+        assert shared == [n for n in torch_params if n in shared], ours.__name__
+        for name in shared:
+            if (ours.__name__, name) not in _DEFAULTS_THAT_DIFFER:
+                assert mine[name].default == torch_params[name].default, (ours.__name__, name)
+        checked += 1
+    assert checked >= 25

@@ -89,6 +89,14 @@ def test_dropout_inverted_and_seeded():
     assert not F.dropout(x, 1.0).numpy().any()
 
 
+def test_dropout_gradcheck_with_a_fixed_mask():
+    def dropout_with_seed(x):   # every call of gradcheck draws the same mask
+        minidl.manual_seed(5)
+        return F.dropout(x, 0.4, training=True)
+
+    gradcheck(dropout_with_seed, [np.random.default_rng(0).standard_normal((4, 5))])
+
+
 def test_linear_gradcheck_and_torch():
     tf = pytest.importorskip("torch.nn.functional")
     gradcheck(F.linear, [randn(0, (2, 3, 4)), randn(1, (5, 4)), randn(2, (5,))])
