@@ -229,8 +229,8 @@ _num_threads = None
 
 def _default_threads() -> int:
     for var in ("MINIDL_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var)
-        if value and value.isdigit() and int(value) > 0:
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
             return int(value)
     try:
         return len(os.sched_getaffinity(0))

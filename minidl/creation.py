@@ -100,7 +100,7 @@ def rand(*size, dtype=np.float32, device="cpu", requires_grad=False):
     return _make(generator_for(xp).random(_size(size), dtype=dtype), requires_grad)
 
 
-def randint(low, high=None, size=None, dtype=np.int64, device="cpu"):
+def randint(low, high=None, size=None, device="cpu", *, dtype=np.int64):
     """Integers uniform in [low, high), as ``torch.randint``: ``randint(high, size)``
     or ``randint(low, high, size)``."""
     if size is None and isinstance(high, (tuple, list)):   # randint(high, size)

@@ -99,23 +99,24 @@ def as_array(data, dtype=None, device=None):
         data = data.data
     if _is_array(data):
         array = data
-    elif isinstance(data, np.generic):
-        array = np.asarray(data)
-    elif dtype is not None:
-        array = np.asarray(data, dtype=dtype)
     else:
+        # Python floats read as float64 and ints as int64: converting those to
+        # ``dtype`` is exact (a float64 tensor never goes through float32)
         array = np.asarray(data)
-        if array.dtype.kind == "f":
-            array = array.astype(np.float32)
-        elif array.dtype.kind in "iu":
-            # NumPy reads ints in [2**63, 2**64) as uint64: out of int64's range
-            if array.dtype == np.uint64 and array.size and array.max() > np.iinfo(np.int64).max:
-                raise OverflowError(f"tensor: {int(array.max())} is out of the range of int64")
-            array = array.astype(np.int64)
-        elif array.dtype.kind not in "bc":
+        if array.dtype.kind not in "biufc":
             raise TypeError(f"tensor: cannot make a tensor from {type(data).__name__} "
-                            f"(NumPy dtype {array.dtype}; integers beyond int64 are refused "
-                            "too)")
+                            f"(NumPy dtype {array.dtype}; only numbers and bools, and "
+                            "integers within int64)")
+        if dtype is None and not isinstance(data, np.generic):   # NumPy scalars keep theirs
+            if array.dtype.kind == "f":
+                array = array.astype(np.float32)
+            elif array.dtype.kind in "iu":
+                # NumPy reads ints in [2**63, 2**64) as uint64: out of int64's range
+                if array.dtype == np.uint64 and array.size and \
+                        array.max() > np.iinfo(np.int64).max:
+                    raise OverflowError(f"tensor: {int(array.max())} is out of the range of "
+                                        "int64")
+                array = array.astype(np.int64)
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     if device is not None:
@@ -136,14 +137,17 @@ class _Size(int):
         self.shape = tuple(shape)
         return self
 
+    def __getnewargs__(self):   # pickle and copy rebuild it from the shape
+        return (self.shape,)
+
     def __call__(self, dim=None):
         if dim is None:
             return self.shape
         ndim = len(self.shape)
-        if not -max(ndim, 1) <= dim < max(ndim, 1):
+        if not -ndim <= dim < ndim:
             raise IndexError(f"size: dim {dim} is out of range for a tensor of shape "
                              f"{self.shape}")
-        return self.shape[dim] if ndim else 1
+        return self.shape[dim]
 
 
 def _check_grad_dtype(array, where="requires_grad"):

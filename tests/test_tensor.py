@@ -270,3 +270,22 @@ def test_manual_seed_reseeds_a_generator_taken_earlier():
     first = handle.random()
     minidl.manual_seed(3)
     assert minidl.random.default_generator() is handle and handle.random() == first
+
+
+def test_review_followups_on_construction_size_randint_argmax():
+    import copy
+    import pickle
+    for bad in (None, [1, None], "1.5", np.str_("ab")):
+        for dtype in (None, np.float32):
+            with pytest.raises(TypeError, match="cannot make a tensor"):
+                minidl.tensor(bad, dtype=dtype)
+    size = minidl.zeros(2, 3).size
+    assert pickle.loads(pickle.dumps(size)) == 6 and copy.deepcopy(size)(1) == 3
+    with pytest.raises(IndexError, match="dim 0"):
+        minidl.tensor(1.0).size(0)
+    assert minidl.randint(0, 10, (3,), "cpu").shape == (3,)   # device stays 4th
+    assert minidl.randint(5, (2,), dtype=np.int32).dtype == np.int32
+    with pytest.raises(ValueError, match="expected one axis"):
+        minidl.zeros(2, 3).argmax(dim=())
+    assert int(minidl.tensor(2.0).argmax(0)) == 0
+    assert minidl.nn.functional.dropout(minidl.tensor([1, 2, 3]), 0.5).dtype == np.float32

@@ -213,7 +213,7 @@ class Dropout(Function):
 
     def forward(self, x):
         xp = backend.get_array_module(x)
-        dtype = x.dtype if x.dtype.kind == "f" else np.float32
+        dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float32)
         keep = generator_for(xp).random(x.shape, dtype=dtype) >= dtype.type(self.p)
         # One array holds the mask and the 1/(1-p) scale: y = x * m, gx = gy * m.
         mask = keep.astype(dtype)

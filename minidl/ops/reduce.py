@@ -198,16 +198,16 @@ def _variance(op_class, op, x, axis, keepdims, ddof, dim, keepdim, correction, u
 def argmax(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     """Index of the first maximum (int64, no gradient)."""
     axes, keep = reduction_axis("argmax", x.ndim, axis, keepdims, dim, keepdim)
-    if axes is not None and len(axes) > 1:
-        raise ValueError("argmax: expected one axis")
-    out = x.data.argmax(axis=axes[0] if axes else None, keepdims=keep)  # () for a 0-d x
+    if axes is not None and len(axes) != 1 and x.ndim:   # a 0-d x gives () for dim 0 or -1
+        raise ValueError(f"argmax: expected one axis, got {axis if dim is None else dim!r}")
+    out = x.data.argmax(axis=axes[0] if axes else None, keepdims=keep)
     return Tensor._wrap(out.astype("int64", copy=False))
 
 
 def argmin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     """Index of the first minimum (int64, no gradient)."""
     axes, keep = reduction_axis("argmin", x.ndim, axis, keepdims, dim, keepdim)
-    if axes is not None and len(axes) > 1:
-        raise ValueError("argmin: expected one axis")
-    out = x.data.argmin(axis=axes[0] if axes else None, keepdims=keep)  # () for a 0-d x
+    if axes is not None and len(axes) != 1 and x.ndim:   # a 0-d x gives () for dim 0 or -1
+        raise ValueError(f"argmin: expected one axis, got {axis if dim is None else dim!r}")
+    out = x.data.argmin(axis=axes[0] if axes else None, keepdims=keep)
     return Tensor._wrap(out.astype("int64", copy=False))
