@@ -183,10 +183,16 @@ def shape_and_axes(draw, min_dims=0):
 
 
 def _reduce(name, x, axis, keepdims, torch_spelling, **kw):
-    method = getattr(x, name)
+    """NumPy's reduction ``name`` (var/std by N, max/min as values) in either spelling."""
     if torch_spelling:
-        return method(dim=axis, keepdim=keepdims, **kw)
-    return method(axis=axis, keepdims=keepdims, **kw)
+        if name in ("max", "min"):   # PyTorch's max(dim) gives (values, indices): amax
+            name = "a" + name
+        if name in ("var", "std"):
+            kw.setdefault("correction", 0)
+        return getattr(x, name)(dim=axis, keepdim=keepdims, **kw)
+    if name in ("var", "std"):
+        kw.setdefault("ddof", 0)
+    return getattr(x, name)(axis=axis, keepdims=keepdims, **kw)
 
 
 @given(shape_and_axes(), seeds, st.sampled_from(["sum", "mean", "var", "std", "max", "min"]))
@@ -216,27 +222,31 @@ def test_var_std_unbiased(case, seed):
 def test_std_of_a_constant_has_zero_gradient_as_torch(dtype):
     rows = np.array([[1.0, 2.0, 4.0], [5.0, 5.0, 5.0]])   # the second row is constant
     check_vs_torch(lambda x: x.std(dim=1, correction=0), [rows],
-                   lambda x: x.std(dim=1), dtype=dtype)
+                   lambda x: x.std(dim=1, ddof=0), dtype=dtype)
+    check_vs_torch(lambda x: x.std(dim=1), [rows], dtype=dtype)   # both N - 1 by default
     check_vs_torch(lambda x: x.std(), [np.full((2, 3), 0.5)], dtype=dtype)
     gradcheck(lambda x: x.std(axis=1, ddof=1), [rows])   # numeric: 0 there too
 
 
 def test_max_min_ties_share_gradient_as_torch_amax():
     x = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]])
-    check_vs_torch(lambda x: x.amax(dim=1), [x], lambda x: x.max(dim=1))
+    check_vs_torch(lambda x: x.amax(dim=1), [x], lambda x: x.amax(dim=1))
+    check_vs_torch(lambda x: x.amax(dim=1), [x], lambda x: x.max(axis=1))   # NumPy's max
     check_vs_torch(lambda x: x.amin(), [x], lambda x: x.min())
 
 
 @pytest.mark.parametrize("name", ["sum", "mean", "var", "std", "max", "min", "argmax"])
 def test_reductions_of_a_0d_tensor_over_dim_0_or_minus_1_reduce_nothing(name):
     x = minidl.tensor(np.float64(3.0), requires_grad=name != "argmax")
+    name = {"max": "amax", "min": "amin"}.get(name, name)   # max(dim) is (values, indices)
+    extra = {"correction": 0} if name in ("var", "std") else {}
     for dim in (0, -1, (0,)):
-        y = getattr(x, name)(dim=dim)
+        y = getattr(x, name)(dim=dim, **extra)
         assert y.shape == ()
         expected = {"var": 0.0, "std": 0.0, "argmax": 0}.get(name, 3.0)
         assert y.item() == expected
     if name != "argmax":
-        gradcheck(lambda x: getattr(x, name)(dim=-1, keepdim=True), [x])
+        gradcheck(lambda x: getattr(x, name)(dim=-1, keepdim=True, **extra), [x])
     with pytest.raises(IndexError, match=r"dim 1 is out of range .*\[-1, 0\]"):
         getattr(x, name)(dim=1)
 
@@ -247,7 +257,7 @@ def test_max_over_a_nonempty_dim_of_an_empty_tensor():
     assert y.shape == (0,)
     y.sum().backward()
     assert x.grad.shape == (0, 3)
-    assert minidl.zeros(3, 0).min(dim=0).shape == (0,)
+    assert minidl.zeros(3, 0).min(dim=0).values.shape == (0,)
     for axis in (0, None):
         with pytest.raises(ValueError, match=r"max: cannot reduce over dim 0 of size 0"):
             x.max(axis=axis)
@@ -540,8 +550,8 @@ DTYPE_CASES = {
     "relu": lambda x: x.relu(),
     "maximum": lambda x: minidl.maximum(x, F64(0.5)), "minimum": lambda x: minidl.minimum(0.5, x),
     "clip": lambda x: x.clip(F64(0.1), 0.9),
-    "sum": lambda x: x.sum(axis=0), "mean": lambda x: x.mean(), "max": lambda x: x.max(1),
-    "min": lambda x: x.min(dim=0), "var": lambda x: x.var(1), "std": lambda x: x.std(),
+    "sum": lambda x: x.sum(axis=0), "mean": lambda x: x.mean(), "max": lambda x: x.max(1).values,
+    "min": lambda x: x.min(dim=0).values, "amax": lambda x: x.amax((0, 1)), "var": lambda x: x.var(1), "std": lambda x: x.std(),
     "reshape": lambda x: x.reshape(-1), "transpose": lambda x: x.T,
     "getitem": lambda x: x[[0, 0]], "mask": lambda x: x[x.numpy() > 0.5],
     "concat": lambda x: minidl.concat([x, x * 2.0]), "stack": lambda x: minidl.stack([x, x]),
@@ -606,3 +616,27 @@ def test_integer_tensor_with_float_gives_float32():
     assert (labels * 0.5).dtype == np.float32
     assert (labels + minidl.tensor([0.5, 1.0, 1.5])).dtype == np.float32
     assert (labels + 1).dtype == np.int64
+
+
+def test_max_and_min_follow_pytorch():
+    data = np.array([[1.0, 5.0, 5.0], [7.0, 2.0, 7.0]])
+    x = minidl.tensor(data, requires_grad=True)
+    values, indices = x.max(1)                  # (values, indices), as torch.max(x, 1)
+    assert values.numpy().tolist() == [5.0, 7.0] and indices.numpy().tolist() == [1, 0]
+    result = x.min(dim=0, keepdim=True)
+    assert result.values.shape == (1, 3) and result.indices.numpy().tolist() == [[0, 1, 0]]
+    values.sum().backward()                     # to the returned (first) maximum only
+    assert x.grad.numpy().tolist() == [[0, 1, 0], [1, 0, 0]]
+    assert x.max().item() == 7.0 and x.max(axis=1).numpy().tolist() == [5.0, 7.0]
+    assert minidl.max(x, minidl.zeros(2, 3) + 6).numpy().tolist() == [[6, 6, 6], [7, 6, 7]]
+    with pytest.raises(TypeError, match="use amax"):
+        x.max(dim=(0, 1))
+    check_vs_torch(lambda t: t.max(1).values, [data], lambda t: t.max(1).values)
+    check_vs_torch(lambda t: t.min(0)[0], [data], lambda t: t.min(0)[0])
+
+
+def test_var_and_std_default_to_bessels_correction_as_pytorch():
+    x = minidl.tensor([1.0, 2.0, 3.0, 4.0])
+    assert abs(x.var().item() - 5 / 3) < 1e-6 and abs(x.var(ddof=0).item() - 1.25) < 1e-6
+    check_vs_torch(lambda t: t.var(dim=1), [(3, 5)])
+    check_vs_torch(lambda t: t.std(), [(3, 5)])

@@ -289,3 +289,35 @@ def test_review_followups_on_construction_size_randint_argmax():
         minidl.zeros(2, 3).argmax(dim=())
     assert int(minidl.tensor(2.0).argmax(0)) == 0
     assert minidl.nn.functional.dropout(minidl.tensor([1, 2, 3]), 0.5).dtype == np.float32
+
+
+def test_in_place_ops_update_outside_autograd_and_refuse_inside():
+    from minidl import nn
+    lin = nn.Linear(2, 1)
+    lin(minidl.ones(3, 2)).sum().backward()
+    before, grad = lin.weight.numpy().copy(), lin.weight.grad.numpy().copy()
+    with minidl.no_grad():
+        for p in lin.parameters():
+            p -= 0.1 * p.grad            # the textbook manual SGD step
+    np.testing.assert_allclose(lin.weight.numpy(), before - 0.1 * grad, rtol=1e-6)
+    with pytest.raises(RuntimeError, match="in-place update of a tensor that takes part"):
+        lin.weight += 1                  # would be recorded by PyTorch; minidl refuses
+    with pytest.raises(RuntimeError, match="in-place"):
+        lin.weight[0, 0] = 0.0
+    x = minidl.tensor([1.0, -2.0, 3.0])
+    alias = x
+    alias += 1                           # the same tensor, changed in place
+    assert x.numpy().tolist() == [2.0, -1.0, 4.0]
+    x[x < 0] = 0
+    assert x.numpy().tolist() == [2.0, 0.0, 4.0]
+    x.mul_(2).add_(minidl.ones(3), alpha=0.5).sub_(1)
+    assert x.numpy().tolist() == [3.5, -0.5, 7.5]
+    x.zero_()
+    assert not x.numpy().any()
+    x.fill_(2.5).copy_(minidl.tensor([1.0, 2.0, 3.0]))
+    assert x.numpy().tolist() == [1.0, 2.0, 3.0]
+    counts = minidl.tensor([1, 2])
+    with pytest.raises(TypeError):       # an int tensor cannot take a float, as in PyTorch
+        counts += 0.5
+    lin.weight.grad.zero_()
+    assert not lin.weight.grad.numpy().any()

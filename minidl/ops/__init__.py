@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import operator
 
-from ..tensor import Tensor
+from .. import backend
+from ..tensor import Tensor, is_grad_enabled
 from . import arith, reduce, shape
 from .arith import (abs, add, cast, clamp, clip, div, exp, log, matmul, maximum, minimum, mul,
                     neg, pow, relu, sigmoid, sqrt, sub, tanh, where)
-from .reduce import argmax, argmin, max, mean, min, std, sum, var
+from .reduce import amax, amin, argmax, argmin, max, mean, min, std, sum, var
 from .shape import (broadcast_to, cat, concat, concatenate, expand, expand_dims, flatten,
                     getitem, pad, permute, reshape, squeeze, stack, swapaxes, transpose,
                     unsqueeze, view)
@@ -26,6 +27,76 @@ def _compare(op):
         return Tensor._wrap(op(a.data, b.data))
     method.__name__ = op.__name__
     return method
+
+
+# ------------------------------------------------------------ in-place
+# minidl records no in-place op in a graph. PyTorch's in-place ops therefore
+# work here where they need no gradient (parameter updates under no_grad,
+# counters, masks) and raise where one would be recorded, instead of Python
+# silently rebinding the name (``p -= lr * g`` leaving the weights as they were).
+
+def _check_inplace(op, target, other=None):
+    if is_grad_enabled() and (target.requires_grad or getattr(other, "requires_grad", False)):
+        raise RuntimeError(
+            f"{op}: in-place update of a tensor that takes part in autograd; minidl records "
+            "no in-place ops: write x = x + y to build the graph, or update under "
+            "minidl.no_grad() (as optimizers do)")
+
+
+def _raw(value):
+    return value.data if isinstance(value, Tensor) else value
+
+
+def _inplace(ufunc_name, op):
+    def method(self, other):
+        _check_inplace(op, self, other)
+        ufunc = getattr(backend.get_array_module(self.data), ufunc_name)
+        # same_kind: an integer tensor cannot take a float result, as in PyTorch
+        ufunc(self.data, _raw(other), out=self.data, casting="same_kind")
+        return self
+    method.__name__ = op
+    return method
+
+
+def _scaled_inplace(ufunc_name, op):
+    """``add_(other, alpha=1)`` / ``sub_``: PyTorch's in-place methods."""
+    def method(self, other, alpha=1):
+        _check_inplace(op, self, other)
+        other = _raw(other)
+        if alpha != 1:
+            other = other * self.data.dtype.type(alpha)
+        ufunc = getattr(backend.get_array_module(self.data), ufunc_name)
+        ufunc(self.data, other, out=self.data, casting="same_kind")
+        return self
+    method.__name__ = op
+    return method
+
+
+def _setitem(self, key, value):
+    _check_inplace("__setitem__", self, value)
+    if isinstance(key, Tensor):
+        key = key.data
+    elif isinstance(key, tuple):
+        key = tuple(k.data if isinstance(k, Tensor) else k for k in key)
+    self.data[key] = _raw(value)
+
+
+def _zero_(self):
+    _check_inplace("zero_", self)
+    self.data[...] = 0
+    return self
+
+
+def _fill_(self, value):
+    _check_inplace("fill_", self)
+    self.data[...] = _raw(value)
+    return self
+
+
+def _copy_(self, source):
+    _check_inplace("copy_", self, source)
+    self.data[...] = _raw(source)
+    return self
 
 
 def _reflected(fn):
@@ -51,12 +122,21 @@ def _install_tensor_methods():
         "neg": neg, "exp": exp, "log": log, "sqrt": sqrt, "abs": abs, "tanh": tanh,
         "sigmoid": sigmoid, "relu": relu, "clip": clip, "clamp": clamp,
         "maximum": maximum, "minimum": minimum,
-        "sum": sum, "mean": mean, "max": max, "min": min, "var": var, "std": std,
+        "sum": sum, "mean": mean, "max": max, "min": min, "amax": amax, "amin": amin,
+        "var": var, "std": std,
         "argmax": argmax, "argmin": argmin,
         "reshape": reshape, "view": view, "flatten": flatten, "squeeze": squeeze,
         "unsqueeze": unsqueeze, "permute": permute, "transpose": transpose,
         "swapaxes": swapaxes, "expand": expand, "broadcast_to": broadcast_to,
     }
+    methods.update({
+        "__iadd__": _inplace("add", "__iadd__"), "__isub__": _inplace("subtract", "__isub__"),
+        "__imul__": _inplace("multiply", "__imul__"),
+        "__itruediv__": _inplace("true_divide", "__itruediv__"),
+        "add_": _scaled_inplace("add", "add_"), "sub_": _scaled_inplace("subtract", "sub_"),
+        "mul_": _inplace("multiply", "mul_"), "div_": _inplace("true_divide", "div_"),
+        "__setitem__": _setitem, "zero_": _zero_, "fill_": _fill_, "copy_": _copy_,
+    })
     for name, fn in methods.items():
         setattr(Tensor, name, fn)
     Tensor.T = property(lambda self: transpose(self))

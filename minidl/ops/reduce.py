@@ -1,12 +1,17 @@
 """Reductions: sum, mean, max, min, var, and the non-differentiable arg-reductions.
 
 Each takes NumPy's ``axis``/``keepdims`` and PyTorch's ``dim``/``keepdim`` as
-aliases. ``max``/``min`` return values only (NumPy's and ``torch.amax``'s
-semantics); their gradient is shared equally among tied maxima, as amax's.
+aliases. ``amax``/``amin`` return values only, their gradient shared equally
+among tied maxima (``torch.amax``'s semantics). ``max``/``min`` are
+PyTorch's: over everything, the value; over one ``dim``, the named tuple
+``(values, indices)``, the gradient going to the returned index; with a
+second tensor, the elementwise maximum. Given NumPy's ``axis=`` they behave
+as ``amax``/``amin``, as NumPy's ``max``.
 """
 from __future__ import annotations
 
 import builtins
+import collections
 
 from .. import backend
 from ..tensor import Function, Tensor
@@ -160,24 +165,81 @@ def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     return Mean(axes, keep)(x)
 
 
-def max(x, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001
-    axes, keep = reduction_axis("max", x.ndim, axis, keepdims, dim, keepdim)
+def amax(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    """The maximum over ``dim`` (one or several, default all): values only,
+    the gradient shared equally among tied maxima (``torch.amax``)."""
+    axes, keep = reduction_axis("amax", x.ndim, axis, keepdims, dim, keepdim)
     return MaxMin(axes, keep, True)(x)
 
 
-def min(x, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001
-    axes, keep = reduction_axis("min", x.ndim, axis, keepdims, dim, keepdim)
+def amin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    """The minimum over ``dim``: values only (``torch.amin``)."""
+    axes, keep = reduction_axis("amin", x.ndim, axis, keepdims, dim, keepdim)
     return MaxMin(axes, keep, False)(x)
 
 
-def var(x, axis=None, keepdims=False, ddof=0, *, dim=None, keepdim=None,
+# torch.return_types.max / min: unpacks as (values, indices)
+MaxResult = collections.namedtuple("max", ["values", "indices"])
+MinResult = collections.namedtuple("min", ["values", "indices"])
+
+
+def max(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
+    """PyTorch's ``max``: ``x.max()`` the largest value; ``x.max(dim)`` the
+    named tuple ``(values, indices)``, as ``torch.max`` (the gradient goes to
+    the returned index, the first maximum); ``max(x, other)`` the elementwise
+    maximum. With NumPy's ``axis=``, values only, as :func:`amax`."""
+    return _max_min(x, dim, keepdim, axis, keepdims, True)
+
+
+def min(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
+    """PyTorch's ``min``: see :func:`max`."""
+    return _max_min(x, dim, keepdim, axis, keepdims, False)
+
+
+def _max_min(x, dim, keepdim, axis, keepdims, is_max):
+    op = "max" if is_max else "min"
+    if isinstance(dim, Tensor) or getattr(dim, "ndim", 0):   # torch.max(a, b): an array
+        from .arith import maximum, minimum
+        return (maximum if is_max else minimum)(x, dim)
+    if axis is not None or (dim is None and keepdims is not None):   # NumPy's spelling
+        return (amax if is_max else amin)(x, axis, bool(keepdims))
+    if dim is None:
+        return (amax if is_max else amin)(x, None, bool(keepdim))
+    if isinstance(dim, (tuple, list)):
+        raise TypeError(f"{op}: dim must be one int (the values and indices along it); "
+                        f"use {'amax' if is_max else 'amin'} to reduce over {tuple(dim)}")
+    return _values_and_indices(op, x, dim, keepdim, is_max)
+
+
+def _values_and_indices(op, x, dim, keepdim, is_max):
+    from .shape import getitem, unsqueeze
+    d = normalize_dim(op, dim, x.ndim)
+    data = x.data
+    xp = backend.get_array_module(data)
+    if x.ndim == 0:   # dim 0 or -1 of a 0-d tensor: the value itself, index 0
+        values, index = x, xp.zeros((), dtype="int64")
+    else:
+        if data.shape[d] == 0:
+            raise ValueError(f"{op}: cannot reduce over dim {d} of size 0 of a tensor of "
+                             f"shape {data.shape}")
+        index = (data.argmax if is_max else data.argmin)(axis=d).astype("int64", copy=False)
+        # gather x at the index: an index array per other dim, broadcast against it
+        grids = [xp.arange(n).reshape([n if k == i else 1 for k in range(index.ndim)])
+                 for i, n in enumerate(index.shape)]
+        values = getitem(x, tuple(grids[:d]) + (index,) + tuple(grids[d:]))
+    if keepdim and x.ndim:
+        values, index = unsqueeze(values, d), xp.expand_dims(index, d)
+    return (MaxResult if is_max else MinResult)(values, Tensor._wrap(index))
+
+
+def var(x, axis=None, keepdims=False, ddof=None, *, dim=None, keepdim=None,
         correction=None, unbiased=None):
-    """Variance. ``ddof=0`` by default (NumPy); ``correction=1`` or
-    ``unbiased=True`` give PyTorch's default (Bessel's correction)."""
+    """Variance with PyTorch's default, Bessel's correction (divides by N - 1);
+    ``correction=0``, ``unbiased=False`` or NumPy's ``ddof=0`` divide by N."""
     return _variance(Var, "var", x, axis, keepdims, ddof, dim, keepdim, correction, unbiased)
 
 
-def std(x, axis=None, keepdims=False, ddof=0, *, dim=None, keepdim=None,
+def std(x, axis=None, keepdims=False, ddof=None, *, dim=None, keepdim=None,
         correction=None, unbiased=None):
     """Standard deviation, the square root of :func:`var` (same arguments); its
     gradient is 0 where std is 0, as PyTorch's."""
@@ -189,6 +251,8 @@ def _variance(op_class, op, x, axis, keepdims, ddof, dim, keepdim, correction, u
         ddof = correction
     elif unbiased is not None:
         ddof = 1 if unbiased else 0
+    elif ddof is None:
+        ddof = 1   # PyTorch's default
     axes, keep = reduction_axis(op, x.ndim, axis, keepdims, dim, keepdim)
     if x.data.dtype.kind not in "fc":
         raise TypeError(f"{op}: expected a floating-point tensor, got dtype {x.dtype}")
