@@ -300,10 +300,17 @@ def test_in_place_ops_update_outside_autograd_and_refuse_inside():
         for p in lin.parameters():
             p -= 0.1 * p.grad            # the textbook manual SGD step
     np.testing.assert_allclose(lin.weight.numpy(), before - 0.1 * grad, rtol=1e-6)
-    with pytest.raises(RuntimeError, match="in-place update of a tensor that takes part"):
-        lin.weight += 1                  # would be recorded by PyTorch; minidl refuses
+    with pytest.raises(RuntimeError, match="a leaf tensor that requires grad"):
+        lin.weight += 1                  # as PyTorch
     with pytest.raises(RuntimeError, match="in-place"):
         lin.weight[0, 0] = 0.0
+    # while recording, x += y on a non-leaf builds x + y: summing losses works
+    total = 0
+    for _ in range(3):
+        total += lin(minidl.ones(1, 2)).sum()
+    lin.weight.grad = None
+    total.backward()
+    assert lin.weight.grad.numpy().tolist() == [[3.0, 3.0]]
     x = minidl.tensor([1.0, -2.0, 3.0])
     alias = x
     alias += 1                           # the same tensor, changed in place

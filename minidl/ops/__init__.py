@@ -30,13 +30,21 @@ def _compare(op):
 
 
 # ------------------------------------------------------------ in-place
-# minidl records no in-place op in a graph. PyTorch's in-place ops therefore
-# work here where they need no gradient (parameter updates under no_grad,
-# counters, masks) and raise where one would be recorded, instead of Python
-# silently rebinding the name (``p -= lr * g`` leaving the weights as they were).
+# minidl records no in-place op in a graph. Where no gradient is involved
+# (parameter updates under no_grad, counters, masks) PyTorch's in-place ops
+# change the tensor itself; without them Python would rebind the name, and
+# ``p -= lr * g`` would leave the weights as they were. Where a graph is being
+# recorded, ``x += y`` builds a new node (x = x + y: the values and gradients
+# PyTorch gives, e.g. for summing losses), but on a leaf that requires grad it
+# raises, as PyTorch; the methods (add_, ...) and item assignment raise there.
+
+def _records(target, other=None):
+    return is_grad_enabled() and (target.requires_grad
+                                  or getattr(other, "requires_grad", False))
+
 
 def _check_inplace(op, target, other=None):
-    if is_grad_enabled() and (target.requires_grad or getattr(other, "requires_grad", False)):
+    if _records(target, other):
         raise RuntimeError(
             f"{op}: in-place update of a tensor that takes part in autograd; minidl records "
             "no in-place ops: write x = x + y to build the graph, or update under "
@@ -45,6 +53,22 @@ def _check_inplace(op, target, other=None):
 
 def _raw(value):
     return value.data if isinstance(value, Tensor) else value
+
+
+def _augmented(ufunc_name, op, out_of_place):
+    """``x += y`` and its kin: in place, or a new node while a graph is recorded."""
+    def method(self, other):
+        if _records(self, other):
+            if self.is_leaf and self.requires_grad:
+                raise RuntimeError(f"{op}: a leaf tensor that requires grad cannot be changed "
+                                   "in place while recording (update it under "
+                                   "minidl.no_grad(), as optimizers do)")
+            return out_of_place(self, other)
+        ufunc = getattr(backend.get_array_module(self.data), ufunc_name)
+        ufunc(self.data, _raw(other), out=self.data, casting="same_kind")
+        return self
+    method.__name__ = op
+    return method
 
 
 def _inplace(ufunc_name, op):
@@ -130,9 +154,10 @@ def _install_tensor_methods():
         "swapaxes": swapaxes, "expand": expand, "broadcast_to": broadcast_to,
     }
     methods.update({
-        "__iadd__": _inplace("add", "__iadd__"), "__isub__": _inplace("subtract", "__isub__"),
-        "__imul__": _inplace("multiply", "__imul__"),
-        "__itruediv__": _inplace("true_divide", "__itruediv__"),
+        "__iadd__": _augmented("add", "__iadd__", add),
+        "__isub__": _augmented("subtract", "__isub__", sub),
+        "__imul__": _augmented("multiply", "__imul__", mul),
+        "__itruediv__": _augmented("true_divide", "__itruediv__", div),
         "add_": _scaled_inplace("add", "add_"), "sub_": _scaled_inplace("subtract", "sub_"),
         "mul_": _inplace("multiply", "mul_"), "div_": _inplace("true_divide", "div_"),
         "__setitem__": _setitem, "zero_": _zero_, "fill_": _fill_, "copy_": _copy_,
