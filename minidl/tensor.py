@@ -341,6 +341,36 @@ class Tensor:
     def long(self) -> "Tensor":
         return self.astype(np.int64)
 
+    def int(self) -> "Tensor":
+        return self.astype(np.int32)
+
+    def bool(self) -> "Tensor":
+        return self.astype(np.bool_)
+
+    def clone(self) -> "Tensor":
+        """A copy of the data, on the graph (the gradient passes through), as PyTorch's."""
+        from .ops.arith import Clone
+        return Clone()(self)
+
+    def contiguous(self) -> "Tensor":
+        """Self when its data are C-contiguous, else a :meth:`clone` that is."""
+        return self if self.data.flags.c_contiguous else self.clone()
+
+    def t(self) -> "Tensor":
+        """PyTorch's ``t()``: the transpose of a 2-D tensor (a 0-d or 1-D one as is)."""
+        if self.ndim > 2:
+            raise ValueError(f"t: expects a tensor of at most 2 dims, got shape {self.shape}; "
+                             "use transpose(dim0, dim1) or permute")
+        return self.T if self.ndim == 2 else self
+
+    def softmax(self, dim) -> "Tensor":
+        from .ops.activation import softmax
+        return softmax(self, dim)
+
+    def log_softmax(self, dim) -> "Tensor":
+        from .ops.activation import log_softmax
+        return log_softmax(self, dim)
+
     # ---------------------------------------------------------- autograd
     def zero_grad(self) -> None:
         self.grad = None

@@ -328,3 +328,18 @@ def test_in_place_ops_update_outside_autograd_and_refuse_inside():
         counts += 0.5
     lin.weight.grad.zero_()
     assert not lin.weight.grad.numpy().any()
+
+
+def test_clone_contiguous_t_and_conversion_methods():
+    from minidl.testing import gradcheck
+    x = minidl.tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    c = x.clone()
+    assert c.data is not x.data and c.numpy().tolist() == x.numpy().tolist()
+    gradcheck(lambda t: t.clone() * 2.0, [np.random.default_rng(0).standard_normal((2, 3))])
+    assert x.contiguous() is x and x.T.contiguous().data.flags.c_contiguous
+    assert x.t().shape == (3, 2) and minidl.ones(3).t().shape == (3,)
+    with pytest.raises(ValueError, match="at most 2 dims"):
+        minidl.ones(2, 2, 2).t()
+    assert x.int().dtype == np.int32 and (x > 2).bool().dtype == np.bool_
+    np.testing.assert_allclose(x.softmax(1).numpy().sum(axis=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(x.log_softmax(-1).exp().numpy().sum(axis=1), 1, rtol=1e-6)

@@ -367,6 +367,16 @@ class Cast(Function):
         return gy.astype(self.in_dtype)
 
 
+class Clone(Function):
+    """A C-contiguous copy; the gradient passes through unchanged."""
+
+    def forward(self, x):
+        return backend.get_array_module(x).array(x, order="C", copy=True)
+
+    def backward(self, gy):
+        return gy
+
+
 # ---------------------------------------------------------------- wrappers
 
 def add(a, b):
