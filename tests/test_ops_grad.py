@@ -213,7 +213,7 @@ def test_var_std_unbiased(case, seed):
     x = randn(seed, shape)
     count = x.size if axis is None else np.prod([shape[a] for a in np.atleast_1d(axis)])
     assume(count >= 2)   # n - 1 == 0 has no unbiased variance
-    gradcheck(lambda x: x.var(axis, keepdims, ddof=1), [x])
+    gradcheck(lambda x: x.var(axis, keepdim=keepdims, ddof=1), [x])
     gradcheck(lambda x: x.std(dim=axis, keepdim=keepdims, correction=1), [x])
     gradcheck(lambda x: minidl.var(x, axis, unbiased=True), [x])
 
@@ -640,3 +640,16 @@ def test_var_and_std_default_to_bessels_correction_as_pytorch():
     assert abs(x.var().item() - 5 / 3) < 1e-6 and abs(x.var(ddof=0).item() - 1.25) < 1e-6
     check_vs_torch(lambda t: t.var(dim=1), [(3, 5)])
     check_vs_torch(lambda t: t.std(), [(3, 5)])
+    # PyTorch's positional form: var(dim, unbiased, keepdim)
+    check_vs_torch(lambda t: t.var(1, False), [(3, 5)])
+    check_vs_torch(lambda t: t.std(1, True, True), [(3, 5)])
+
+
+def test_max_min_keep_the_dim_in_either_spelling():
+    x = minidl.tensor(np.arange(9.0).reshape(3, 3))
+    for result in (x.max(1, keepdims=True).values, x.max(dim=1, keepdims=True)[0],
+                   x.max(axis=1, keepdim=True), x.min(axis=0, keepdims=True)):
+        assert result.ndim == 2 and 1 in result.shape
+    v, _ = minidl.tensor(2.0).max(0)
+    v += 1                                      # a new tensor: the input is unchanged
+    assert minidl.tensor(2.0).max(0).values.item() == 2.0

@@ -328,6 +328,16 @@ def test_in_place_ops_update_outside_autograd_and_refuse_inside():
         counts += 0.5
     lin.weight.grad.zero_()
     assert not lin.weight.grad.numpy().any()
+    with pytest.raises(TypeError, match="alpha must not be a float"):
+        counts.add_(minidl.tensor([1, 1]), alpha=0.5)
+    with pytest.raises(ValueError, match="fill_: expects a number or a 0-d tensor"):
+        x.fill_(minidl.ones(3))
+    with minidl.enable_grad():               # while recording, x += y keeps shape and dtype
+        h = lin(minidl.ones(2, 2))           # (2, 1), on the graph
+        with pytest.raises(RuntimeError, match="keeps the shape"):
+            h += minidl.ones(2, 3)
+        h += minidl.tensor(np.ones((2, 1)))  # float64 added to float32
+        assert h.dtype == np.float32
 
 
 def test_clone_contiguous_t_and_conversion_methods():

@@ -63,7 +63,12 @@ def _augmented(ufunc_name, op, out_of_place):
                 raise RuntimeError(f"{op}: a leaf tensor that requires grad cannot be changed "
                                    "in place while recording (update it under "
                                    "minidl.no_grad(), as optimizers do)")
-            return out_of_place(self, other)
+            result = out_of_place(self, other)
+            if result.shape != self.shape:   # in place, x cannot grow
+                raise RuntimeError(f"{op}: the result's shape {result.shape} differs from the "
+                                   f"tensor's {self.shape} (an in-place op keeps the shape)")
+            # and keeps the dtype, as PyTorch's (float32 += float64 stays float32)
+            return result if result.dtype == self.dtype else arith.cast(result, self.dtype)
         ufunc = getattr(backend.get_array_module(self.data), ufunc_name)
         ufunc(self.data, _raw(other), out=self.data, casting="same_kind")
         return self
@@ -88,6 +93,9 @@ def _scaled_inplace(ufunc_name, op):
         _check_inplace(op, self, other)
         other = _raw(other)
         if alpha != 1:
+            if self.data.dtype.kind in "iub" and isinstance(alpha, float):
+                raise TypeError(f"{op}: alpha must not be a float for an integer tensor "
+                                f"(got {alpha}), as in PyTorch")
             other = other * self.data.dtype.type(alpha)
         ufunc = getattr(backend.get_array_module(self.data), ufunc_name)
         ufunc(self.data, other, out=self.data, casting="same_kind")
@@ -113,6 +121,8 @@ def _zero_(self):
 
 def _fill_(self, value):
     _check_inplace("fill_", self)
+    if getattr(value, "ndim", 0):
+        raise ValueError(f"fill_: expects a number or a 0-d tensor, got shape {value.shape}")
     self.data[...] = _raw(value)
     return self
 

@@ -201,14 +201,13 @@ def _max_min(x, dim, keepdim, axis, keepdims, is_max):
     if isinstance(dim, Tensor) or getattr(dim, "ndim", 0):   # torch.max(a, b): an array
         from .arith import maximum, minimum
         return (maximum if is_max else minimum)(x, dim)
-    if axis is not None or (dim is None and keepdims is not None):   # NumPy's spelling
-        return (amax if is_max else amin)(x, axis, bool(keepdims))
-    if dim is None:
-        return (amax if is_max else amin)(x, None, bool(keepdim))
+    keep = bool(keepdim if keepdims is None else keepdims)   # either spelling
+    if axis is not None or dim is None:   # NumPy's spelling, or everything: values
+        return (amax if is_max else amin)(x, axis, keep)
     if isinstance(dim, (tuple, list)):
         raise TypeError(f"{op}: dim must be one int (the values and indices along it); "
                         f"use {'amax' if is_max else 'amin'} to reduce over {tuple(dim)}")
-    return _values_and_indices(op, x, dim, keepdim, is_max)
+    return _values_and_indices(op, x, dim, keep, is_max)
 
 
 def _values_and_indices(op, x, dim, keepdim, is_max):
@@ -216,8 +215,8 @@ def _values_and_indices(op, x, dim, keepdim, is_max):
     d = normalize_dim(op, dim, x.ndim)
     data = x.data
     xp = backend.get_array_module(data)
-    if x.ndim == 0:   # dim 0 or -1 of a 0-d tensor: the value itself, index 0
-        values, index = x, xp.zeros((), dtype="int64")
+    if x.ndim == 0:   # dim 0 or -1 of a 0-d tensor: (a copy of) the value, index 0
+        values, index = x.clone(), xp.zeros((), dtype="int64")
     else:
         if data.shape[d] == 0:
             raise ValueError(f"{op}: cannot reduce over dim {d} of size 0 of a tensor of "
@@ -232,15 +231,16 @@ def _values_and_indices(op, x, dim, keepdim, is_max):
     return (MaxResult if is_max else MinResult)(values, Tensor._wrap(index))
 
 
-def var(x, axis=None, keepdims=False, ddof=None, *, dim=None, keepdim=None,
-        correction=None, unbiased=None):
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None,
+        keepdims=None, ddof=None):
     """Variance with PyTorch's default, Bessel's correction (divides by N - 1);
-    ``correction=0``, ``unbiased=False`` or NumPy's ``ddof=0`` divide by N."""
+    ``correction=0``, ``unbiased=False`` or NumPy's ``ddof=0`` divide by N.
+    Positional arguments as PyTorch's ``var(dim, unbiased, keepdim)``."""
     return _variance(Var, "var", x, axis, keepdims, ddof, dim, keepdim, correction, unbiased)
 
 
-def std(x, axis=None, keepdims=False, ddof=None, *, dim=None, keepdim=None,
-        correction=None, unbiased=None):
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None,
+        keepdims=None, ddof=None):
     """Standard deviation, the square root of :func:`var` (same arguments); its
     gradient is 0 where std is 0, as PyTorch's."""
     return _variance(Std, "std", x, axis, keepdims, ddof, dim, keepdim, correction, unbiased)
@@ -253,7 +253,8 @@ def _variance(op_class, op, x, axis, keepdims, ddof, dim, keepdim, correction, u
         ddof = 1 if unbiased else 0
     elif ddof is None:
         ddof = 1   # PyTorch's default
-    axes, keep = reduction_axis(op, x.ndim, axis, keepdims, dim, keepdim)
+    axes, keep = reduction_axis(op, x.ndim, axis, bool(keepdims), dim,
+                                keepdim if keepdims is None else None)
     if x.data.dtype.kind not in "fc":
         raise TypeError(f"{op}: expected a floating-point tensor, got dtype {x.dtype}")
     return op_class(axes, keep, ddof)(x)
