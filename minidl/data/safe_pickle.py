@@ -59,6 +59,16 @@ class _Guarded(_StandIn):
         return f"<allowed {self._function.__name__}>"
 
 
+def _as_bytes(raw):
+    """Array or scalar data as bytes: a Python 2 pickle's str is read as
+    latin-1, a protocol-5 in-band buffer arrives as a memoryview."""
+    if isinstance(raw, str):
+        return raw.encode("latin1")
+    if isinstance(raw, memoryview):
+        return raw.tobytes()
+    return raw
+
+
 def _latin1_encode(text, encoding="latin1"):
     """``_codecs.encode`` as protocol 2 uses it for bytes, latin-1 only (other
     codecs, such as zlib_codec, have no place in a data file)."""
@@ -129,8 +139,7 @@ class _ArraySpec(_StandIn):
             _refuse(f"refused an array shape {shape!r}: expected a tuple of sizes")
         if not isinstance(dtype, _DtypeSpec):
             _refuse(f"refused an array dtype {dtype!r}")
-        if isinstance(raw, str):   # a Python 2 pickle's str, read as latin-1
-            raw = raw.encode("latin1")
+        raw = _as_bytes(raw)
         if not isinstance(raw, (bytes, bytearray)):
             _refuse("refused an array whose data are not bytes (an object array?)")
         expected = math.prod(shape) * dtype.dtype.itemsize
@@ -150,8 +159,6 @@ class _ArraySpec(_StandIn):
 def _frombuffer(buffer, dtype, shape, order):
     """``numpy._core.numeric._frombuffer``, protocol 5's array constructor."""
     spec = _ArraySpec(_NDARRAY)
-    if isinstance(buffer, memoryview):   # an in-band pickle buffer
-        buffer = buffer.tobytes()
     if order not in ("C", "F"):
         _refuse(f"refused an array of order {order!r}")
     spec.__setstate__((shape, dtype, order == "F", buffer))
@@ -173,8 +180,7 @@ class _ScalarSpec(_StandIn):
     def __init__(self, dtype, raw=None):
         if not isinstance(dtype, _DtypeSpec):
             _refuse(f"refused a scalar of dtype {dtype!r}")
-        if isinstance(raw, str):
-            raw = raw.encode("latin1")
+        raw = _as_bytes(raw)
         if not isinstance(raw, (bytes, bytearray)) or len(raw) != dtype.dtype.itemsize:
             _refuse(f"refused a {dtype.dtype.str!r} scalar: expected "
                     f"{dtype.dtype.itemsize} bytes of data")

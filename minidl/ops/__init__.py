@@ -55,6 +55,15 @@ def _raw(value):
     return value.data if isinstance(value, Tensor) else value
 
 
+def _ufunc_in_place(target, ufunc_name, other):
+    """``target.data = ufunc(target.data, other)`` in the same array.
+
+    same_kind casting: an integer tensor cannot take a float result, as in PyTorch."""
+    ufunc = getattr(backend.get_array_module(target.data), ufunc_name)
+    ufunc(target.data, other, out=target.data, casting="same_kind")
+    return target
+
+
 def _augmented(ufunc_name, op, out_of_place):
     """``x += y`` and its kin: in place, or a new node while a graph is recorded."""
     def method(self, other):
@@ -69,9 +78,7 @@ def _augmented(ufunc_name, op, out_of_place):
                                    f"tensor's {self.shape} (an in-place op keeps the shape)")
             # and keeps the dtype, as PyTorch's (float32 += float64 stays float32)
             return result if result.dtype == self.dtype else arith.cast(result, self.dtype)
-        ufunc = getattr(backend.get_array_module(self.data), ufunc_name)
-        ufunc(self.data, _raw(other), out=self.data, casting="same_kind")
-        return self
+        return _ufunc_in_place(self, ufunc_name, _raw(other))
     method.__name__ = op
     return method
 
@@ -79,10 +86,7 @@ def _augmented(ufunc_name, op, out_of_place):
 def _inplace(ufunc_name, op):
     def method(self, other):
         _check_inplace(op, self, other)
-        ufunc = getattr(backend.get_array_module(self.data), ufunc_name)
-        # same_kind: an integer tensor cannot take a float result, as in PyTorch
-        ufunc(self.data, _raw(other), out=self.data, casting="same_kind")
-        return self
+        return _ufunc_in_place(self, ufunc_name, _raw(other))
     method.__name__ = op
     return method
 
@@ -97,9 +101,7 @@ def _scaled_inplace(ufunc_name, op):
                 raise TypeError(f"{op}: alpha must not be a float for an integer tensor "
                                 f"(got {alpha}), as in PyTorch")
             other = other * self.data.dtype.type(alpha)
-        ufunc = getattr(backend.get_array_module(self.data), ufunc_name)
-        ufunc(self.data, other, out=self.data, casting="same_kind")
-        return self
+        return _ufunc_in_place(self, ufunc_name, other)
     method.__name__ = op
     return method
 

@@ -84,8 +84,9 @@ class LogSoftmax(Function):
         return gx
 
 
-def _softmax_input(op, x, dim, axis, dtype):
-    """(x as a Tensor, cast to ``dtype`` if given; the normalised axis) for softmax/log_softmax."""
+def _softmax_like(function_class, op, x, dim, axis, dtype):
+    """``function_class`` (Softmax or LogSoftmax) over the normalised dim of x, cast to
+    ``dtype`` first if given; a 0-d x is a row of length 1 (dim 0 or -1, as PyTorch)."""
     x = x if isinstance(x, Tensor) else Tensor(x)
     if axis is None and dim is None:
         # PyTorch picks a dim from the rank for dim=None, with a deprecation warning; a
@@ -97,7 +98,10 @@ def _softmax_input(op, x, dim, axis, dtype):
         if dtype.kind != "f":
             raise TypeError(f"{op}: dtype must be a floating dtype, got {dtype}")
         x = cast(x, dtype)  # before the op, as PyTorch: the sums run in dtype
-    return x, normalize_dim(op, axis if axis is not None else dim, x.ndim)
+    axis = normalize_dim(op, axis if axis is not None else dim, x.ndim)
+    if x.ndim == 0:
+        return reshape(function_class(0)(reshape(x, 1)), ())
+    return function_class(axis)(x)
 
 
 def softmax(x, dim=-1, *, dtype=None, axis=None):
@@ -109,19 +113,13 @@ def softmax(x, dim=-1, *, dtype=None, axis=None):
     zeros, where ``torch.softmax`` gives NaN (zeros are what a fully masked
     query needs in attention; PyTorch's scaled_dot_product_attention gives
     zeros there too)."""
-    x, axis = _softmax_input("softmax", x, dim, axis, dtype)
-    if x.ndim == 0:  # one element (dim 0 or -1, as PyTorch): a row of length 1
-        return reshape(Softmax(0)(reshape(x, 1)), ())
-    return Softmax(axis)(x)
+    return _softmax_like(Softmax, "softmax", x, dim, axis, dtype)
 
 
 def log_softmax(x, dim=-1, *, dtype=None, axis=None):
     """log(softmax(x)) over ``dim`` (default the last), computed directly (stable at any
     magnitude). ``dtype`` and ``dim=None`` as :func:`softmax`."""
-    x, axis = _softmax_input("log_softmax", x, dim, axis, dtype)
-    if x.ndim == 0:  # one element (dim 0 or -1, as PyTorch): a row of length 1
-        return reshape(LogSoftmax(0)(reshape(x, 1)), ())
-    return LogSoftmax(axis)(x)
+    return _softmax_like(LogSoftmax, "log_softmax", x, dim, axis, dtype)
 
 
 # --------------------------------------------------------------------- GELU

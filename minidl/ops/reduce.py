@@ -262,17 +262,17 @@ def _variance(op_class, op, x, axis, keepdims, ddof, dim, keepdim, correction, u
 
 def argmax(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     """Index of the first maximum (int64, no gradient)."""
-    axes, keep = reduction_axis("argmax", x.ndim, axis, keepdims, dim, keepdim)
-    if axes is not None and len(axes) != 1 and x.ndim:   # a 0-d x gives () for dim 0 or -1
-        raise ValueError(f"argmax: expected one axis, got {axis if dim is None else dim!r}")
-    out = x.data.argmax(axis=axes[0] if axes else None, keepdims=keep)
-    return Tensor._wrap(out.astype("int64", copy=False))
+    return _arg_reduce("argmax", x, axis, keepdims, dim, keepdim)
 
 
 def argmin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     """Index of the first minimum (int64, no gradient)."""
-    axes, keep = reduction_axis("argmin", x.ndim, axis, keepdims, dim, keepdim)
+    return _arg_reduce("argmin", x, axis, keepdims, dim, keepdim)
+
+
+def _arg_reduce(op, x, axis, keepdims, dim, keepdim):
+    axes, keep = reduction_axis(op, x.ndim, axis, keepdims, dim, keepdim)
     if axes is not None and len(axes) != 1 and x.ndim:   # a 0-d x gives () for dim 0 or -1
-        raise ValueError(f"argmin: expected one axis, got {axis if dim is None else dim!r}")
-    out = x.data.argmin(axis=axes[0] if axes else None, keepdims=keep)
+        raise ValueError(f"{op}: expected one axis, got {axis if dim is None else dim!r}")
+    out = getattr(x.data, op)(axis=axes[0] if axes else None, keepdims=keep)
     return Tensor._wrap(out.astype("int64", copy=False))
