@@ -111,3 +111,14 @@ def randint(low, high=None, size=None, device="cpu", *, dtype=np.int64):
         raise TypeError("randint: expected randint(high, size) or randint(low, high, size)")
     xp = backend.xp_for(device)
     return Tensor._wrap(generator_for(xp).integers(low, high, size=tuple(size), dtype=dtype))
+
+
+def randperm(n, *, generator=None, dtype=np.int64, device="cpu", requires_grad=False):
+    """A random permutation of 0..n-1, as ``torch.randperm``; drawn from minidl's
+    generator (``minidl.manual_seed``) or from ``generator`` (a NumPy or CuPy
+    ``Generator``)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"randperm: n must be a non-negative int, got {n!r}")
+    xp = backend.xp_for(device)
+    rng = generator_for(xp) if generator is None else generator
+    return _make(rng.permutation(int(n)).astype(dtype, copy=False), requires_grad)

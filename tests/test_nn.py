@@ -82,6 +82,7 @@ def test_every_layer_matches_torch():
         (nn.ReLU(), tn.ReLU(), randn(3, (4, 5), low=0.01)),
         (nn.GELU(), tn.GELU(), x4), (nn.GELU("tanh"), tn.GELU("tanh"), x4),
         (nn.Sigmoid(), tn.Sigmoid(), x4), (nn.Tanh(), tn.Tanh(), x4),
+        (nn.LeakyReLU(0.2), tn.LeakyReLU(0.2), x4), (nn.SiLU(), tn.SiLU(), x4),
         (nn.Softmax(dim=1), tn.Softmax(dim=1), x4),
         (nn.Flatten(), tn.Flatten(), x4), (nn.Identity(), tn.Identity(), x4),
         (nn.Dropout(0.3).eval(), tn.Dropout(0.3), x4),
@@ -90,13 +91,17 @@ def test_every_layer_matches_torch():
     ]
     for m, t, x in cases:
         check_layer(m, t, x)
+    batch_norms = [(nn.BatchNorm2d, tn.BatchNorm2d, x4),
+                   (nn.BatchNorm1d, tn.BatchNorm1d, randn(4, (5, 3))),
+                   (nn.BatchNorm1d, tn.BatchNorm1d, randn(5, (2, 3, 4)))]
     for train in (True, False):
-        m, t = nn.BatchNorm2d(3), tn.BatchNorm2d(3)
-        with torch.no_grad():
-            t.weight.uniform_(0.5, 1.5)
-            t.bias.uniform_(-1, 1)
-        m.load_state_dict({k: v.numpy() for k, v in t.state_dict().items()})
-        check_layer(m, t, x4, train=train)
+        for ours, theirs, x in batch_norms:
+            m, t = ours(3), theirs(3)
+            with torch.no_grad():
+                t.weight.uniform_(0.5, 1.5)
+                t.bias.uniform_(-1, 1)
+            m.load_state_dict({k: v.numpy() for k, v in t.state_dict().items()})
+            check_layer(m, t, x, train=train)
     seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                         nn.Linear(16, 5))
     tseq = tn.Sequential(tn.Conv2d(3, 4, 3), tn.ReLU(), tn.MaxPool2d(2), tn.Flatten(),
@@ -253,6 +258,8 @@ def test_bad_input_names_layer_and_expected_shape():
         nn.Conv2d(3, 4, 3)(minidl.randn(2, 1, 5, 5))
     with pytest.raises(ValueError, match=r"BatchNorm2d.*\(N, 4, H, W\)"):
         nn.BatchNorm2d(4)(minidl.randn(2, 4, 5))
+    with pytest.raises(ValueError, match=r"BatchNorm1d.*\(N, 4\) or \(N, 4, L\).*\(2, 5\)"):
+        nn.BatchNorm1d(4)(minidl.randn(2, 5))
     with pytest.raises(ValueError, match=r"LayerNorm.*\(\*, 5\)"):
         nn.LayerNorm(5)(minidl.randn(2, 4))
     with pytest.raises(ValueError,
@@ -579,3 +586,35 @@ def test_constructor_signatures_and_defaults_match_torch():
                 assert mine[name].default == torch_params[name].default, (ours.__name__, name)
         checked += 1
     assert checked >= 25
+
+
+def test_module_dict_registers_orders_and_replaces():
+    md = nn.ModuleDict({"enc": nn.Linear(2, 3), "act": nn.ReLU()})
+    md["dec"] = nn.Linear(3, 2)
+    assert list(md) == ["enc", "act", "dec"] and len(md) == 3 and "act" in md
+    assert list(md.state_dict()) == ["enc.weight", "enc.bias", "dec.weight", "dec.bias"]
+    assert len(list(md.parameters())) == 4
+    md["enc"] = nn.Linear(2, 5)           # replaced in place: the order is kept
+    assert list(md.keys()) == ["enc", "act", "dec"] and md["enc"].out_features == 5
+    popped = md.pop("act")
+    assert isinstance(popped, nn.ReLU) and list(md) == ["enc", "dec"]
+    md.update([("norm", nn.LayerNorm(5))])
+    assert [type(m).__name__ for m in md.values()] == ["Linear", "Linear", "LayerNorm"]
+    with pytest.raises(KeyError, match="no module named 'missing'"):
+        md["missing"]
+    with pytest.raises(TypeError, match=r"element 0 should be a \(name, module\) pair"):
+        md.update([nn.ReLU()])
+    with pytest.raises(KeyError, match="contain no '.'"):
+        md["a.b"] = nn.ReLU()
+    md.clear()
+    assert len(md) == 0 and not list(md.parameters())
+
+
+def test_module_dict_state_dict_matches_torch():
+    torch = _torch()
+    tmd = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 3), "b": torch.nn.BatchNorm1d(3)})
+    md = nn.ModuleDict({"a": nn.Linear(2, 3), "b": nn.BatchNorm1d(3)})
+    tstate = tmd.state_dict()
+    assert list(md.state_dict()) == list(tstate)
+    md.load_state_dict({k: v.numpy() for k, v in tstate.items()})
+    assert_close(md["a"].weight, tstate["a.weight"].numpy())

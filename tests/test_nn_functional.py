@@ -63,6 +63,49 @@ def test_softmax_default_dim_and_bad_dim():
         F.softmax(minidl.randn(2, 3), dim=2)
 
 
+@pytest.mark.parametrize("slope", [0.01, 0.2, -0.5, 0.0])
+def test_leaky_relu(slope):
+    tf = pytest.importorskip("torch.nn.functional")
+    x = randn(0, (3, 4), low=0.01)   # away from the kink, where the gradient jumps
+    gradcheck(lambda t: F.leaky_relu(t, slope), [x])
+    check_vs_torch(lambda t: tf.leaky_relu(t, slope), [x], lambda t: F.leaky_relu(t, slope))
+    assert F.leaky_relu(minidl.randn(3)).dtype == np.float32
+    assert F.leaky_relu(minidl.randn(3), 2).dtype == np.float32   # an int slope
+    x0 = minidl.tensor([0.0, -2.0, 3.0], requires_grad=True)
+    F.leaky_relu(x0, 0.1).sum().backward()
+    assert_close(x0.grad, np.array([0.1, 0.1, 1.0], np.float32))   # PyTorch's slope at 0
+    with pytest.raises(TypeError, match="negative_slope must be a number"):
+        F.leaky_relu(x0, "0.1")
+
+
+def test_silu():
+    tf = pytest.importorskip("torch.nn.functional")
+    gradcheck(F.silu, [randn(1, (3, 4)) * 4])
+    check_vs_torch(tf.silu, [(3, 4)], F.silu)
+    check_vs_torch(tf.silu, [np.array([-200.0, -30.0, 0.0, 30.0, 200.0])], F.silu,
+                   dtype=np.float32)   # no overflow in either tail
+    assert F.silu(minidl.randn(3)).dtype == np.float32
+
+
+def test_one_hot_matches_torch_and_checks_its_input():
+    torch = pytest.importorskip("torch")
+    idx = np.array([[0, 3], [2, 1]])
+    for n in (-1, 4, 6):
+        ours = F.one_hot(minidl.tensor(idx), n)
+        theirs = torch.nn.functional.one_hot(torch.tensor(idx), n)
+        assert ours.dtype == np.int64
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    assert F.one_hot(minidl.tensor(np.zeros(0, np.int64)), 3).shape == (0, 3)
+    with pytest.raises(ValueError, match="cannot infer"):
+        F.one_hot(minidl.tensor(np.zeros(0, np.int64)))
+    with pytest.raises(ValueError, match="non-negative"):
+        F.one_hot(minidl.tensor([1, -1]), 3)
+    with pytest.raises(ValueError, match="class value 3 is not smaller than num_classes=3"):
+        F.one_hot(minidl.tensor([1, 3]), 3)
+    with pytest.raises(TypeError, match="integer class indices"):
+        F.one_hot(minidl.tensor([1.0]), 3)
+
+
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_gelu(approximate):
     tf = pytest.importorskip("torch.nn.functional")

@@ -383,6 +383,38 @@ def test_where(shape3, seed):
     gradcheck(lambda b: minidl.where(cond, -1.0, b), [b])
 
 
+@given(shapes(), seeds, st.data())
+def test_masked_fill(shape, seed, data):
+    # a mask of a shape that broadcasts to x's (a trailing part of it, some sides 1)
+    keep = data.draw(st.integers(0, len(shape)))
+    mask_shape = tuple(s if data.draw(st.booleans()) else 1 for s in shape[len(shape) - keep:])
+    mask = np.random.default_rng(seed).random(mask_shape) > 0.5
+    x = randn(seed, shape)
+    gradcheck(lambda x: x.masked_fill(minidl.tensor(mask), -2.5), [x])
+    gradcheck(lambda x, v: minidl.masked_fill(x, mask, v), [x, randn(seed + 1, ())])
+    y = minidl.tensor(x.astype(np.float32)).masked_fill(minidl.tensor(mask), 7.0)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    np.testing.assert_array_equal(y.numpy(), np.where(mask, np.float32(7.0), x.astype(np.float32)))
+
+
+def test_masked_fill_matches_torch_and_checks_the_mask():
+    torch = pytest.importorskip("torch")
+    x = np.arange(6).reshape(2, 3)
+    mask = np.array([True, False, True])
+    for value in (9, 1.7, -3):   # an int tensor takes int(value), as PyTorch
+        ours = minidl.tensor(x).masked_fill(minidl.tensor(mask), value)
+        theirs = torch.tensor(x).masked_fill(torch.tensor(mask), value)
+        assert ours.dtype == np.int64
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    with pytest.raises(TypeError, match="boolean"):
+        minidl.randn(2, 3).masked_fill(minidl.tensor([1, 0, 1]), 0.0)
+    with pytest.raises(ValueError, match=r"mask's shape \(2, 1, 3\) does not broadcast to the "
+                                         r"input's \(2, 3\)"):
+        minidl.randn(2, 3).masked_fill(minidl.tensor(np.ones((2, 1, 3), bool)), 0.0)
+    with pytest.raises(ValueError, match="0-d tensor"):
+        minidl.randn(2, 3).masked_fill(minidl.tensor(mask), minidl.ones(3))
+
+
 @st.composite
 def expandable(draw):
     """(shape, target, expand sizes with -1s) with shape broadcastable to target."""

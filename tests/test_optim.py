@@ -109,6 +109,8 @@ def test_param_groups_zero_grad_and_state_dict_roundtrip():
 
 SCHEDULES = [
     ("StepLR", dict(step_size=3, gamma=0.5)),
+    ("MultiStepLR", dict(milestones=[6, 2, 9, 9], gamma=0.5)),
+    ("ExponentialLR", dict(gamma=0.8)),
     ("CosineAnnealingLR", dict(T_max=7, eta_min=0.001)),
     ("OneCycleLR", dict(max_lr=0.5, total_steps=20)),
     ("OneCycleLR", dict(max_lr=0.5, total_steps=20, three_phase=True, anneal_strategy="linear")),
@@ -196,3 +198,25 @@ def test_frozen_parameters_are_accepted_and_skipped(kind):
     opt.step()
     assert_close(model[0].weight, frozen, rtol=0, atol=0)
     assert not np.array_equal(model[1].weight.numpy(), trained)
+
+
+def test_multistep_and_exponential_resume_from_last_epoch():
+    p = minidl.tensor(np.zeros(2), requires_grad=True)
+    for make in (lambda o, **kw: LS.MultiStepLR(o, [2, 5], 0.5, **kw),
+                 lambda o, **kw: LS.ExponentialLR(o, 0.9, **kw)):
+        opt = optim.SGD([p], lr=0.4)
+        sched = make(opt)
+        lrs = []
+        for _ in range(7):
+            sched.step()
+            lrs.append(opt.param_groups[0]["lr"])
+        opt2 = optim.SGD([p], lr=0.4)
+        opt2.param_groups[0]["initial_lr"] = 0.4
+        sched2 = make(opt2, last_epoch=3)   # steps 4.. follow the same sequence
+        resumed = [opt2.param_groups[0]["lr"]]
+        for _ in range(3):
+            sched2.step()
+            resumed.append(opt2.param_groups[0]["lr"])
+        assert resumed == lrs[3:]
+    with pytest.raises(TypeError, match="milestones must be a list of ints"):
+        LS.MultiStepLR(optim.SGD([p], lr=0.1), milestones=5)

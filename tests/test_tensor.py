@@ -353,3 +353,19 @@ def test_clone_contiguous_t_and_conversion_methods():
     assert x.int().dtype == np.int32 and (x > 2).bool().dtype == np.bool_
     np.testing.assert_allclose(x.softmax(1).numpy().sum(axis=1), 1, rtol=1e-6)
     np.testing.assert_allclose(x.log_softmax(-1).exp().numpy().sum(axis=1), 1, rtol=1e-6)
+
+
+def test_randperm_is_a_seeded_permutation():
+    minidl.manual_seed(5)
+    a = minidl.randperm(10)
+    minidl.manual_seed(5)
+    b = minidl.randperm(10)
+    assert a.dtype == np.int64 and sorted(a.numpy().tolist()) == list(range(10))
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert minidl.randperm(0).shape == (0,)
+    assert minidl.randperm(4, dtype=np.int32).dtype == np.int32
+    own = minidl.randperm(6, generator=np.random.default_rng(1)).numpy()
+    np.testing.assert_array_equal(own, np.random.default_rng(1).permutation(6))
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="non-negative int"):
+            minidl.randperm(bad)

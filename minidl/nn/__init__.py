@@ -10,13 +10,14 @@ from __future__ import annotations
 from . import functional, init, utils
 from .attention import AttentionPool2d, ChannelAttention, MultiheadAttention
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, Dropout, Flatten, GELU, Identity,
-                     Linear, MaxPool2d, ReLU, Sigmoid, Softmax, Tanh)
+                     LeakyReLU, Linear, MaxPool2d, ReLU, Sigmoid, SiLU, Softmax, Tanh)
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
-from .module import Module, ModuleList, Parameter, Sequential
-from .norm import BatchNorm2d, LayerNorm
+from .module import Module, ModuleDict, ModuleList, Parameter, Sequential
+from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
 
-__all__ = ["Module", "Parameter", "Sequential", "ModuleList", "Linear", "Conv2d", "MaxPool2d",
-           "AvgPool2d", "AdaptiveAvgPool2d", "ReLU", "GELU", "Sigmoid", "Tanh", "Softmax",
-           "Dropout", "Flatten", "Identity", "LayerNorm", "BatchNorm2d", "MultiheadAttention",
-           "ChannelAttention", "AttentionPool2d", "CrossEntropyLoss", "NLLLoss", "MSELoss",
-           "BCEWithLogitsLoss", "functional", "init", "utils"]
+__all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Linear", "Conv2d",
+           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "ReLU", "LeakyReLU", "SiLU", "GELU",
+           "Sigmoid", "Tanh", "Softmax", "Dropout", "Flatten", "Identity", "LayerNorm",
+           "BatchNorm1d", "BatchNorm2d", "MultiheadAttention", "ChannelAttention",
+           "AttentionPool2d", "CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss",
+           "functional", "init", "utils"]

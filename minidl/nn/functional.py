@@ -6,14 +6,14 @@
 from __future__ import annotations
 
 from ..ops import arith as _arith
-from ..ops.activation import dropout, gelu, log_softmax, softmax
+from ..ops.activation import dropout, gelu, leaky_relu, log_softmax, silu, softmax
 from ..ops.arith import sigmoid, tanh
 from ..ops.conv import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
 from ..ops.attention import scaled_dot_product_attention
 from ..ops.linear import linear
 from ..ops.loss import (binary_cross_entropy_with_logits, cross_entropy, mse_loss, nll_loss)
 from ..ops.norm import batch_norm, layer_norm
-from ..ops.shape import flatten, pad
+from ..ops.shape import flatten, one_hot, pad
 
 
 def relu(input, inplace=False):
@@ -25,7 +25,7 @@ def relu(input, inplace=False):
     return _arith.relu(input)
 
 
-__all__ = ["relu", "sigmoid", "tanh", "gelu", "softmax", "log_softmax", "dropout", "linear",
-           "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "pad", "flatten",
-           "cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits",
+__all__ = ["relu", "leaky_relu", "silu", "sigmoid", "tanh", "gelu", "softmax", "log_softmax",
+           "dropout", "linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "pad", "flatten",
+           "one_hot", "cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits",
            "layer_norm", "batch_norm", "scaled_dot_product_attention"]

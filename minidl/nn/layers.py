@@ -14,7 +14,7 @@ import numpy as np
 
 from ..ops import conv as _conv
 from ..ops import shape as _shape
-from ..ops.activation import dropout, gelu, softmax
+from ..ops.activation import dropout, gelu, leaky_relu, silu, softmax
 from ..ops.arith import relu, sigmoid, tanh
 from ..ops.linear import linear
 from . import init
@@ -173,6 +173,31 @@ class ReLU(Module):
 
     def forward(self, x):
         return relu(x)
+
+
+class LeakyReLU(Module):
+    """x where positive, else ``negative_slope * x``; ``inplace`` as :class:`ReLU`."""
+
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__()
+        leaky_relu(np.zeros(0, np.float32), negative_slope)   # its checks, at construction
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x):
+        return leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class SiLU(Module):
+    """x * sigmoid(x); ``inplace`` as :class:`ReLU`."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+
+    def forward(self, x):
+        return silu(x)
 
 
 class GELU(Module):

@@ -1,4 +1,4 @@
-"""Module, Parameter and the containers (Sequential, ModuleList), as PyTorch's.
+"""Module, Parameter and the containers (Sequential, ModuleList, ModuleDict), as PyTorch's.
 
 A Module registers what is assigned to it: a :class:`Parameter` goes to
 ``_parameters``, a Module to ``_modules``, a tensor named by
@@ -488,3 +488,67 @@ class ModuleList(Module):
     def __setitem__(self, idx, module):
         key = list(self._modules)[idx]
         self.add_module(key, module)
+
+
+class ModuleDict(Module):
+    """Modules by name, registered so their parameters are found; ordered by
+    insertion, as ``torch.nn.ModuleDict``. Keys are the child names, so they
+    follow :meth:`Module.add_module`'s rules (non-empty str, no '.')."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __getitem__(self, key):
+        if key not in self._modules:
+            raise KeyError(f"ModuleDict: no module named {key!r}; it has {list(self._modules)}")
+        return self._modules[key]
+
+    def __setitem__(self, key, module):
+        self.add_module(key, module)
+
+    def __delitem__(self, key):
+        self[key]   # a clear KeyError for a missing key
+        self._drop(key)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def __contains__(self, key):
+        return key in self._modules
+
+    def keys(self):
+        return self._modules.keys()
+
+    def items(self):
+        return self._modules.items()
+
+    def values(self):
+        return self._modules.values()
+
+    def pop(self, key):
+        module = self[key]
+        del self[key]
+        return module
+
+    def clear(self):
+        for key in list(self._modules):
+            del self[key]
+
+    def update(self, modules):
+        """Add (or replace) modules from a mapping or an iterable of (name, module) pairs."""
+        if hasattr(modules, "items"):
+            pairs = modules.items()
+        else:
+            pairs = []
+            for i, pair in enumerate(modules):
+                if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                    raise TypeError(f"ModuleDict.update: element {i} should be a (name, "
+                                    f"module) pair, got {pair!r}")
+                pairs.append(pair)
+        for key, module in pairs:
+            self[key] = module

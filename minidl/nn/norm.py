@@ -1,4 +1,4 @@
-"""LayerNorm and BatchNorm2d, with PyTorch's parameters and buffers."""
+"""LayerNorm, BatchNorm1d and BatchNorm2d, with PyTorch's parameters and buffers."""
 from __future__ import annotations
 
 import numpy as np
@@ -40,13 +40,17 @@ class LayerNorm(Module):
                 f"elementwise_affine={self.elementwise_affine}")
 
 
-class BatchNorm2d(Module):
-    """Batch normalisation of (N, C, H, W) per channel.
+class _BatchNorm(Module):
+    """Batch normalisation per channel (dim 1), over every other dim.
 
     Training: batch statistics, and the running ones move by ``momentum``
     (``None``: a cumulative average, as PyTorch). Eval: running statistics.
     Buffers ``running_mean``, ``running_var``, ``num_batches_tracked`` as PyTorch's.
+    Subclasses name the input ranks they take (``_ranks``) and how to print them.
     """
+
+    _ranks = ()
+    _layout = ""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, dtype=np.float32):
@@ -75,8 +79,8 @@ class BatchNorm2d(Module):
             init.zeros_(self.num_batches_tracked)
 
     def forward(self, x):
-        if getattr(x, "ndim", 0) != 4 or x.shape[1] != self.num_features:
-            raise self._bad_input(f"(N, {self.num_features}, H, W)", x)
+        if getattr(x, "ndim", 0) not in self._ranks or x.shape[1] != self.num_features:
+            raise self._bad_input(self._layout.format(C=self.num_features), x)
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked.data += 1
@@ -90,3 +94,17 @@ class BatchNorm2d(Module):
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of (N, C) or (N, C, L) per channel (see ``_BatchNorm``)."""
+
+    _ranks = (2, 3)
+    _layout = "(N, {C}) or (N, {C}, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of (N, C, H, W) per channel (see ``_BatchNorm``)."""
+
+    _ranks = (4,)
+    _layout = "(N, {C}, H, W)"

@@ -12,8 +12,8 @@ import operator
 from .. import backend
 from ..tensor import Tensor, is_grad_enabled
 from . import arith, reduce, shape
-from .arith import (abs, add, cast, clamp, clip, div, exp, log, matmul, maximum, minimum, mul,
-                    neg, pow, relu, sigmoid, sqrt, sub, tanh, where)
+from .arith import (abs, add, cast, clamp, clip, div, exp, log, masked_fill, matmul, maximum,
+                    minimum, mul, neg, pow, relu, sigmoid, sqrt, sub, tanh, where)
 from .reduce import amax, amin, argmax, argmin, max, mean, min, std, sum, var
 from .shape import (broadcast_to, cat, concat, concatenate, expand, expand_dims, flatten,
                     getitem, pad, permute, reshape, squeeze, stack, swapaxes, transpose,
@@ -157,13 +157,14 @@ def _install_tensor_methods():
         "add": add, "sub": sub, "mul": mul, "div": div, "pow": pow, "matmul": matmul,
         "neg": neg, "exp": exp, "log": log, "sqrt": sqrt, "abs": abs, "tanh": tanh,
         "sigmoid": sigmoid, "relu": relu, "clip": clip, "clamp": clamp,
-        "maximum": maximum, "minimum": minimum,
+        "maximum": maximum, "minimum": minimum, "masked_fill": masked_fill,
         "sum": sum, "mean": mean, "max": max, "min": min, "amax": amax, "amin": amin,
         "var": var, "std": std,
         "argmax": argmax, "argmin": argmin,
         "reshape": reshape, "view": view, "flatten": flatten, "squeeze": squeeze,
         "unsqueeze": unsqueeze, "permute": permute, "transpose": transpose,
         "swapaxes": swapaxes, "expand": expand, "broadcast_to": broadcast_to,
+        "expand_as": lambda self, other: broadcast_to(self, tuple(other.shape)),
     }
     methods.update({
         "__iadd__": _augmented("add", "__iadd__", add),

@@ -10,12 +10,15 @@ and no graph of small ops. Hot paths work in place on arrays they allocated.
 * ``log_softmax(x, dim)``: y = x - max - log(sum(exp(x - max))); backward
   ``gx = gy - exp(y) * sum(gy)``.
 * ``gelu(x, approximate='none'|'tanh')``: x * Phi(x) as PyTorch.
+* ``leaky_relu(x, negative_slope)``: x where x > 0, else slope * x.
+* ``silu(x)``: x * sigmoid(x); backward ``gx = gy * s * (1 + x * (1 - s))``.
 * ``dropout(x, p, training)``: inverted dropout; the kept elements are
   scaled by 1/(1-p) in training, so eval is the identity.
 """
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -201,6 +204,64 @@ def gelu(x, approximate="none"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     x = x if isinstance(x, Tensor) else Tensor(x)
     return GELU(approximate)(x)
+
+
+# ------------------------------------------------- leaky ReLU and SiLU
+
+class LeakyReLU(Function):
+    def __init__(self, negative_slope):
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        x = as_float(x)
+        # the slope where x <= 0, 1 elsewhere: y = x * slope_or_one, gx = gy * slope_or_one
+        # (at 0 the slope, as PyTorch's gradient)
+        self.scale = xp.where(x > 0, x.dtype.type(1), x.dtype.type(self.negative_slope))
+        return x * self.scale
+
+    def backward(self, gy):
+        return gy * self.scale
+
+
+def leaky_relu(input, negative_slope=0.01, inplace=False):
+    """``input`` where positive, else ``negative_slope * input``, as
+    ``torch.nn.functional.leaky_relu``. ``inplace`` as :func:`minidl.nn.functional.relu`:
+    accepted, and the result is always a new tensor."""
+    if not isinstance(negative_slope, numbers.Real):
+        raise TypeError(f"leaky_relu: negative_slope must be a number, got "
+                        f"{negative_slope!r}")
+    negative_slope = float(negative_slope)
+    x = input if isinstance(input, Tensor) else Tensor(input)
+    return LeakyReLU(negative_slope)(x)
+
+
+class SiLU(Function):
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        self.x = x = as_float(x)
+        half = x.dtype.type(0.5)
+        s = xp.tanh(half * x)   # the sigmoid in tanh form: no overflow warning in the tails
+        s *= half
+        s += half
+        self.s = s
+        return x * s
+
+    def backward(self, gy):
+        x, s = self.x, self.s
+        g = 1 - s
+        g *= x
+        g += 1
+        g *= s
+        g *= gy
+        return g
+
+
+def silu(input, inplace=False):
+    """x * sigmoid(x) (swish), as ``torch.nn.functional.silu``; ``inplace`` as
+    :func:`leaky_relu`."""
+    x = input if isinstance(input, Tensor) else Tensor(input)
+    return SiLU()(x)
 
 
 # ------------------------------------------------------------------ dropout

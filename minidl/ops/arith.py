@@ -424,6 +424,32 @@ def where(condition, a, b):
     return Where(cond.astype(bool, copy=False))(a, b)
 
 
+def masked_fill(input, mask, value):
+    """``input`` with ``value`` wherever the boolean ``mask`` (broadcast to input's
+    shape) is true, as ``torch.Tensor.masked_fill``. ``value`` is a number or a
+    0-d tensor (which then gets the masked elements' gradient); the result keeps
+    input's dtype and shape."""
+    x = input if isinstance(input, Tensor) else Tensor(input)
+    m = mask.data if isinstance(mask, Tensor) else as_array(mask)
+    if m.dtype != np.bool_:
+        raise TypeError(f"masked_fill: the mask must be a boolean tensor, got dtype {m.dtype}")
+    try:
+        fits = np.broadcast_shapes(m.shape, x.shape) == tuple(x.shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"masked_fill: the mask's shape {tuple(m.shape)} does not broadcast "
+                         f"to the input's {tuple(x.shape)}")
+    if isinstance(value, Tensor):
+        if value.ndim != 0:
+            raise ValueError(f"masked_fill: value must be a number or a 0-d tensor, got a "
+                             f"tensor of shape {tuple(value.shape)}")
+        value = cast(value, x.dtype)
+    else:
+        value = x.data.dtype.type(value)   # an int tensor takes int(value), as PyTorch
+    return where(m, value, x)
+
+
 def exp(x):
     return Exp()(x)
 

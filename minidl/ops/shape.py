@@ -318,3 +318,28 @@ def pad(x, pad, mode="constant", value=None):
     for i in range(len(pad) // 2):
         widths[x.ndim - 1 - i] = (pad[2 * i], pad[2 * i + 1])
     return Pad(tuple(widths), value)(x)
+
+
+def one_hot(tensor, num_classes=-1):
+    """Class indices (any shape, integer) -> (*shape, num_classes) int64 of 0s and a
+    1 at each index, as ``torch.nn.functional.one_hot``; ``num_classes=-1`` means
+    the largest index + 1. No gradient (the input is indices)."""
+    t = tensor.data if isinstance(tensor, Tensor) else as_array(tensor)
+    xp = backend.get_array_module(t)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"one_hot: expected a tensor of integer class indices, got dtype "
+                        f"{t.dtype}")
+    num_classes = operator.index(num_classes)
+    if t.size and int(t.min()) < 0:
+        raise ValueError(f"one_hot: class values must be non-negative, got {int(t.min())}")
+    if num_classes == -1:
+        if not t.size:
+            raise ValueError("one_hot: cannot infer the number of classes from an empty "
+                             "tensor; pass num_classes")
+        num_classes = int(t.max()) + 1
+    elif num_classes < 0:
+        raise ValueError(f"one_hot: num_classes must be -1 or non-negative, got {num_classes}")
+    elif t.size and int(t.max()) >= num_classes:
+        raise ValueError(f"one_hot: class value {int(t.max())} is not smaller than "
+                         f"num_classes={num_classes}")
+    return Tensor._wrap((t[..., None] == xp.arange(num_classes)).astype(np.int64))

@@ -7,6 +7,7 @@ each ``optimizer.step()`` (per epoch or per batch, as the schedule is meant).
 """
 from __future__ import annotations
 
+import bisect
 import math
 
 from .optimizer import Optimizer
@@ -85,6 +86,35 @@ class StepLR(LRScheduler):
     def get_lr(self):
         return [base * self.gamma ** (self.last_epoch // self.step_size)
                 for base in self.base_lrs]
+
+
+class MultiStepLR(LRScheduler):
+    """lr = initial_lr * gamma ** (number of milestones <= step); a milestone listed
+    twice counts twice, as PyTorch's."""
+
+    def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
+        try:
+            self.milestones = sorted(int(m) for m in milestones)
+        except (TypeError, ValueError):
+            raise TypeError(f"MultiStepLR: milestones must be a list of ints, got "
+                            f"{milestones!r}") from None
+        self.gamma = gamma
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        passed = bisect.bisect_right(self.milestones, self.last_epoch)
+        return [base * self.gamma ** passed for base in self.base_lrs]
+
+
+class ExponentialLR(LRScheduler):
+    """lr = initial_lr * gamma ** step."""
+
+    def __init__(self, optimizer, gamma, last_epoch=-1):
+        self.gamma = gamma
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        return [base * self.gamma ** self.last_epoch for base in self.base_lrs]
 
 
 class CosineAnnealingLR(LRScheduler):
