@@ -618,3 +618,40 @@ def test_module_dict_state_dict_matches_torch():
     assert list(md.state_dict()) == list(tstate)
     md.load_state_dict({k: v.numpy() for k, v in tstate.items()})
     assert_close(md["a"].weight, tstate["a.weight"].numpy())
+
+
+def test_sequential_and_module_list_insert_extend_pop_as_torch():
+    torch = _torch()
+    kinds = ((nn.Sequential, torch.nn.Sequential, lambda c, ms: c(*ms)),
+             (nn.ModuleList, torch.nn.ModuleList, lambda c, ms: c(ms)))
+    for ours_cls, theirs_cls, make in kinds:
+        for index in (0, 1, 3, -1, -3, -4, 4):
+            for op in ("insert", "pop"):
+                if op == "insert" and not 0 <= index <= 3 and ours_cls is nn.ModuleList:
+                    # torch's ModuleList.insert fails there (a KeyError, or a gap in its
+                    # names); minidl's follows Sequential.insert
+                    continue
+                results = []
+                for lib, cls in ((nn, ours_cls), (torch.nn, theirs_cls)):
+                    c = make(cls, [lib.ReLU(), lib.Tanh(), lib.Sigmoid()])
+                    try:
+                        got = c.insert(index, lib.Identity()) if op == "insert" else c.pop(index)
+                        got = type(got).__name__ if op == "pop" else None
+                        results.append((got, [type(m).__name__ for m in c], list(c._modules)))
+                    except IndexError:
+                        results.append("IndexError")
+                assert results[0] == results[1], (ours_cls.__name__, op, index)
+    seq = nn.Sequential(nn.Linear(2, 3)).extend([nn.ReLU(), nn.Linear(3, 1)])
+    seq.insert(1, nn.LayerNorm(3))
+    assert list(seq.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight",
+                                      "3.bias"]
+    with pytest.raises(TypeError, match="Sequential.insert: expected a Module, got int"):
+        seq.insert(0, 3)
+
+
+def test_module_list_insert_checks_the_index_as_sequential():
+    ml = nn.ModuleList([nn.ReLU(), nn.Tanh()])
+    ml.insert(-1, nn.Identity())
+    assert [type(m).__name__ for m in ml] == ["ReLU", "Identity", "Tanh"]
+    with pytest.raises(IndexError, match="ModuleList.insert: index 5 is out of range for 3"):
+        ml.insert(5, nn.ReLU())

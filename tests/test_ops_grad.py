@@ -415,6 +415,58 @@ def test_masked_fill_matches_torch_and_checks_the_mask():
         minidl.randn(2, 3).masked_fill(minidl.tensor(mask), minidl.ones(3))
 
 
+@given(shapes(min_dims=1), seeds, st.data())
+def test_split_chunk_flip_repeat_gradcheck_and_match_torch(shape, seed, data):
+    x = randn(seed, shape)
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1))
+    step = data.draw(st.integers(1, 4))
+    chunks = data.draw(st.integers(1, 4))
+    flips = data.draw(st.sets(st.integers(0, len(shape) - 1)))
+    reps = tuple(data.draw(st.lists(st.integers(0, 3), min_size=len(shape),
+                                    max_size=len(shape) + 1)))
+    cases = [lambda t: t.split(step, dim), lambda t: t.chunk(chunks, dim),
+             lambda t: (t.flip(tuple(flips)),), lambda t: (t.repeat(*reps),)]
+    for fn in cases:
+        gradcheck(lambda t: minidl.cat([p.reshape(-1) for p in fn(t)]), [x])
+        check_vs_torch(fn, [x])
+
+
+@given(shapes(min_dims=1, max_dims=3), seeds, st.data())
+def test_gather_gradcheck_and_torch(shape, seed, data):
+    dim = data.draw(st.integers(0, len(shape) - 1))
+    rng = np.random.default_rng(seed)
+    idx_shape = tuple(data.draw(st.integers(1, 4)) if d == dim else
+                      data.draw(st.integers(1, s)) for d, s in enumerate(shape))
+    index = rng.integers(0, shape[dim], idx_shape)   # repeats too: their gradients add up
+    x = randn(seed, shape)
+    gradcheck(lambda t: minidl.gather(t, dim, index), [x])
+    check_vs_torch(lambda t, i: t.gather(dim, i), [x, index])
+
+
+def test_split_gather_repeat_bad_input():
+    x = minidl.randn(4, 3)
+    with pytest.raises(ValueError, match=r"sections \[1, 2\] must be non-negative and add up to 4"):
+        x.split([1, 2])
+    with pytest.raises(ValueError, match="split_size must be positive"):
+        x.split(0)
+    with pytest.raises(ValueError, match="chunks must be positive"):
+        x.chunk(0)
+    with pytest.raises(ValueError, match="name a dim twice"):
+        x.flip(0, -2)
+    with pytest.raises(ValueError, match=r"1 repeat counts \(2,\) for a tensor of 2 dimensions"):
+        x.repeat(2)
+    with pytest.raises(IndexError, match="index 4 is out of bounds for dim 0 of size 4"):
+        x.gather(0, minidl.tensor([[4, 0, 0]]))
+    with pytest.raises(IndexError, match="index -1 is out of bounds"):
+        x.gather(0, minidl.tensor([[-1, 0, 0]]))
+    with pytest.raises(ValueError, match=r"larger than the input \(4, 3\) outside dim 0"):
+        x.gather(0, minidl.tensor(np.zeros((1, 4), np.int64)))
+    with pytest.raises(ValueError, match="as many dims"):
+        x.gather(0, minidl.tensor([0, 1]))
+    with pytest.raises(TypeError, match="integer tensor"):
+        x.gather(0, minidl.tensor([[0.0]]))
+
+
 @st.composite
 def expandable(draw):
     """(shape, target, expand sizes with -1s) with shape broadcastable to target."""

@@ -11,6 +11,7 @@ layer given bad input names itself: ``Linear 'classifier.1' (in_features=
 """
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 
 import numpy as np
@@ -422,7 +423,59 @@ class _IncompatibleKeys(tuple):
                 f"mismatched_keys={self.mismatched_keys})")
 
 
-class Sequential(Module):
+class _ModuleSequence(Module):
+    """What Sequential and ModuleList share: children kept in order, added by
+    ``append``/``extend``/``insert`` and taken out by ``pop``; children added this
+    way are named "0", "1", ... by position and renumbered as PyTorch's."""
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, module):
+        self.add_module(str(len(self)), module)
+        return self
+
+    def extend(self, modules):
+        for m in modules:
+            self.append(m)
+        return self
+
+    def _position(self, op, index, inserting=False):
+        """``index`` (negative counts from the end) as a position, as PyTorch's:
+        inserting, -len <= index <= len (len appends)."""
+        n = len(self)
+        index = operator.index(index)
+        if not -n <= index < n + inserting:
+            raise IndexError(f"{type(self).__name__}.{op}: index {index} is out of range for "
+                             f"{n} modules")
+        return index + n if index < 0 else index
+
+    def _renumber(self, modules):
+        """Make ``modules`` the children "0", "1", ... in that order."""
+        for key in list(self._modules):
+            self._drop(key)
+        for i, m in enumerate(modules):
+            self.add_module(str(i), m)
+
+    def _insert(self, index, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}.insert: expected a Module, got "
+                            f"{type(module).__name__}")
+        modules = list(self._modules.values())
+        modules.insert(self._position("insert", index, inserting=True), module)
+        self._renumber(modules)
+
+    def pop(self, index=-1):
+        modules = list(self._modules.values())
+        module = modules.pop(self._position("pop", index))
+        self._renumber(modules)
+        return module
+
+
+class Sequential(_ModuleSequence):
     """Modules applied in order; ``Sequential(a, b)`` or ``Sequential(OrderedDict(...))``."""
 
     def __init__(self, *modules):
@@ -439,24 +492,18 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
     def __getitem__(self, idx):
         if isinstance(idx, slice):
             return Sequential(OrderedDict(list(self._modules.items())[idx]))
         keys = list(self._modules)
         return self._modules[keys[idx]]
 
-    def append(self, module):
-        self.add_module(str(len(self)), module)
+    def insert(self, index, module):
+        self._insert(index, module)
         return self
 
 
-class ModuleList(Module):
+class ModuleList(_ModuleSequence):
     """A list of modules, registered so their parameters are found."""
 
     def __init__(self, modules=None):
@@ -464,20 +511,8 @@ class ModuleList(Module):
         for m in modules or []:
             self.append(m)
 
-    def append(self, module):
-        self.add_module(str(len(self._modules)), module)
-        return self
-
-    def extend(self, modules):
-        for m in modules:
-            self.append(m)
-        return self
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
+    def insert(self, index, module):
+        self._insert(index, module)
 
     def __getitem__(self, idx):
         values = list(self._modules.values())

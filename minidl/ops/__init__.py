@@ -15,9 +15,9 @@ from . import arith, reduce, shape
 from .arith import (abs, add, cast, clamp, clip, div, exp, log, masked_fill, matmul, maximum,
                     minimum, mul, neg, pow, relu, sigmoid, sqrt, sub, tanh, where)
 from .reduce import amax, amin, argmax, argmin, max, mean, min, std, sum, var
-from .shape import (broadcast_to, cat, concat, concatenate, expand, expand_dims, flatten,
-                    getitem, pad, permute, reshape, squeeze, stack, swapaxes, transpose,
-                    unsqueeze, view)
+from .shape import (broadcast_to, cat, chunk, concat, concatenate, expand, expand_dims, flatten,
+                    flip, gather, getitem, pad, permute, repeat, reshape, split, squeeze, stack,
+                    swapaxes, transpose, unsqueeze, view)
 
 
 def _compare(op):
@@ -165,6 +165,7 @@ def _install_tensor_methods():
         "unsqueeze": unsqueeze, "permute": permute, "transpose": transpose,
         "swapaxes": swapaxes, "expand": expand, "broadcast_to": broadcast_to,
         "expand_as": lambda self, other: broadcast_to(self, tuple(other.shape)),
+        "split": split, "chunk": chunk, "flip": flip, "repeat": repeat, "gather": gather,
     }
     methods.update({
         "__iadd__": _augmented("add", "__iadd__", add),

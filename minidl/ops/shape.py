@@ -301,6 +301,117 @@ def expand(x, *sizes):
     return broadcast_to(x, shape)
 
 
+def split(x, split_size_or_sections, dim=0):
+    """Pieces of ``x`` along ``dim``, as ``torch.split``: an int gives pieces of that
+    size (the last may be smaller); a list gives pieces of those sizes, which must
+    add up to the dim's size. Each piece is a slice, with its own gradient."""
+    if x.ndim == 0:
+        raise ValueError("split: cannot split a 0-d tensor")
+    dim = normalize_dim("split", dim, x.ndim)
+    size = x.shape[dim]
+    if isinstance(split_size_or_sections, (list, tuple)):
+        sizes = [operator.index(s) for s in split_size_or_sections]
+        if any(s < 0 for s in sizes) or sum(sizes) != size:
+            raise ValueError(f"split: sections {sizes} must be non-negative and add up to "
+                             f"{size}, the size of dim {dim} of shape {tuple(x.shape)}")
+    else:
+        step = operator.index(split_size_or_sections)
+        if step <= 0 and not (step == 0 and size == 0):
+            raise ValueError(f"split: split_size must be positive, got {step}")
+        sizes = [min(step, size - start) for start in range(0, size, step or 1)] or [0]
+    lead = (slice(None),) * dim
+    pieces, start = [], 0
+    for s in sizes:
+        pieces.append(getitem(x, lead + (slice(start, start + s),)))
+        start += s
+    return tuple(pieces)
+
+
+def chunk(x, chunks, dim=0):
+    """``chunks`` pieces (or fewer) of equal size along ``dim``, the last smaller if
+    the size does not divide, as ``torch.chunk``."""
+    chunks = operator.index(chunks)
+    if chunks <= 0:
+        raise ValueError(f"chunk: chunks must be positive, got {chunks}")
+    if x.ndim == 0:
+        raise ValueError("chunk: cannot chunk a 0-d tensor")
+    size = x.shape[normalize_dim("chunk", dim, x.ndim)]
+    return split(x, max(-(-size // chunks), 1), dim)
+
+
+def flip(x, *dims):
+    """``x`` reversed along ``dims`` (``flip(x, 0, 2)`` or ``flip(x, (0, 2))``), as
+    ``torch.flip``."""
+    dims = _shape_arg("flip", dims)
+    axes = {normalize_dim("flip", d, x.ndim) for d in dims}
+    if len(axes) != len(dims):
+        raise ValueError(f"flip: dims {dims} name a dim twice")
+    if x.ndim == 0:
+        return getitem(x, ())
+    return getitem(x, tuple(slice(None, None, -1) if d in axes else slice(None)
+                            for d in range(x.ndim)))
+
+
+class Repeat(Function):
+    """``x`` tiled ``reps`` times per dim (``len(reps) >= x.ndim``; x gets leading 1s)."""
+
+    def __init__(self, reps):
+        self.reps = reps
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        self.in_shape = x.shape
+        return xp.tile(x, self.reps)
+
+    def backward(self, gy):
+        # y viewed as (r0, s0, r1, s1, ...): every copy of x, summed over the r axes
+        shape = (1,) * (len(self.reps) - len(self.in_shape)) + tuple(self.in_shape)
+        pairs = [v for r, s in zip(self.reps, shape) for v in (r, s)]
+        gx = gy.reshape(pairs).sum(axis=tuple(range(0, len(pairs), 2)))
+        return gx.reshape(self.in_shape)
+
+
+def repeat(x, *sizes):
+    """``x`` repeated ``sizes[d]`` times along each dim, as ``torch.Tensor.repeat``
+    (``numpy.tile``): ``sizes`` has at least x's number of dims."""
+    sizes = _shape_arg("repeat", sizes)
+    if len(sizes) < x.ndim:
+        raise ValueError(f"repeat: {len(sizes)} repeat counts {sizes} for a tensor of "
+                         f"{x.ndim} dimensions; expected at least {x.ndim}")
+    if any(s < 0 for s in sizes):
+        raise ValueError(f"repeat: repeat counts must be non-negative, got {sizes}")
+    return Repeat(sizes)(x)
+
+
+def gather(input, dim, index):
+    """``out[i][j] = input[index[i][j]][j]`` (dim 0) and so on, as ``torch.gather``:
+    ``index`` (integer, same number of dims as input, no larger than input outside
+    ``dim``) gives the output's shape. The gradient scatter-adds back, so an index
+    used twice gets both gradients."""
+    x = input if isinstance(input, Tensor) else Tensor(input)
+    idx = index.data if isinstance(index, Tensor) else as_array(index)
+    xp = backend.get_array_module(idx)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"gather: index must be an integer tensor, got dtype {idx.dtype}")
+    dim = normalize_dim("gather", dim, x.ndim)
+    if idx.ndim != max(x.ndim, 1) and not (x.ndim == 0 and idx.ndim == 0):
+        raise ValueError(f"gather: index {tuple(idx.shape)} must have as many dims as the "
+                         f"input {tuple(x.shape)}")
+    if x.ndim == 0:
+        return getitem(x, ())
+    if any(idx.shape[d] > x.shape[d] for d in range(x.ndim) if d != dim):
+        raise ValueError(f"gather: index {tuple(idx.shape)} is larger than the input "
+                         f"{tuple(x.shape)} outside dim {dim}")
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= x.shape[dim]):
+        bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
+        raise IndexError(f"gather: index {bad} is out of bounds for dim {dim} of size "
+                         f"{x.shape[dim]}")
+    key = tuple(idx if d == dim else
+                xp.arange(idx.shape[d]).reshape((-1,) + (1,) * (idx.ndim - d - 1))
+                for d in range(idx.ndim))
+    return getitem(x, key)
+
+
 def pad(x, pad, mode="constant", value=None):
     """PyTorch's ``F.pad``: ``pad`` lists (before, after) pairs from the last dim back;
     the new elements are ``value`` (None means 0, as in PyTorch)."""
