@@ -28,7 +28,7 @@ from minidl.models import CNNAttention, num_parameters
 from minidl.nn import functional as F
 from minidl.data import Normalize
 from minidl.train import (MNIST_MEAN, MNIST_STD, TrainConfig, TrainingDiverged, Trainer,
-                          images_to_float)
+                          images_to_float, read_checkpoint)
 
 DEFAULT_OUT = os.path.join("runs", "mnist_cnn_attn")
 
@@ -107,6 +107,8 @@ def train(argv):
         history = trainer.fit()
     except TrainingDiverged as exc:
         fail(str(exc), 1)
+    except OSError as exc:   # a full disk, or the output folder gone mid-run
+        fail(f"cannot write the run's files to {config.out}/: {exc}", 1)
     except KeyboardInterrupt:
         sys.exit(130)
     if not args.no_plots:
@@ -191,13 +193,19 @@ def plot_attention(model, images, labels, path, count=16):
 def load_image(path):
     """Any PNG/JPEG -> float32 (1, 28, 28) in [0, 1], white digit on black.
 
-    A light background is inverted; the digit is cropped, scaled to fit 20x20
-    and centred in 28x28, as MNIST's digits are.
+    A light background is inverted; in an image with transparency, the opaque
+    strokes are the digit (its colours are ignored: converting to grey alone
+    would drop the alpha channel and leave a blank image). The digit is cropped,
+    scaled to fit 20x20 and centred in 28x28, as MNIST's digits are.
     """
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as img:
             grey = np.asarray(img.convert("L"), dtype=np.float32) / 255
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                alpha = np.asarray(img.convert("RGBA"), dtype=np.float32)[..., 3] / 255
+                if alpha.min() < 1:
+                    grey = alpha
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from None
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
@@ -223,8 +231,8 @@ def load_model(out):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no trained model in {out}/ (expected {path}); train first: "
                                 "python examples/mnist_cnn_attn.py")
-    state = minidl.load(path)
-    model = CNNAttention(state["config"]["arch"])
+    state = read_checkpoint(path, "predict", ("model", "config"))
+    model = CNNAttention(state["config"].get("arch", "default"))
     model.load_state_dict(state["model"])
     return model.eval()
 

@@ -170,8 +170,19 @@ def _read_header(blob, path):
                               "JSON)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"load: {path} is not a safetensors checkpoint")
-    end = max((v["data_offsets"][1] for k, v in header.items()
-               if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1]
+                and isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)
+                and isinstance(entry.get("dtype"), str)):
+            raise CheckpointError(f"load: {path} is damaged: the header's entry for {key!r} is "
+                                  f"not a dtype, shape and (begin, end) data offsets: {entry!r}")
+        end = max(end, offsets[1])
     if 8 + n + end > len(blob):
         raise CheckpointError(f"load: {path} is truncated: the header describes "
                               f"{8 + n + end} bytes, the file has {len(blob)}")

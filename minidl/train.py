@@ -24,6 +24,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -34,7 +35,7 @@ from .fileio import atomic_write_bytes
 from .models import CNNAttention
 from .nn import functional as F
 from .random import get_rng_state, manual_seed, set_rng_state
-from .serialization import load, save
+from .serialization import CheckpointError, load, save
 from .tensor import Tensor, no_grad
 
 
@@ -148,6 +149,30 @@ def write_metrics(out, history):
         atomic_write_bytes(os.path.join(out, "metrics.csv"), buffer.getvalue().encode())
 
 
+def _check_writable(out):
+    """Make ``out`` and check that files can be written there, before any training
+    (a read-only folder would otherwise fail only at the first checkpoint)."""
+    os.makedirs(out, exist_ok=True)
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise OSError(f"cannot write the run's files to {out}/: {exc.strerror or exc}") from None
+
+
+def read_checkpoint(path, op, keys):
+    """A training checkpoint's state, checked to hold ``keys`` (a CheckpointError
+    naming the file otherwise: e.g. model.safetensors, which holds weights only)."""
+    state = load(path)
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{op}: {path} is not a training checkpoint of this trainer: it lacks "
+            f"{', '.join(missing)} (model.safetensors holds the weights only; use "
+            "checkpoint.safetensors)")
+    return state
+
+
 class Trainer:
     """Owns the model, optimizer, scheduler and data of one training run."""
 
@@ -174,7 +199,7 @@ class Trainer:
                           optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0))
         self.epoch = 0            # epochs completed
         self.history = []
-        os.makedirs(config.out, exist_ok=True)
+        _check_writable(config.out)
         self.checkpoint_path = os.path.join(config.out, "checkpoint.safetensors")
         if config.resume:
             self.restore(self.checkpoint_path)
@@ -187,6 +212,7 @@ class Trainer:
     # different run than either setting asks for.
     RUN_SETTINGS = ("arch", "epochs", "batch_size", "lr", "momentum", "weight_decay",
                     "schedule", "shift", "seed", "train_limit")
+    CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "config")
 
     def state(self):
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -208,7 +234,7 @@ class Trainer:
         if not os.path.exists(path):
             raise FileNotFoundError(f"--resume: no checkpoint at {path}; train without "
                                     "--resume first (or point --out at the run to continue)")
-        state = load(path)
+        state = read_checkpoint(path, "--resume", self.CHECKPOINT_KEYS)
         saved = state.get("config", {})
         # (checkpoints of older versions recorded fewer settings: those are compared)
         differ = [f"{key}={saved[key]!r} (this run: {getattr(self.config, key)!r})"

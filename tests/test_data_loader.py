@@ -232,3 +232,24 @@ def test_compose_in_order_through_the_loader():
     xb, _ = next(iter(DataLoader(ds, batch_size=4)))
     assert xb.shape == (4, 1, 28, 28) and np.all(xb.numpy() == 0.0)
     assert ds[0][0].shape == (1, 28, 28)
+
+
+def test_collate_keeps_strings_and_names_what_it_cannot_batch():
+    # Regression: file names became a Tensor of dtype <U8, and None an object Tensor.
+    class Files(Dataset):
+        def __init__(self, extra):
+            self.extra = extra
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return np.full(2, i, np.float32), f"img{i}.png", self.extra
+
+    x, names, extra = next(iter(DataLoader(Files(b"raw"), batch_size=2)))
+    assert names == ["img0.png", "img1.png"] and extra == [b"raw", b"raw"]
+    assert x.shape == (2, 2)
+    with pytest.raises(TypeError, match="found NoneType"):
+        next(iter(DataLoader(Files(None), batch_size=2)))
+    with pytest.raises(TypeError, match="found arrays of dtype object"):
+        next(iter(DataLoader(Files(np.array([object()])), batch_size=2)))

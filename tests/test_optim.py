@@ -200,23 +200,73 @@ def test_frozen_parameters_are_accepted_and_skipped(kind):
     assert not np.array_equal(model[1].weight.numpy(), trained)
 
 
-def test_multistep_and_exponential_resume_from_last_epoch():
+CHAINS = [
+    lambda L, o: [L.StepLR(o, 2, 0.5), L.StepLR(o, 3, 0.1)],
+    lambda L, o: [L.ExponentialLR(o, 0.9), L.MultiStepLR(o, [3, 5, 5], 0.5)],
+    lambda L, o: [L.CosineAnnealingLR(o, 7, 0.01), L.StepLR(o, 4, 0.5)],
+    lambda L, o: [L.LambdaLR(o, lambda s: min(1.0, (s + 1) / 5)), L.CosineAnnealingLR(o, 10)],
+    # built to resume at step 3 (groups carry initial_lr)
+    lambda L, o: [L.StepLR(o, 2, 0.5, last_epoch=3), L.ExponentialLR(o, 0.8, last_epoch=3),
+                  L.CosineAnnealingLR(o, 5, last_epoch=3), L.MultiStepLR(o, [4], last_epoch=3)],
+]
+
+
+@pytest.mark.parametrize("chain", range(len(CHAINS)))
+def test_chained_schedulers_compose_as_torch(chain):
+    # Regression: every scheduler set lr from initial_lr, so the last one to step
+    # silently undid the others (StepLR(2, 0.5) + StepLR(3, 0.1): 1, 1, 0.1, ...
+    # where PyTorch gives 1, 0.5, 0.05, ...).
+    torch = pytest.importorskip("torch")
+    lrs = []
+    for lib, opt_cls, L, tensor in ((minidl, optim.SGD, LS, minidl.tensor),
+                                    (torch, torch.optim.SGD, torch.optim.lr_scheduler,
+                                     torch.tensor)):
+        p = tensor(np.zeros(2), requires_grad=True)
+        opt = opt_cls([p], lr=1.0, momentum=0.9)
+        opt.param_groups[0]["initial_lr"] = 2.0
+        scheds = CHAINS[chain](L, opt)
+        seq = []
+        for _ in range(25):
+            seq.append(opt.param_groups[0]["lr"])
+            opt.step()
+            for sched in scheds:
+                sched.step()
+        lrs.append(seq)
+    assert_close(np.array(lrs[0]), np.array(lrs[1]), rtol=1e-12, atol=1e-15)
+
+
+def test_chainable_scheduler_resumes_from_both_state_dicts():
     p = minidl.tensor(np.zeros(2), requires_grad=True)
-    for make in (lambda o, **kw: LS.MultiStepLR(o, [2, 5], 0.5, **kw),
-                 lambda o, **kw: LS.ExponentialLR(o, 0.9, **kw)):
-        opt = optim.SGD([p], lr=0.4)
-        sched = make(opt)
-        lrs = []
-        for _ in range(7):
-            sched.step()
-            lrs.append(opt.param_groups[0]["lr"])
-        opt2 = optim.SGD([p], lr=0.4)
-        opt2.param_groups[0]["initial_lr"] = 0.4
-        sched2 = make(opt2, last_epoch=3)   # steps 4.. follow the same sequence
-        resumed = [opt2.param_groups[0]["lr"]]
-        for _ in range(3):
-            sched2.step()
-            resumed.append(opt2.param_groups[0]["lr"])
-        assert resumed == lrs[3:]
+
+    def make():
+        opt = optim.SGD([p], lr=0.5, momentum=0.9)
+        return opt, [LS.CosineAnnealingLR(opt, 9, 0.01), LS.MultiStepLR(opt, [2, 6], 0.5)]
+
+    opt, scheds = make()
+    seq = []
+    for i in range(12):
+        if i == 5:
+            saved = (opt.state_dict(), [s.state_dict() for s in scheds])
+        seq.append(opt.param_groups[0]["lr"])
+        for s in scheds:
+            s.step()
+    opt2, scheds2 = make()
+    opt2.load_state_dict(saved[0])
+    for s, state in zip(scheds2, saved[1]):
+        s.load_state_dict(state)
+    resumed = []
+    for _ in range(7):
+        resumed.append(opt2.param_groups[0]["lr"])
+        for s in scheds2:
+            s.step()
+    assert resumed == seq[5:]
     with pytest.raises(TypeError, match="milestones must be a list of ints"):
         LS.MultiStepLR(optim.SGD([p], lr=0.1), milestones=5)
+
+
+def test_one_cycle_wants_one_max_lr_per_group():
+    # Regression: a short list silently left groups out (a KeyError later).
+    a, b = minidl.zeros(2, requires_grad=True), minidl.zeros(2, requires_grad=True)
+    opt = optim.SGD([{"params": [a]}, {"params": [b]}], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="expected 2 values for max_lr .* got 1"):
+        LS.OneCycleLR(opt, max_lr=[0.5], total_steps=10)

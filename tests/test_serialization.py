@@ -109,6 +109,14 @@ def test_bad_files_give_clear_errors_and_leave_model_untouched(tmp_path):
     before = {k: v.numpy().copy() for k, v in m.state_dict().items()}
     cases = {"truncated.safetensors": blob[: len(blob) // 2], "empty.safetensors": b"",
              "pickle.pt": b"\x80\x04\x95" + b"\x00" * 64, "text.safetensors": b"hello world!"}
+    # damaged header entries (a raw IndexError/TypeError before)
+    for i, entry in enumerate([{"dtype": "F32", "shape": [1], "data_offsets": [4]},
+                               {"dtype": "F32", "shape": [1], "data_offsets": 4},
+                               {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]},
+                               {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]},
+                               {"dtype": 7, "shape": [1], "data_offsets": [0, 4]}, [0, 4]]):
+        header = json.dumps({"w": entry}).encode()
+        cases[f"header{i}.safetensors"] = len(header).to_bytes(8, "little") + header + bytes(4)
     for name, data in cases.items():
         path = tmp_path / name
         path.write_bytes(data)
@@ -157,3 +165,21 @@ def test_unsupported_dtype_names_the_tensor_and_dtype(tmp_path):
     with pytest.raises(CheckpointError, match=r"tensor 'w' has dtype BF16.*F32") as err:
         load(path)
     assert "corrupt" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_rng_state_carries_the_gpu_generator(monkeypatch):
+    # Regression: only the CPU generator was checkpointed, so a resumed GPU run
+    # drew epoch 1's dropout masks again. CuPy stands in as NumPy's generator API.
+    import types
+
+    from minidl import random as R
+    fake_cupy = types.SimpleNamespace(random=types.SimpleNamespace(
+        default_rng=np.random.default_rng))
+    minidl.manual_seed(0)
+    R.generator_for(fake_cupy).random(5)                 # epoch 1
+    state = get_rng_state()
+    uninterrupted = R.generator_for(fake_cupy).random(3)
+    minidl.manual_seed(7)                                  # a fresh process, reseeded
+    set_rng_state(json.loads(json.dumps(state)))           # as a checkpoint stores it
+    np.testing.assert_array_equal(R.generator_for(fake_cupy).random(3), uninterrupted)
+    minidl.manual_seed(0)

@@ -107,6 +107,27 @@ def test_resume_refuses_other_run_settings(tmp_path, mnist_small):
             Trainer(_config(tmp_path, resume=True, **kw), data=data, log=lambda m: None)
     resumed = Trainer(_config(tmp_path, resume=True), data=data, log=lambda m: None)
     assert resumed.epoch == 1
+    # Regression: a weights-only file in the checkpoint's place was a raw KeyError.
+    run = tmp_path / "run"
+    os.replace(run / "model.safetensors", run / "checkpoint.safetensors")
+    with pytest.raises(ValueError, match=r"--resume: .*checkpoint.safetensors is not a training "
+                                         r"checkpoint .*lacks model, optimizer"):
+        Trainer(_config(tmp_path, resume=True), data=data, log=lambda m: None)
+    result = _run_example("predict", str(EXAMPLE), "--out", str(run))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "predict: " in result.stderr and "lacks model, config" in result.stderr
+
+
+def test_unwritable_out_is_refused_before_training(tmp_path, mnist_small, monkeypatch):
+    # Regression: a read-only --out trained a whole epoch, then died with a traceback.
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    data = (mnist_small[0][:64], mnist_small[1][:64], mnist_small[2][:64], mnist_small[3][:64])
+    with pytest.raises(OSError, match=r"cannot write the run's files to .*run/: Permission denied"):
+        Trainer(_config(tmp_path), data=data, log=lambda m: None)
 
 
 def test_interrupt_mid_epoch_keeps_model_file_at_the_last_epoch(tmp_path, mnist_small):
@@ -219,6 +240,23 @@ def test_predict_reads_a_png(tmp_path, mnist_small):
     assert result.returncode == 0, result.stderr
     top = result.stdout.split(":", 1)[1].split()[0]
     assert int(top) == int(test_y[i]), result.stdout
+
+
+def test_predict_takes_the_opaque_strokes_of_a_transparent_png(tmp_path):
+    # Regression: converting to grey dropped the alpha channel, so a black digit on a
+    # transparent background became a blank input.
+    from PIL import Image
+    sys.path.insert(0, os.path.dirname(EXAMPLE))
+    try:
+        import mnist_cnn_attn as example
+    finally:
+        sys.path.pop(0)
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[6:22, 12:16, 3] = 255                   # a black "1": opaque strokes, RGB 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "one.png")
+    x = example.load_image(str(tmp_path / "one.png"))
+    assert x.shape == (1, 28, 28) and x.max() == 1.0
+    assert x[0, 14, :].sum() > 2                 # the stroke crosses the middle row
 
 
 def test_pool_before_relu_is_exact():

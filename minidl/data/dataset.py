@@ -32,13 +32,25 @@ def raw_array(value):
 
 
 def default_collate(samples):
-    """Stack a list of samples (tuples of arrays or numbers) into a batch."""
+    """Stack a list of samples (tuples of arrays or numbers) into a batch.
+
+    As PyTorch's: strings (file names, labels as text) stay a list of strings;
+    anything that is not numbers, arrays, tensors, strings or a tuple, list or
+    dict of those (None, objects) is a TypeError naming its type."""
     first = samples[0]
     if isinstance(first, (tuple, list)):
         return tuple(default_collate([s[k] for s in samples]) for k in range(len(first)))
     if isinstance(first, dict):
         return {k: default_collate([s[k] for s in samples]) for k in first}
+    if isinstance(first, (str, bytes)):
+        return list(samples)
     arrays = [raw_array(s) for s in samples]
+    kind = arrays[0].dtype.kind
+    if kind not in "biufc":
+        found = (f"arrays of dtype {arrays[0].dtype}" if hasattr(first, "dtype")
+                 else f"{type(first).__name__}")
+        raise TypeError(f"default_collate: a batch must hold numbers, arrays, tensors, strings "
+                        f"or tuples, lists or dicts of them; found {found}")
     return get_array_module(arrays[0]).stack(arrays)
 
 

@@ -28,4 +28,5 @@ def relu(input, inplace=False):
 __all__ = ["relu", "leaky_relu", "silu", "sigmoid", "tanh", "gelu", "softmax", "log_softmax",
            "dropout", "linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "pad",
            "flatten", "one_hot", "cross_entropy", "nll_loss", "mse_loss",
-           "binary_cross_entropy_with_logits", "layer_norm", "batch_norm", "scaled_dot_product_attention"]
+           "binary_cross_entropy_with_logits", "layer_norm", "batch_norm",
+           "scaled_dot_product_attention"]

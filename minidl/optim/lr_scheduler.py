@@ -1,19 +1,26 @@
 """Learning-rate schedulers matching ``torch.optim.lr_scheduler``'s sequences.
 
-Each scheduler computes the lr of step ``last_epoch`` in closed form from
-the groups' ``initial_lr``, so a resumed run (``load_state_dict``) continues
-the exact sequence. Construction applies step 0; call ``step()`` after
-each ``optimizer.step()`` (per epoch or per batch, as the schedule is meant).
+Construction applies step 0; call ``step()`` after each ``optimizer.step()``
+(per epoch or per batch, as the schedule is meant). Two kinds, as PyTorch's:
+
+* chainable (StepLR, MultiStepLR, ExponentialLR, CosineAnnealingLR): each
+  step scales the group's *current* lr, so two schedulers on one optimizer
+  compose (a StepLR and an ExponentialLR multiply their decays), and so does
+  an lr the user changed by hand. A resumed run continues exactly when the
+  optimizer's state (which holds the lr) is loaded with the scheduler's.
+* absolute (LambdaLR, OneCycleLR): each step sets the lr from ``initial_lr``
+  and the step count; ``load_state_dict`` re-applies it.
 """
 from __future__ import annotations
 
-import bisect
 import math
 
 from .optimizer import Optimizer
 
 
 class LRScheduler:
+    chainable = False   # True: each step scales the current lr (see the module docstring)
+
     def __init__(self, optimizer, last_epoch=-1):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(self).__name__}: expected an Optimizer, got "
@@ -29,12 +36,19 @@ class LRScheduler:
                                    "(needed to resume with last_epoch != -1)")
         self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
         self.last_epoch = last_epoch
+        self._step_count = 0
+        self._is_initial = True   # the constructor's step: chainable ones keep the lr
         self.step()
+        self._is_initial = False
 
     def get_lr(self):
         raise NotImplementedError
 
+    def _current_lrs(self):
+        return [group["lr"] for group in self.optimizer.param_groups]
+
     def step(self):
+        self._step_count += 1
         self.last_epoch += 1
         lrs = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, lrs):
@@ -53,6 +67,8 @@ class LRScheduler:
     def load_state_dict(self, state_dict):
         for k, v in state_dict.items():
             setattr(self, k, list(v) if isinstance(v, tuple) else v)
+        if self.chainable:   # the lr comes back with the optimizer's state, as in PyTorch
+            return
         lrs = self.get_lr()  # re-apply the lr of the restored step
         for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr
@@ -75,7 +91,10 @@ class LambdaLR(LRScheduler):
 
 
 class StepLR(LRScheduler):
-    """lr = initial_lr * gamma ** (step // step_size)."""
+    """lr *= gamma every ``step_size`` steps (initial_lr * gamma ** (step // step_size)
+    alone)."""
+
+    chainable = True
 
     def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
         if int(step_size) < 1:
@@ -84,13 +103,16 @@ class StepLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
-        return [base * self.gamma ** (self.last_epoch // self.step_size)
-                for base in self.base_lrs]
+        if self.last_epoch == 0 or self.last_epoch % self.step_size:
+            return self._current_lrs()
+        return [lr * self.gamma for lr in self._current_lrs()]
 
 
 class MultiStepLR(LRScheduler):
-    """lr = initial_lr * gamma ** (number of milestones <= step); a milestone listed
-    twice counts twice, as PyTorch's."""
+    """lr *= gamma at each milestone (initial_lr * gamma ** (milestones <= step) alone);
+    a milestone listed twice counts twice, as PyTorch's."""
+
+    chainable = True
 
     def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
         try:
@@ -102,23 +124,31 @@ class MultiStepLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
-        passed = bisect.bisect_right(self.milestones, self.last_epoch)
-        return [base * self.gamma ** passed for base in self.base_lrs]
+        times = self.milestones.count(self.last_epoch)
+        return [lr * self.gamma ** times if times else lr for lr in self._current_lrs()]
 
 
 class ExponentialLR(LRScheduler):
-    """lr = initial_lr * gamma ** step."""
+    """lr *= gamma each step (initial_lr * gamma ** step alone)."""
+
+    chainable = True
 
     def __init__(self, optimizer, gamma, last_epoch=-1):
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
-        return [base * self.gamma ** self.last_epoch for base in self.base_lrs]
+        if self._is_initial:
+            return self._current_lrs()
+        return [lr * self.gamma for lr in self._current_lrs()]
 
 
 class CosineAnnealingLR(LRScheduler):
-    """lr = eta_min + (initial_lr - eta_min) * (1 + cos(pi * step / T_max)) / 2."""
+    """Alone, lr = eta_min + (initial_lr - eta_min) * (1 + cos(pi * step / T_max)) / 2,
+    reached as PyTorch's: each step scales lr - eta_min by the ratio of two
+    consecutive cosine terms, and past T_max the lr climbs back (a period of 2 T_max)."""
+
+    chainable = True
 
     def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
         if T_max <= 0:
@@ -127,8 +157,14 @@ class CosineAnnealingLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
-        c = (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2
-        return [self.eta_min + (base - self.eta_min) * c for base in self.base_lrs]
+        t, T, eta = self.last_epoch, self.T_max, self.eta_min
+        if self._is_initial:
+            return self._current_lrs()
+        if (t - 1 - T) % (2 * T) == 0:   # leaving the trough, where the ratio would be 0/0
+            return [lr + (base - eta) * (1 - math.cos(math.pi / T)) / 2
+                    for lr, base in zip(self._current_lrs(), self.base_lrs)]
+        ratio = (1 + math.cos(math.pi * t / T)) / (1 + math.cos(math.pi * (t - 1) / T))
+        return [ratio * (lr - eta) + eta for lr in self._current_lrs()]
 
 
 class OneCycleLR(LRScheduler):
@@ -154,6 +190,9 @@ class OneCycleLR(LRScheduler):
         self.total_steps, self.anneal_strategy = int(total_steps), anneal_strategy
         n = len(optimizer.param_groups)
         max_lrs = list(max_lr) if isinstance(max_lr, (list, tuple)) else [max_lr] * n
+        if len(max_lrs) != n:
+            raise ValueError(f"OneCycleLR: expected {n} values for max_lr (one per param "
+                             f"group), got {len(max_lrs)}")
         if three_phase:
             self._phases = [
                 (float(pct_start * self.total_steps) - 1, "initial_lr", "max_lr",
