@@ -737,3 +737,72 @@ def test_max_min_keep_the_dim_in_either_spelling():
     v, _ = minidl.tensor(2.0).max(0)
     v += 1                                      # a new tensor: the input is unchanged
     assert minidl.tensor(2.0).max(0).values.item() == 2.0
+
+
+# ------------------------------------------------ review regressions (round 5)
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_and_silu_are_accurate_in_the_negative_tail(dtype):
+    # Regression: 0.5 * tanh(x / 2) + 0.5 cancelled, so float32 sigmoid(-20) was 0
+    # (2.06e-9) and sigmoid(-17) 44 % off.
+    torch = pytest.importorskip("torch")
+    x = np.array([-100, -40, -20, -17, -5, 0, 5, 17, 40], dtype)
+    for ours, theirs in ((minidl.sigmoid, torch.sigmoid),
+                         (minidl.nn.functional.silu, torch.nn.functional.silu)):
+        got = ours(minidl.tensor(x)).numpy()
+        want = theirs(torch.tensor(x)).numpy()
+        close = np.isclose(got, want, rtol=2e-6 if dtype == np.float32 else 1e-14, atol=0)
+        tiny = np.abs(want) < np.finfo(dtype).tiny   # torch flushes denormals there
+        assert (close | tiny).all(), (got, want)
+    assert minidl.sigmoid(minidl.tensor(x[2:3])).numpy()[0] > 0
+
+
+INT_AND_ARRAY_KEYS = [(0, slice(None), [1, 2]), (slice(None), [0, 2], -1), (1, ..., [0, 3]),
+                      (0, None, slice(None), [1, 2]), ([1, 0], 0, [1, 2]),
+                      (0, np.array([[1, 2], [0, 0]]), slice(1, 3)), (..., 0, [1, 1]),
+                      (0, slice(None), np.array([True, False, True, True])),
+                      (np.array([True, False]), 0, [1, 2]), (-1, [2, 0], None, -2)]
+
+
+@pytest.mark.parametrize("key", INT_AND_ARRAY_KEYS, ids=str)
+def test_int_and_array_indices_follow_torch_order(key):
+    # Regression: NumPy counts an int as an advanced index, so x[0, :, [1, 2]] of a
+    # (2, 3, 4) tensor was (2, 3), transposed; PyTorch applies the ints first: (3, 2).
+    torch = pytest.importorskip("torch")
+    a = randn(0, (2, 3, 4, 5))
+    tkey = tuple(torch.tensor(k) if isinstance(k, (list, np.ndarray)) else k for k in key)
+    mkey = tuple(minidl.tensor(k) if isinstance(k, (list, np.ndarray)) else k for k in key)
+    check_vs_torch(lambda x: x[tkey], [a], lambda x: x[mkey])
+    want = torch.tensor(a)
+    value = randn(1, tuple(want[tkey].shape))
+    want[tkey] = torch.tensor(value)
+    got = minidl.tensor(a)
+    got[mkey] = value
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_pow_tensor_exponent_zero_at_zero_base_has_zero_gradient():
+    # Regression: b * a ** (b - 1) is 0 * inf = NaN at a = b = 0.
+    a = minidl.tensor([0.0, 2.0, 0.0], requires_grad=True)
+    b = minidl.tensor([0.0, 1.0, 2.0])
+    (a ** b).sum().backward()
+    np.testing.assert_array_equal(a.grad.numpy(), [0.0, 1.0, 0.0])
+
+
+def test_matmul_with_an_empty_contraction_backpropagates():
+    # Regression: the shared-weight shortcut reshaped with -1, which NumPy cannot
+    # infer for a 0-length dim.
+    pytest.importorskip("torch")
+    check_vs_torch(lambda a, b: a @ b, [np.zeros((2, 3, 0)), np.zeros((0, 4))])
+    check_vs_torch(lambda a, b: a @ b, [np.ones((2, 3, 2)), np.ones((2, 0))])
+
+
+def test_var_gradient_is_not_finite_where_the_variance_is_not():
+    # Regression: backward divided by max(N - correction, 1), a finite gradient for a
+    # NaN or infinite variance.
+    x = minidl.tensor(np.array([1.5]), requires_grad=True)
+    x.var(correction=1).backward()
+    assert np.isnan(x.grad.numpy()).all()
+    x = minidl.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    x.var(correction=2).backward()
+    assert np.isinf(x.grad.numpy()).all()

@@ -112,6 +112,10 @@ def _setitem(self, key, value):
         key = key.data
     elif isinstance(key, tuple):
         key = tuple(k.data if isinstance(k, Tensor) else k for k in key)
+    split = shape.split_int_indices(key, self.ndim)
+    if split is not None:   # PyTorch's order: the ints first (a view), then the rest
+        self.data[split[0]][split[1]] = _raw(value)
+        return
     self.data[key] = _raw(value)
 
 

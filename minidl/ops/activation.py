@@ -25,7 +25,7 @@ import numpy as np
 from .. import backend
 from ..random import generator_for
 from ..tensor import Function, Tensor
-from .arith import as_float, cast
+from .arith import as_float, cast, stable_sigmoid
 from .shape import normalize_dim, reshape
 
 
@@ -240,12 +240,8 @@ class SiLU(Function):
     def forward(self, x):
         xp = backend.get_array_module(x)
         self.x = x = as_float(x)
-        half = x.dtype.type(0.5)
-        s = xp.tanh(half * x)   # the sigmoid in tanh form: no overflow warning in the tails
-        s *= half
-        s += half
-        self.s = s
-        return x * s
+        self.s = stable_sigmoid(x, xp)
+        return x * self.s
 
     def backward(self, gy):
         x, s = self.x, self.s

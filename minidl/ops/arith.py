@@ -10,6 +10,8 @@ PyTorch: see :func:`float_result_dtype`.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import backend
@@ -119,7 +121,12 @@ class Pow(Function):
 
     def backward(self, gy):
         a, b = self.a, self.b
-        ga = gy * b * a ** (b - 1) if self.needs_input_grad[0] else None
+        ga = None
+        if self.needs_input_grad[0]:
+            xp = backend.get_array_module(a)
+            # b * a**(b-1) is 0 * inf at a = b = 0, where the derivative is 0 (a**0 = 1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ga = gy * xp.where(b == 0, 0, b * a ** (b - 1))
         gb = None
         if self.needs_input_grad[1]:
             xp = backend.get_array_module(a)
@@ -185,7 +192,9 @@ class MatMul(Function):
             if b2.ndim == 2 and a2.ndim > 2 and a2.shape[:-1] == gy.shape[:-1]:
                 # A shared weight under a batch: one GEMM over all rows, not a
                 # batched product summed afterwards.
-                gb = a2.reshape(-1, a2.shape[-1]).T @ gy.reshape(-1, gy.shape[-1])
+                # rows counted, not -1: NumPy cannot infer it when k or m is 0
+                rows = math.prod(a2.shape[:-1])
+                gb = a2.reshape(rows, a2.shape[-1]).T @ gy.reshape(rows, gy.shape[-1])
             else:
                 gb = a2.swapaxes(-1, -2) @ gy
             if b.ndim == 1:
@@ -303,13 +312,20 @@ class Tanh(Function):
         return gy * (1 - self.y * self.y)
 
 
+def stable_sigmoid(x, xp):
+    """1 / (1 + exp(-x)) of a float array, accurate in both tails: from e = exp(-|x|)
+    (never overflows), 1 / (1 + e) for x >= 0 and e / (1 + e) below, so
+    sigmoid(-20) is 2.06e-9 in float32, not 0 (0.5 * tanh(x / 2) + 0.5 cancels
+    there)."""
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, x.dtype.type(1), e) / (e + 1)
+
+
 class Sigmoid(Function):
     def forward(self, x):
         xp = backend.get_array_module(x)
         x = as_float(x)  # an integer dtype's 0.5 would be 0
-        # tanh form: no overflow warning for large |x|, exact in both tails.
-        half = x.dtype.type(0.5)
-        self.y = half * xp.tanh(half * x) + half
+        self.y = stable_sigmoid(x, xp)
         return self.y
 
     def backward(self, gy):

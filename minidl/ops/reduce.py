@@ -13,6 +13,8 @@ from __future__ import annotations
 import builtins
 import collections
 
+import numpy as np
+
 from .. import backend
 from ..tensor import Function, Tensor
 from .shape import normalize_dim
@@ -123,12 +125,16 @@ class Var(Function):
         self.n = _count(x.shape, self.axes)
         denom = x.dtype.type(builtins.max(self.n - self.ddof, 0))
         sq = self.centered * self.centered
-        return sq.sum(axis=self.axes, keepdims=self.keepdims) / denom
+        with np.errstate(divide="ignore", invalid="ignore"):   # NaN or inf when ddof >= n
+            return sq.sum(axis=self.axes, keepdims=self.keepdims) / denom
 
     def backward(self, gy):
         c = self.centered
-        scale = c.dtype.type(2.0 / builtins.max(self.n - self.ddof, 1))
-        return _unreduce(gy, c.shape, self.axes, self.keepdims) * (c * scale)
+        # 2 / (n - ddof) as PyTorch's: inf when ddof >= n, where the variance is NaN or
+        # inf, so the gradient is not silently finite there
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = c.dtype.type(np.float64(2.0) / np.float64(self.n - self.ddof))
+            return _unreduce(gy, c.shape, self.axes, self.keepdims) * (c * scale)
 
 
 class Std(Var):

@@ -260,8 +260,39 @@ def swapaxes(x, axis1, axis2):
     return Transpose(tuple(perm))(x)
 
 
+def split_int_indices(key, ndim):
+    """PyTorch applies a key's integer indices first, NumPy counts them as advanced
+    indices: ``x[0, :, [1, 2]]`` of a (2, 3, 4) x is (3, 2) in PyTorch and (2, 3)
+    in NumPy. For a key with ints and arrays, returns (ints_key, rest_key) such
+    that ``x[ints_key][rest_key]`` is PyTorch's result; else None."""
+    parts = key if isinstance(key, tuple) else (key,)
+    if not (any(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in parts)
+            and _is_advanced(parts)):
+        return None
+    consumed = sum(getattr(k, "ndim", 1) if getattr(k, "dtype", None) == np.bool_ else
+                   (0 if k is None or k is Ellipsis else 1) for k in parts)
+    expanded = []
+    for k in parts:   # Ellipsis -> the slices it stands for
+        expanded.extend([slice(None)] * (ndim - consumed) if k is Ellipsis else [k])
+    ints_key, rest_key = [], []
+    for k in expanded:
+        if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            ints_key.append(k)
+        elif k is None:
+            rest_key.append(k)
+        else:   # a slice or an array: kept for the second step, its dims kept by the first
+            width = k.ndim if getattr(k, "dtype", None) == np.bool_ else 1
+            ints_key.extend([slice(None)] * width)
+            rest_key.append(k)
+    return tuple(ints_key), tuple(rest_key)
+
+
 def getitem(x, key):
-    return GetItem(_raw_key(key))(x)
+    key = _raw_key(key)
+    split = split_int_indices(key, x.ndim)
+    if split is not None:
+        return GetItem(split[1])(GetItem(split[0])(x))
+    return GetItem(key)(x)
 
 
 def concat(tensors, axis=0, *, dim=None):
