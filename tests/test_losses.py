@@ -225,3 +225,84 @@ def test_loss_backward_returns_float32_for_float32(reduction, monkeypatch):
         loss.sum().backward()
     assert len({name for name, _ in seen}) == 4
     assert all(dtype == np.float32 for _, dtype in seen), seen
+
+
+# ------------------------------------------------ review regressions (round 5)
+
+def test_ignored_rows_with_infinite_logits_do_not_poison_the_loss():
+    # Regression: ignored rows were looked up at class 0 and multiplied by 0: a -inf
+    # there (a masked padding class, or a padding row of -inf) gave 0 * inf = NaN.
+    torch = pytest.importorskip("torch")
+    x = randn(0, (4, 3))
+    x[:, 0] = -np.inf                      # class 0 masked in every row
+    t = np.array([1, -100, 2, -100])
+    for smoothing in (0.0, 0.1):
+        for reduction in ("mean", "sum", "none"):
+            check_vs_torch(
+                lambda x: torch.nn.functional.cross_entropy(
+                    x, torch.tensor(t), reduction=reduction, label_smoothing=smoothing)
+                if isinstance(x, torch.Tensor) else None, [x],
+                lambda x: F.cross_entropy(x, minidl.tensor(t), reduction=reduction,
+                                          label_smoothing=smoothing))
+    for reduction in ("mean", "none"):
+        check_vs_torch(lambda z: torch.nn.functional.nll_loss(z, torch.tensor(t),
+                                                             reduction=reduction),
+                       [x], lambda z: F.nll_loss(z, minidl.tensor(t), reduction=reduction))
+    # an ignored padding row of -inf: PyTorch's loss, and a zero gradient there (PyTorch's
+    # is NaN: its softmax of the row is 0/0)
+    x[3] = -np.inf
+    ours = minidl.tensor(x, requires_grad=True)
+    loss = F.cross_entropy(ours, minidl.tensor(t), label_smoothing=0.1)
+    assert_close(loss, torch.nn.functional.cross_entropy(
+        torch.tensor(x), torch.tensor(t), label_smoothing=0.1).numpy())
+    loss.backward()
+    assert np.isfinite(ours.grad.numpy()).all() and not ours.grad.numpy()[3].any()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_probability_targets_get_their_gradient(smoothing):
+    # Regression: the target was a constant, so a distillation target never learned.
+    torch = pytest.importorskip("torch")
+    q = np.random.default_rng(1).dirichlet(np.ones(5), size=4)
+    w = np.linspace(0.5, 2, 5)
+    check_vs_torch(lambda x, q: torch.nn.functional.cross_entropy(
+                       x, q, weight=torch.tensor(w), label_smoothing=smoothing),
+                   [(4, 5), q],
+                   lambda x, q: F.cross_entropy(x, q, weight=w, label_smoothing=smoothing))
+    gradcheck(lambda x, q: F.cross_entropy(x, q, reduction="sum"), [randn(2, (3, 4, 2)),
+                                                                    randn(3, (3, 4, 2))])
+
+
+def test_nll_loss_checks_the_weight_length():
+    x = minidl.randn(2, 3)
+    for w in (np.ones(4), np.ones(2)):
+        with pytest.raises(ValueError, match=r"nll_loss: weight must have shape \(3,\)"):
+            F.nll_loss(x, minidl.tensor([0, 2]), weight=w)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_mse_loss_dtype_does_not_depend_on_the_reduction(reduction):
+    # Regression: float32 input, int64 target gave float64 with 'none'; float32 input,
+    # float64 target gave float32 with 'mean'/'sum' (PyTorch: float32, float64).
+    x = minidl.randn(3, requires_grad=True)
+    assert F.mse_loss(x, minidl.tensor([1, 2, 3]), reduction=reduction).dtype == np.float32
+    y64 = minidl.tensor(np.ones(3), requires_grad=True)
+    loss = F.mse_loss(x, y64, reduction=reduction)
+    assert loss.dtype == np.float64
+    loss.sum().backward()
+    assert x.grad.dtype == np.float32 and y64.grad.dtype == np.float64
+
+
+def test_bce_target_of_another_dtype_keeps_its_gradient():
+    x = minidl.randn(4, requires_grad=True)
+    y = minidl.tensor(np.full(4, 0.3), requires_grad=True)   # float64
+    F.binary_cross_entropy_with_logits(x, y).backward()
+    assert y.grad is not None and y.grad.dtype == np.float64
+    assert_close(y.grad, -x.detach().numpy().astype(np.float64) / 4, rtol=1e-6)
+
+
+def test_layer_norm_takes_numpy_ints():
+    assert nn.LayerNorm(np.int64(4)).normalized_shape == (4,)
+    assert F.layer_norm(minidl.randn(2, 4), np.int64(4)).shape == (2, 4)
+    with pytest.raises(TypeError, match="normalized_shape must be an int or a sequence"):
+        nn.LayerNorm(4.0)

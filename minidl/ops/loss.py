@@ -27,6 +27,7 @@ import numpy as np
 from .. import backend
 from ..tensor import Function, Tensor
 from .activation import _safe_max
+from .arith import cast, operands
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -127,11 +128,14 @@ def _unrows(g, shape):
 
 
 class CrossEntropy(Function):
+    """Inputs: the logits, and the probability targets when they need a gradient
+    (otherwise the targets are a constant given to the constructor)."""
+
     def __init__(self, target, weight, ignore_index, reduction, label_smoothing):
         self.target, self.weight = target, weight
         self.ignore_index, self.reduction, self.eps = ignore_index, reduction, label_smoothing
 
-    def forward(self, x):
+    def forward(self, x, target=None):
         xp = backend.get_array_module(x)
         shape, dtype = x.shape, x.dtype
         z = _rows(x)
@@ -139,9 +143,11 @@ class CrossEntropy(Function):
         z = z - _safe_max(z, 1, xp)                  # (M, C), ours
         p = xp.exp(z)
         s = p.sum(axis=1, keepdims=True)
+        s[s == 0] = 1                                # a row of -inf (padding): p = 0, no 0/0
         p /= s
         log_s = xp.log(s)[:, 0]                      # logp = z - log_s
-        w, eps, target = self.weight, self.eps, self.target
+        w, eps = self.weight, self.eps
+        target = self.target if target is None else target
         if target.dtype.kind == "f":                 # class probabilities
             q = _rows(target).astype(dtype, copy=False)
             a = q * (1 - eps) + eps / C if eps else q
@@ -151,6 +157,9 @@ class CrossEntropy(Function):
             loss = a_sum * log_s - (a * z).sum(axis=1)
             denom = dtype.type(z.shape[0])
             self.a, self.rows, self.valid = a, None, None
+            if len(self.needs_input_grad) > 1 and self.needs_input_grad[1]:
+                # d l_i / d q[i, c] = -(1 - eps) w[c] logp[i, c]
+                self.logp, self.target_dtype = z - log_s[:, None], target.dtype
         else:
             t = target.reshape(-1)
             valid = t != self.ignore_index
@@ -163,7 +172,10 @@ class CrossEntropy(Function):
             rows = xp.arange(t.shape[0])
             wt = valid.astype(dtype) if w is None else w[t_safe] * valid
             c_nll = wt * (1 - eps)                   # coefficient of -logp[i, t_i]
-            loss = c_nll * (log_s - z[rows, t_safe])
+            # ignored rows are selected out, not multiplied by 0: a -inf logit there
+            # (a masked padding class) would give 0 * inf = NaN
+            zero = dtype.type(0)
+            loss = c_nll * (xp.where(valid, log_s, zero) - xp.where(valid, z[rows, t_safe], zero))
             if eps:
                 validf = valid.astype(dtype)
                 if w is None:
@@ -172,7 +184,7 @@ class CrossEntropy(Function):
                 else:
                     smooth = w.sum() * log_s - z @ w
                     w_total = w.sum()
-                loss += (eps / C) * validf * smooth
+                loss += xp.where(valid, (eps / C) * smooth, zero)
                 a_sum = c_nll + (eps / C) * w_total * validf
                 self.validf = validf
             else:
@@ -186,6 +198,14 @@ class CrossEntropy(Function):
     def backward(self, gy):
         shape = self.shape
         g = _row_grads(gy, self.reduction, self.denom, self.a_sum.shape[0], self.valid)
+        gq = None
+        if len(self.needs_input_grad) > 1 and self.needs_input_grad[1]:
+            gq = self.logp * (g * -(1 - self.eps))[:, None]
+            if self.weight is not None:
+                gq *= self.weight
+            gq = _unrows(gq, shape).astype(self.target_dtype, copy=False)
+        if not self.needs_input_grad[0]:
+            return None, gq
         gx = self.p * (g * self.a_sum)[:, None]
         if self.rows is None:
             gx -= self.a * g[:, None]
@@ -195,7 +215,7 @@ class CrossEntropy(Function):
                 C = gx.shape[1]
                 cw = (self.eps / C) * (g * self.validf)
                 gx -= cw[:, None] * (1 if self.weight is None else self.weight)
-        return _unrows(gx, shape)
+        return _unrows(gx, shape) if gq is None else (_unrows(gx, shape), gq)
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
@@ -237,7 +257,11 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         if w.shape != (C,):
             raise ValueError(f"cross_entropy: weight must have shape ({C},), got {w.shape}")
         w = w.astype(x.data.dtype, copy=False)
-    return CrossEntropy(t, w, ignore_index, reduction, float(label_smoothing))(x)
+    fn = CrossEntropy(t, w, ignore_index, reduction, float(label_smoothing))
+    if getattr(target, "requires_grad", False) and t.dtype.kind == "f":
+        # a target from a network being trained (distillation): it gets its gradient
+        return fn(x, target if target.device == x.device else Tensor._wrap(t))
+    return fn(x)
 
 
 class NLLLoss(Function):
@@ -258,7 +282,7 @@ class NLLLoss(Function):
             raise IndexError(f"nll_loss: target {int(bad[0])} is out of range for {C} classes")
         rows = xp.arange(t.shape[0])
         wt = valid.astype(dtype) if self.weight is None else self.weight[t_safe] * valid
-        loss = -wt * z[rows, t_safe]
+        loss = -wt * xp.where(valid, z[rows, t_safe], dtype.type(0))   # as cross_entropy's
         self.rows, self.t, self.wt, self.shape, self.valid = rows, t_safe, wt, shape, valid
         self.denom = wt.sum()
         return _reduce_rows(loss, self.reduction, self.denom, shape, dtype)
@@ -291,7 +315,12 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     t = backend.to_device(t, x.device)
     w = _raw(weight)
     if w is not None:
-        w = backend.to_device(w, x.device).astype(x.data.dtype, copy=False)
+        C = x.shape[1] if x.ndim > 1 else x.shape[0]
+        w = backend.to_device(np.asarray(w) if isinstance(w, (list, tuple)) else w, x.device)
+        if w.shape != (C,):
+            raise ValueError(f"nll_loss: weight must have shape ({C},), one per class, got "
+                             f"{w.shape}")
+        w = w.astype(x.data.dtype, copy=False)
     return NLLLoss(t, w, ignore_index, reduction)(x)
 
 
@@ -320,14 +349,14 @@ class MSELoss(Function):
     def forward(self, x, y):
         xp = backend.get_array_module(x)
         d = x - y
-        self.d = d
-        return _reduce(d * d, self.reduction, xp, x.dtype)
+        self.d, self.dtypes = d, (x.dtype, y.dtype)
+        return _reduce(d * d, self.reduction, xp, d.dtype)   # the wider dtype, any reduction
 
     def backward(self, gy):
         xp = backend.get_array_module(gy)
         g = self.d * (2 * _unreduce(gy, self.d.shape, self.reduction, xp))
-        return (g if self.needs_input_grad[0] else None,
-                -g if self.needs_input_grad[1] else None)
+        return (g.astype(self.dtypes[0], copy=False) if self.needs_input_grad[0] else None,
+                (-g).astype(self.dtypes[1], copy=False) if self.needs_input_grad[1] else None)
 
 
 def mse_loss(input, target, size_average=None, reduce=None, reduction="mean"):
@@ -336,7 +365,7 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean"):
     :func:`legacy_reduction`)."""
     reduction = legacy_reduction("mse_loss", size_average, reduce, reduction)
     _check_reduction("mse_loss", reduction)
-    x, y = _as_tensor(input), _as_tensor(target)
+    x, y = operands(_as_tensor(input), _as_tensor(target))   # an int target: input's dtype
     if x.shape != y.shape:
         raise ValueError(f"mse_loss: input {tuple(x.shape)} and target {tuple(y.shape)} must "
                          "have the same shape")
@@ -389,7 +418,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
         raise ValueError(f"binary_cross_entropy_with_logits: target {tuple(y.shape)} must have "
                          f"the input's shape {tuple(x.shape)}")
     if y.data.dtype != x.data.dtype:
-        y = Tensor._wrap(y.data.astype(x.data.dtype))
+        y = cast(y, x.data.dtype)   # an op: a target that needs a gradient keeps it
     w, pw = _raw(weight), _raw(pos_weight)
     w = None if w is None else backend.to_device(w, x.device).astype(x.data.dtype, copy=False)
     pw = None if pw is None else backend.to_device(pw, x.device).astype(x.data.dtype, copy=False)

@@ -13,6 +13,8 @@ the running statistics: gx = gy * weight * rstd.
 """
 from __future__ import annotations
 
+import operator
+
 from .. import backend
 from ..tensor import Function, Tensor
 
@@ -56,10 +58,21 @@ class LayerNormFunction(Function):
         return gx, gw, gb
 
 
+def normalized_shape_tuple(op, normalized_shape):
+    """An int (NumPy's too) or a sequence of ints -> a tuple of ints."""
+    try:
+        if not hasattr(normalized_shape, "__len__"):
+            return (operator.index(normalized_shape),)
+        return tuple(operator.index(n) for n in normalized_shape)
+    except TypeError:
+        raise TypeError(f"{op}: normalized_shape must be an int or a sequence of ints, got "
+                        f"{normalized_shape!r}") from None
+
+
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Layer normalisation over the trailing ``normalized_shape`` dims, as PyTorch's."""
     x = input if isinstance(input, Tensor) else Tensor(input)
-    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    shape = normalized_shape_tuple("layer_norm", normalized_shape)
     if tuple(x.shape[x.ndim - len(shape):]) != shape or x.ndim < len(shape):
         raise ValueError(f"layer_norm: input {tuple(x.shape)} does not end with normalized_shape "
                          f"{shape}")
