@@ -191,6 +191,23 @@ def test_adaptive_avg_pool2d_matches_torch(H, W, OH, OW):
            lambda t: F.adaptive_avg_pool2d(t, (OH, OW)), [x], 0)
 
 
+def test_adaptive_avg_pool2d_keeps_an_inf_in_its_own_windows():
+    # Regression: averaging matrices multiplied one inf by zeros: NaN across the whole
+    # rows and columns of the output (and of the gradient, for a NaN in gy).
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    x[0, 0, 0, 0] = np.inf
+    t = minidl.tensor(x, requires_grad=True)
+    y = adaptive_avg_pool2d(t, (2, 2))
+    np.testing.assert_array_equal(y.numpy()[0, 0], [[np.inf, 0], [0, 0]])
+    gy = np.ones((1, 1, 2, 2), np.float32)
+    gy[0, 0, 1, 1] = np.nan
+    y.backward(minidl.tensor(gy))
+    assert np.isnan(t.grad.numpy()).sum() == 4 and np.isnan(t.grad.numpy()[0, 0, 2:, 2:]).all()
+    y = adaptive_avg_pool2d(minidl.tensor(np.arange(30.0).reshape(1, 1, 5, 6)), (3, 4))
+    window = np.arange(30.0).reshape(5, 6)[1:4, 3:5]   # PyTorch's window of output (1, 2)
+    np.testing.assert_allclose(y.numpy()[0, 0, 1, 2], window.mean())
+
+
 def test_model_shapes_match_torch():
     """The model's layers at a realistic (reduced-batch) size, float32."""
     F = pytest.importorskip("torch.nn.functional")

@@ -584,33 +584,39 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
 
 # ------------------------------------------------------ adaptive_avg_pool2d
 
-def _adaptive_matrix(size, out, dtype):
-    """(out, size) averaging matrix: row i averages PyTorch's window
-    [floor(i*size/out), ceil((i+1)*size/out))."""
-    m = np.zeros((out, size), dtype=dtype)
-    for i in range(out):
-        start, end = (i * size) // out, -((-(i + 1) * size) // out)
-        m[i, start:end] = 1.0 / (end - start)
-    return m
+def _adaptive_windows(size, out):
+    """PyTorch's windows along one axis: [floor(i*size/out), ceil((i+1)*size/out))."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
 
 
 class AdaptiveAvgPool2dFunction(Function):
-    """y = Ah @ x @ Aw.T with per-axis averaging matrices (windows are separable)."""
+    """Each output pixel averages its window; the windows are separable, so rows
+    are averaged over H first (OH slices), then over W (OW slices). Sums over the
+    windows themselves, not products with averaging matrices: those would turn one
+    inf into NaN across whole rows and columns (0 * inf)."""
 
     def __init__(self, output_size):
         self.output_size = output_size
 
     def forward(self, x):
         xp = backend.get_array_module(x)
-        H, W = x.shape[2:]
-        OH, OW = self.output_size
-        self.ah = xp.asarray(_adaptive_matrix(H, OH, x.dtype))
-        self.aw = xp.asarray(_adaptive_matrix(W, OW, x.dtype))
-        return xp.matmul(xp.matmul(self.ah, x), self.aw.T)
+        N, C, H, W = x.shape
+        self.rows = _adaptive_windows(H, self.output_size[0])
+        self.cols = _adaptive_windows(W, self.output_size[1])
+        self.x_shape = x.shape
+        by_rows = xp.stack([x[:, :, a:b].mean(axis=2) for a, b in self.rows], axis=2)
+        return xp.stack([by_rows[..., a:b].mean(axis=3) for a, b in self.cols], axis=3)
 
     def backward(self, gy):
         xp = backend.get_array_module(gy)
-        return (xp.matmul(xp.matmul(self.ah.T, gy), self.aw),)
+        N, C, H, W = self.x_shape
+        g_rows = xp.zeros((N, C, gy.shape[2], W), gy.dtype)   # the gradient of by_rows
+        for j, (a, b) in enumerate(self.cols):
+            g_rows[..., a:b] += gy[..., j:j + 1] / gy.dtype.type(b - a)
+        gx = xp.zeros(self.x_shape, gy.dtype)
+        for i, (a, b) in enumerate(self.rows):
+            gx[:, :, a:b] += g_rows[:, :, i:i + 1] / gy.dtype.type(b - a)
+        return gx
 
 
 def adaptive_avg_pool2d(x, output_size):
