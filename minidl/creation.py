@@ -83,7 +83,13 @@ def arange(start, end=None, step=1, dtype=None, device="cpu"):
 
 
 def linspace(start, end, steps, dtype=np.float32, device="cpu"):
-    return Tensor._wrap(backend.xp_for(device).linspace(start, end, steps, dtype=dtype))
+    """``steps`` values from start to end; an integer dtype truncates them toward 0,
+    as PyTorch's (NumPy's own integer linspace rounds down)."""
+    dtype = np.dtype(dtype)
+    xp = backend.xp_for(device)
+    if dtype.kind in "iu":
+        return Tensor._wrap(xp.linspace(start, end, steps).astype(dtype))
+    return Tensor._wrap(xp.linspace(start, end, steps, dtype=dtype))
 
 
 def eye(n, m=None, dtype=np.float32, device="cpu"):
@@ -121,4 +127,8 @@ def randperm(n, *, generator=None, dtype=np.int64, device="cpu", requires_grad=F
         raise ValueError(f"randperm: n must be a non-negative int, got {n!r}")
     xp = backend.xp_for(device)
     rng = generator_for(xp) if generator is None else generator
-    return _make(rng.permutation(int(n)).astype(dtype, copy=False), requires_grad)
+    if hasattr(rng, "permutation"):
+        perm = rng.permutation(int(n))
+    else:   # CuPy's Generator has no permutation: the order that sorts uniform draws
+        perm = xp.argsort(rng.random(int(n)))
+    return _make(perm.astype(dtype, copy=False), requires_grad)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import operator
 import sys
 import threading
 import weakref
@@ -118,6 +119,13 @@ def as_array(data, dtype=None, device=None):
                                         "int64")
                 array = array.astype(np.int64)
     if dtype is not None:
+        dtype = np.dtype(dtype)
+        if not _is_array(data) and dtype.kind in "iu" and array.dtype.kind in "iu" and \
+                array.size and (array.min() < np.iinfo(dtype).min
+                                or array.max() > np.iinfo(dtype).max):
+            # Python ints out of a narrow dtype's range would wrap silently
+            bad = array.min() if array.min() < np.iinfo(dtype).min else array.max()
+            raise OverflowError(f"tensor: {int(bad)} is out of the range of {dtype}")
         array = array.astype(dtype, copy=False)
     if device is not None:
         array = backend.to_device(array, device)
@@ -163,21 +171,21 @@ class Tensor:
     Function that made it (None for leaves).
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "creator", "generation",
+    __slots__ = ("_data", "grad", "_requires_grad", "creator", "generation",
                  "_out_index", "_retains_grad", "__weakref__")
     # ndarray (op) Tensor must defer to Tensor's reflected operators.
     __array_ufunc__ = None
 
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
-        self.data = as_array(data, dtype, device)
+        self._data = as_array(data, dtype, device)
         self.grad = None
         self.creator = None
         self.generation = 0
         self._out_index = 0
         self._retains_grad = False
         if requires_grad:
-            _check_grad_dtype(self.data)
-        self.requires_grad = bool(requires_grad)
+            _check_grad_dtype(self._data)
+        self._requires_grad = bool(requires_grad)
 
     @classmethod
     def _wrap(cls, array):
@@ -187,9 +195,9 @@ class Tensor:
             # (writable in place, with ``.base`` and ``.flags``).
             array = np.asarray(array)
         t = object.__new__(cls)
-        t.data = array
+        t._data = array
         t.grad = None
-        t.requires_grad = False
+        t._requires_grad = False
         t.creator = None
         t.generation = 0
         t._out_index = 0
@@ -197,6 +205,20 @@ class Tensor:
         return t
 
     # ---------------------------------------------------------- properties
+    # ``data`` and ``requires_grad`` read as plain attributes (a C getter: these are
+    # read on every op) and check what is written, as PyTorch: ``p.data = p.data -
+    # lr * p.grad`` stores the array, never a Tensor inside a Tensor; a non-leaf
+    # cannot stop requiring grad (that would silently cut the graph).
+    def _set_data(self, value):
+        self._data = value._data if isinstance(value, Tensor) else as_array(value)
+
+    def _set_requires_grad(self, flag):
+        self.requires_grad_(flag)
+
+    data = property(operator.attrgetter("_data"), _set_data,
+                    doc="The raw array (NumPy or CuPy); assigning replaces it.")
+    requires_grad = property(operator.attrgetter("_requires_grad"), _set_requires_grad,
+                             doc="Whether ops on this tensor are recorded for backward.")
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
@@ -251,8 +273,15 @@ class Tensor:
         return int(self.item())
 
     def __array__(self, dtype=None, copy=None):
-        array = backend.as_numpy(self.data)
-        return array if dtype is None else array.astype(dtype, copy=False)
+        """NumPy's protocol: ``np.array(t)`` copies (NumPy asks with copy=True), as
+        PyTorch; ``np.asarray(t)`` shares the memory of a CPU tensor."""
+        array = backend.as_numpy(self._data)
+        if dtype is not None and np.dtype(dtype) != array.dtype:
+            if copy is False:
+                raise ValueError(f"__array__: converting {array.dtype} to {np.dtype(dtype)} "
+                                 "needs a copy, and copy=False was asked")
+            return array.astype(dtype)
+        return array.copy() if copy else array
 
     def __repr__(self):
         body = np.array2string(backend.as_numpy(self.data), separator=", ",
@@ -287,10 +316,11 @@ class Tensor:
 
     def requires_grad_(self, flag: bool = True) -> "Tensor":
         if flag:
-            _check_grad_dtype(self.data)
+            _check_grad_dtype(self._data)
         if not flag and self.creator is not None:
-            raise RuntimeError("requires_grad_(False) only applies to leaf tensors; use detach()")
-        self.requires_grad = bool(flag)
+            raise RuntimeError("requires_grad can only be turned off on leaf tensors (this one "
+                               "was computed; use detach() for a tensor outside the graph)")
+        self._requires_grad = bool(flag)
         return self
 
     def retain_grad(self) -> None:
@@ -316,7 +346,7 @@ class Tensor:
         out = self
         if device is not None and backend.parse_device(device) != self.device:
             out = Tensor._wrap(backend.to_device(self.data, device))
-            out.requires_grad = self.requires_grad and self.creator is None
+            out._requires_grad = self._requires_grad and self.creator is None
         if dtype is not None and np.dtype(dtype) != out.data.dtype:
             from .ops.arith import cast
             out = cast(out, dtype)
@@ -468,7 +498,7 @@ class Function:
             for i, o in enumerate(outputs):
                 if o.data.dtype.kind in "fc":
                     o.creator = self
-                    o.requires_grad = True
+                    o._requires_grad = True
                     o.generation = self.generation + 1
                     o._out_index = i
         return outputs[0] if single else outputs

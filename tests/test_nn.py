@@ -655,3 +655,10 @@ def test_module_list_insert_checks_the_index_as_sequential():
     assert [type(m).__name__ for m in ml] == ["ReLU", "Identity", "Tanh"]
     with pytest.raises(IndexError, match="ModuleList.insert: index 5 is out of range for 3"):
         ml.insert(5, nn.ReLU())
+
+
+def test_module_to_refuses_a_non_float_dtype():
+    lin = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="Linear.to: only floating dtypes"):
+        lin.to(np.int64)
+    assert lin.weight.dtype == np.float32

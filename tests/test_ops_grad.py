@@ -806,3 +806,31 @@ def test_var_gradient_is_not_finite_where_the_variance_is_not():
     x = minidl.tensor(np.array([1.0, 2.0]), requires_grad=True)
     x.var(correction=2).backward()
     assert np.isinf(x.grad.numpy()).all()
+
+
+def test_integer_scalars_of_every_kind_index_as_ints():
+    # Regression: a NumPy int or a 0-d tensor (t.argmax()) in a key with arrays was not
+    # taken as an int (wrong layout, or a crash when writing); a bool scalar used a dim.
+    torch = pytest.importorskip("torch")
+    a = randn(0, (2, 3, 4))
+    i = minidl.tensor(np.array([0.0, 5.0])).argmax()   # a 0-d int64 tensor, value 1
+    for mkey, tkey in [((np.int64(1), slice(None), [1, 2]), (1, slice(None), [1, 2])),
+                       ((i, slice(None), minidl.tensor([1, 2])), (1, slice(None), [1, 2])),
+                       ((0, True, [1, 2]), (0, True, [1, 2])),
+                       ((np.int32(1), np.int64(2)), (1, 2))]:
+        check_vs_torch(lambda x: x[tkey], [a], lambda x: x[mkey])
+        want = torch.tensor(a)
+        want[tkey] = 5.0
+        got = minidl.tensor(a)
+        got[mkey] = 5.0
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_chunk_of_an_empty_dim_and_gather_of_a_scalar_follow_torch():
+    torch = pytest.importorskip("torch")
+    pieces = minidl.zeros(0, 6).chunk(2)
+    assert [p.shape for p in pieces] == [tuple(p.shape) for p in torch.zeros(0, 6).chunk(2)]
+    g = minidl.gather(minidl.tensor(3.0), 0, minidl.tensor([0, 0]))
+    assert g.shape == (2,) and g.numpy().tolist() == [3.0, 3.0]
+    with pytest.raises(IndexError, match="out of bounds for a 0-d input"):
+        minidl.gather(minidl.tensor(3.0), 0, minidl.tensor([1]))

@@ -369,3 +369,47 @@ def test_randperm_is_a_seeded_permutation():
     for bad in (-1, 2.5, True):
         with pytest.raises(ValueError, match="non-negative int"):
             minidl.randperm(bad)
+
+
+def test_data_and_requires_grad_assignments_are_checked_as_torch():
+    # Regression: p.data = p.data - lr * p.grad stored a Tensor inside the Tensor (a
+    # crash later); y.requires_grad = False on a computed tensor cut the graph silently.
+    p = minidl.tensor([1.0, 2.0], requires_grad=True)
+    (p * p).sum().backward()
+    p.data = p.data - 0.5 * p.grad
+    assert type(p.data) is np.ndarray and p.data.tolist() == [0.0, 0.0]
+    x = minidl.tensor([1.0, 2.0], requires_grad=True)
+    y = x * 3
+    with pytest.raises(RuntimeError, match="only be turned off on leaf tensors"):
+        y.requires_grad = False
+    with pytest.raises(TypeError, match="only floating-point tensors can require gradients"):
+        minidl.tensor([1, 2]).requires_grad = True
+    x.requires_grad = False
+    assert not (x * 2).requires_grad
+
+
+def test_numpy_array_of_a_tensor_is_a_copy():
+    # Regression: np.array(t) returned the tensor's own memory, so a "snapshot" of the
+    # weights changed with the next optimizer step.
+    t = minidl.tensor([1.0, 2.0])
+    snapshot, shared = np.array(t), np.asarray(t)
+    t.data[0] = 9.0
+    assert snapshot.tolist() == [1.0, 2.0] and shared[0] == 9.0
+    assert np.array(t, dtype=np.float64).dtype == np.float64
+
+
+def test_narrow_int_dtype_out_of_range_and_int_linspace_as_torch():
+    for value, dtype in ((2**40, np.int32), (256, np.uint8), (300, np.int8), (-1, np.uint8)):
+        with pytest.raises(OverflowError, match=f"out of the range of {np.dtype(dtype)}"):
+            minidl.tensor([value], dtype=dtype)
+    assert minidl.tensor([255], dtype=np.uint8).numpy().tolist() == [255]
+    # PyTorch truncates toward zero; NumPy's integer linspace rounds down
+    assert minidl.linspace(-10, 0, 4, dtype=np.int64).numpy().tolist() == [-10, -6, -3, 0]
+
+
+def test_comparing_with_none_or_a_string_is_false_as_python():
+    t = minidl.tensor([1.0])
+    assert (t == None) is False and (t != "relu") is True   # noqa: E711
+    assert t in [None, t]
+    with pytest.raises(TypeError):
+        t < None   # noqa: B015

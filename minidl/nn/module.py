@@ -262,6 +262,9 @@ class Module:
         optimizer built before ``to()`` keeps working."""
         if isinstance(device, (type, np.dtype)):
             device, dtype = None, device
+        if dtype is not None and np.dtype(dtype).kind not in "fc":
+            raise TypeError(f"{type(self).__name__}.to: only floating dtypes are accepted, got "
+                            f"{np.dtype(dtype)} (parameters must stay differentiable)")
         if device is not None:
             backend.parse_device(device)
         for t in list(self.parameters()) + list(self.buffers()):

@@ -21,8 +21,11 @@ from .shape import (broadcast_to, cat, chunk, concat, concatenate, expand, expan
 
 
 def _compare(op):
-    """Comparisons give boolean tensors with no gradient."""
+    """Comparisons give boolean tensors with no gradient. Against None or a string,
+    Python's own rule: ``t == None`` is False (as PyTorch), ``t < None`` a TypeError."""
     def method(self, other):
+        if other is None or isinstance(other, (str, bytes)):
+            return NotImplemented
         a, b = arith.operands(self, other)
         return Tensor._wrap(op(a.data, b.data))
     method.__name__ = op.__name__
@@ -108,10 +111,7 @@ def _scaled_inplace(ufunc_name, op):
 
 def _setitem(self, key, value):
     _check_inplace("__setitem__", self, value)
-    if isinstance(key, Tensor):
-        key = key.data
-    elif isinstance(key, tuple):
-        key = tuple(k.data if isinstance(k, Tensor) else k for k in key)
+    key = shape.raw_key(key)
     split = shape.split_int_indices(key, self.ndim)
     if split is not None:   # PyTorch's order: the ints first (a view), then the rest
         self.data[split[0]][split[1]] = _raw(value)

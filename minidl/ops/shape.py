@@ -72,17 +72,26 @@ class Transpose(Function):
         return gy.transpose(tuple(np.argsort(self.axes)))
 
 
+def _is_int(k):
+    return isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_))
+
+
 def _is_advanced(key):
     parts = key if isinstance(key, tuple) else (key,)
     return any(not isinstance(k, (int, slice, type(None), type(Ellipsis))) for k in parts)
 
 
-def _raw_key(key):
-    """Replace tensors in an index by their arrays."""
+def raw_key(key):
+    """Replace tensors in an index by their arrays, and integer scalars (NumPy's, 0-d
+    arrays and tensors, such as ``t.argmax()``) by Python ints: PyTorch treats all
+    of them as ints."""
     if isinstance(key, tuple):
-        return tuple(_raw_key(k) for k in key)
+        return tuple(raw_key(k) for k in key)
     if isinstance(key, Tensor):
-        return key.data
+        key = key.data
+    if isinstance(key, np.integer) or (getattr(key, "ndim", None) == 0
+                                       and getattr(key, "dtype", np.dtype(bool)).kind in "iu"):
+        return int(key)
     if isinstance(key, list):
         # An empty list selects nothing along the dim: an integer index (as in
         # PyTorch), where as_array would make it float32 and NumPy refuse it.
@@ -266,19 +275,23 @@ def split_int_indices(key, ndim):
     in NumPy. For a key with ints and arrays, returns (ints_key, rest_key) such
     that ``x[ints_key][rest_key]`` is PyTorch's result; else None."""
     parts = key if isinstance(key, tuple) else (key,)
-    if not (any(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in parts)
-            and _is_advanced(parts)):
+    if not (any(_is_int(k) for k in parts) and _is_advanced(parts)):
         return None
-    consumed = sum(getattr(k, "ndim", 1) if getattr(k, "dtype", None) == np.bool_ else
-                   (0 if k is None or k is Ellipsis else 1) for k in parts)
+
+    def dims_used(k):
+        if getattr(k, "dtype", None) == np.bool_:   # a mask uses as many dims as it has
+            return k.ndim
+        return 0 if k is None or k is Ellipsis or isinstance(k, bool) else 1
+
+    consumed = sum(dims_used(k) for k in parts)
     expanded = []
     for k in parts:   # Ellipsis -> the slices it stands for
         expanded.extend([slice(None)] * (ndim - consumed) if k is Ellipsis else [k])
     ints_key, rest_key = [], []
     for k in expanded:
-        if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+        if _is_int(k):
             ints_key.append(k)
-        elif k is None:
+        elif k is None or isinstance(k, bool):   # new dims: for the second step
             rest_key.append(k)
         else:   # a slice or an array: kept for the second step, its dims kept by the first
             width = k.ndim if getattr(k, "dtype", None) == np.bool_ else 1
@@ -288,7 +301,7 @@ def split_int_indices(key, ndim):
 
 
 def getitem(x, key):
-    key = _raw_key(key)
+    key = raw_key(key)
     split = split_int_indices(key, x.ndim)
     if split is not None:
         return GetItem(split[1])(GetItem(split[0])(x))
@@ -366,8 +379,11 @@ def chunk(x, chunks, dim=0):
         raise ValueError(f"chunk: chunks must be positive, got {chunks}")
     if x.ndim == 0:
         raise ValueError("chunk: cannot chunk a 0-d tensor")
-    size = x.shape[normalize_dim("chunk", dim, x.ndim)]
-    return split(x, max(-(-size // chunks), 1), dim)
+    dim = normalize_dim("chunk", dim, x.ndim)
+    size = x.shape[dim]
+    if size == 0:   # PyTorch: `chunks` empty pieces
+        return tuple(getitem(x, (slice(None),) * dim + (slice(0, 0),)) for _ in range(chunks))
+    return split(x, -(-size // chunks), dim)
 
 
 def flip(x, *dims):
@@ -428,8 +444,11 @@ def gather(input, dim, index):
     if idx.ndim != max(x.ndim, 1) and not (x.ndim == 0 and idx.ndim == 0):
         raise ValueError(f"gather: index {tuple(idx.shape)} must have as many dims as the "
                          f"input {tuple(x.shape)}")
-    if x.ndim == 0:
-        return getitem(x, ())
+    if x.ndim == 0:   # a scalar: every index must be 0, and the result has the index's shape
+        if idx.size and (int(idx.min()) != 0 or int(idx.max()) != 0):
+            raise IndexError(f"gather: index {int(idx.max()) or int(idx.min())} is out of "
+                             f"bounds for a 0-d input")
+        return getitem(reshape(x, 1), xp.zeros(idx.shape, dtype=np.int64))
     if any(idx.shape[d] > x.shape[d] for d in range(x.ndim) if d != dim):
         raise ValueError(f"gather: index {tuple(idx.shape)} is larger than the input "
                          f"{tuple(x.shape)} outside dim {dim}")
