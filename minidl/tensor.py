@@ -176,7 +176,9 @@ class Tensor:
     # ndarray (op) Tensor must defer to Tensor's reflected operators.
     __array_ufunc__ = None
 
-    def __init__(self, data, requires_grad=False, dtype=None, device=None):
+    def __init__(self, data, *, requires_grad=False, dtype=None, device=None):
+        # keyword-only: torch.Tensor(2, 3) means a 2x3 tensor, so a positional second
+        # argument here would silently mean something else
         self._data = as_array(data, dtype, device)
         self.grad = None
         self.creator = None

@@ -306,3 +306,12 @@ def test_layer_norm_takes_numpy_ints():
     assert F.layer_norm(minidl.randn(2, 4), np.int64(4)).shape == (2, 4)
     with pytest.raises(TypeError, match="normalized_shape must be an int or a sequence"):
         nn.LayerNorm(4.0)
+
+
+def test_cross_entropy_of_an_empty_batch_with_spatial_dims():
+    # Regression: reshaping with -1 failed for N = 0; PyTorch gives NaN (0 / 0).
+    x = minidl.randn(0, 3, 4, 4, requires_grad=True)
+    loss = F.cross_entropy(x, minidl.tensor(np.zeros((0, 4, 4), np.int64)))
+    assert np.isnan(loss.item()) and loss.dtype == np.float32
+    loss.backward()
+    assert x.grad.shape == (0, 3, 4, 4)

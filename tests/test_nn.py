@@ -662,3 +662,18 @@ def test_module_to_refuses_a_non_float_dtype():
     with pytest.raises(TypeError, match="Linear.to: only floating dtypes"):
         lin.to(np.int64)
     assert lin.weight.dtype == np.float32
+
+
+def test_del_of_sequential_and_module_list_items_renumbers_as_torch():
+    torch = _torch()
+    for ours, theirs in ((nn.Sequential(nn.ReLU(), nn.Tanh(), nn.Sigmoid(), nn.Identity()),
+                          torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Tanh(),
+                                              torch.nn.Sigmoid(), torch.nn.Identity())),
+                         (nn.ModuleList([nn.ReLU(), nn.Tanh(), nn.Sigmoid()]),
+                          torch.nn.ModuleList([torch.nn.ReLU(), torch.nn.Tanh(),
+                                               torch.nn.Sigmoid()]))):
+        for index in (1, slice(0, 1)):
+            del ours[index]
+            del theirs[index]
+            assert list(ours._modules) == list(theirs._modules)
+            assert [type(m).__name__ for m in ours] == [type(m).__name__ for m in theirs]

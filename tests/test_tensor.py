@@ -413,3 +413,10 @@ def test_comparing_with_none_or_a_string_is_false_as_python():
     assert t in [None, t]
     with pytest.raises(TypeError):
         t < None   # noqa: B015
+
+
+def test_tensor_constructor_takes_options_by_keyword_only():
+    # torch.Tensor(2, 3) is a 2x3 tensor; minidl.Tensor(2.0, 3) silently required grad
+    with pytest.raises(TypeError, match="positional"):
+        minidl.Tensor(2.0, 3)
+    assert minidl.Tensor(2.0, requires_grad=True).requires_grad

@@ -477,6 +477,15 @@ class _ModuleSequence(Module):
         self._renumber(modules)
         return module
 
+    def __delitem__(self, index):
+        """``del seq[i]`` or ``del seq[a:b]``; the rest are renumbered, as PyTorch's."""
+        modules = list(self._modules.values())
+        if isinstance(index, slice):
+            del modules[index]
+        else:
+            del modules[self._position("__delitem__", index)]
+        self._renumber(modules)
+
 
 class Sequential(_ModuleSequence):
     """Modules applied in order; ``Sequential(a, b)`` or ``Sequential(OrderedDict(...))``."""

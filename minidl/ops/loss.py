@@ -75,8 +75,9 @@ def _rows(x):
         return x
     if x.ndim == 1:
         return x[None, :]
-    C = x.shape[1]
-    return x.reshape(x.shape[0], C, -1).transpose(0, 2, 1).reshape(-1, C)
+    N, C = x.shape[:2]
+    L = math.prod(x.shape[2:])   # not -1: NumPy cannot infer it for an empty batch
+    return x.reshape(N, C, L).transpose(0, 2, 1).reshape(N * L, C)
 
 
 def _target_shape(shape):
@@ -124,7 +125,7 @@ def _unrows(g, shape):
     if len(shape) == 1:
         return g[0]
     N, C = shape[:2]
-    return g.reshape(N, -1, C).transpose(0, 2, 1).reshape(shape)
+    return g.reshape(N, math.prod(shape[2:]), C).transpose(0, 2, 1).reshape(shape)
 
 
 class CrossEntropy(Function):
