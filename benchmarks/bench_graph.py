@@ -44,27 +44,33 @@ def chain(x, n_ops, tanh):
     return y.sum()
 
 
-def time_it(step, repeats, warmup=2):
-    for _ in range(warmup):
-        step()
-    times = []
+def time_alternating(steps, repeats, warmup=2):
+    """(median, min) seconds of each step, timed A B A B ... so that the machine's
+    drift over the run falls on both alike."""
+    for step in steps:
+        for _ in range(warmup):
+            step()
+    times = [[] for _ in steps]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
+        for step, own in zip(steps, times):
+            t0 = time.perf_counter()
+            step()
+            own.append(time.perf_counter() - t0)
+    return [(statistics.median(t), min(t)) for t in times]
 
 
-def bench_minidl(data, n_ops, repeats):
+def minidl_step(data, n_ops):
     def step():
         x = minidl.tensor(data, requires_grad=True)
         chain(x, n_ops, minidl.tanh).backward()
         return x.grad
-    return time_it(step, repeats)
+    return step
 
 
-def bench_torch(data, n_ops, repeats):
-    restore_thread_settings()   # PyTorch as its users run it (see caller_env)
+def torch_step(data, n_ops):
+    """The same chain in PyTorch, or None without torch. The thread settings minidl
+    changed are put back first (PyTorch as its users run it; see caller_env)."""
+    restore_thread_settings()
     try:
         import torch
     except ImportError:
@@ -74,7 +80,7 @@ def bench_torch(data, n_ops, repeats):
         x = torch.tensor(data, requires_grad=True)
         chain(x, n_ops, torch.tanh).backward()
         return x.grad
-    return time_it(step, repeats)
+    return step
 
 
 def main(argv=None):
@@ -90,8 +96,9 @@ def main(argv=None):
         args.ops, args.repeats = 100, 3
 
     data = np.random.default_rng(0).standard_normal((args.size, args.size)).astype(np.float32)
-    m_med, m_min = bench_minidl(data, args.ops, args.repeats)
-    t = bench_torch(data, args.ops, args.repeats)
+    steps = [minidl_step(data, args.ops), torch_step(data, args.ops)]
+    timed = time_alternating([s for s in steps if s is not None], args.repeats)
+    (m_med, m_min), t = timed[0], (timed[1] if len(timed) > 1 else None)
     result = {
         "ops": args.ops, "shape": [args.size, args.size], "dtype": "float32",
         "repeats": args.repeats, "numpy": np.__version__,

@@ -45,7 +45,8 @@ import time
 # minidl sets its thread settings (OMP_WAIT_POLICY, OPENBLAS_THREAD_TIMEOUT; see
 # minidl.backend) when imported, before NumPy loads its BLAS. The PyTorch child
 # gets the caller's environment unchanged (see caller_env).
-from caller_env import CALLER_ENV, restore_thread_settings  # noqa: E402  (before minidl)
+from caller_env import (CALLER_ENV, restore_thread_settings,  # noqa: E402  (before minidl)
+                        torch_worker_env)
 from worker_process import WorkerProcess  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -184,7 +185,7 @@ class TorchWorker(WorkerProcess):
     def __init__(self, threads, quick):
         cmd = [sys.executable, os.path.abspath(__file__), "--only", "torch", "--threads",
                str(threads)] + (["--quick"] if quick else [])
-        super().__init__("torch", cmd, CALLER_ENV)
+        super().__init__("torch", cmd, torch_worker_env())
         self.version = self.read()["torch"]
 
     def best(self, index, repeat):
@@ -224,13 +225,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     batch, repeat, rounds = (4, 2, 1) if args.quick else (64, args.repeat, args.rounds)
 
+    if args.only == "torch":   # before set_num_threads: it would start Numba's OpenMP pool
+        return torch_worker(args.threads or minidl.get_num_threads(), batch)
     threads = minidl.set_num_threads(args.threads)
-    if args.only == "torch":
-        return torch_worker(threads, batch)
 
     compile_cold = compile_warm = None
     if backend.numba_available() and not args.quick:
-        # fresh processes; the cold one rewrites the cache the warm one then reads
+        # fresh processes: the cold one compiles with the cache off; the untimed one
+        # then fills the cache that the warm one reads
         compile_cold = first_conv_seconds(cache=False)
         first_conv_seconds(cache=True)
         compile_warm = first_conv_seconds(cache=True)

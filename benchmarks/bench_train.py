@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 
-from caller_env import CALLER_ENV, restore_thread_settings  # before minidl
+from caller_env import CALLER_ENV, restore_thread_settings, torch_worker_env  # before minidl
 from worker_process import WorkerProcess
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -227,7 +227,7 @@ class Worker(WorkerProcess):
     """The parent's handle on one worker process."""
 
     def __init__(self, framework, arch, device, init_path, threads):
-        env = dict(CALLER_ENV)
+        env = torch_worker_env() if framework == "torch" else dict(CALLER_ENV)
         if framework == "torch":
             # PyTorch as its users run it: the torch worker imports minidl only to
             # read the initial weights, so it must not get minidl's malloc tuning

@@ -15,6 +15,18 @@ CALLER_ENV = dict(os.environ)
 THREAD_VARIABLES = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")
 
 
+def torch_worker_env():
+    """The caller's environment for a PyTorch worker process, without
+    ``MINIDL_NUM_THREADS``: the worker imports minidl (to read the initial
+    weights), and with that variable set the import would start Numba's
+    passive OpenMP pool in the PyTorch process, which PyTorch then shares
+    (slower, and Numba's memory counted as PyTorch's). The thread count
+    reaches the worker as ``--threads``."""
+    env = dict(CALLER_ENV)
+    env.pop("MINIDL_NUM_THREADS", None)
+    return env
+
+
 def restore_thread_settings():
     """Put the thread variables back as the caller had them (PyTorch as its users run it)."""
     for var in THREAD_VARIABLES:

@@ -34,6 +34,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # it, so it applies only when minidl is imported before NumPy (or when the
 # variable is set in the environment); a user's setting wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# Numba sizes its pool from NUMBA_NUM_THREADS alone: with only OMP_NUM_THREADS set
+# (which BLAS follows, and get_num_threads() reports), Numba's kernels would still
+# run on every core. Numba is imported lazily, after this; a user's setting wins.
+if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit() and \
+        int(os.environ["OMP_NUM_THREADS"]) > 0 and "NUMBA_NUM_THREADS" not in os.environ:
+    os.environ["NUMBA_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"].strip()
 
 import numpy as np  # noqa: E402
 

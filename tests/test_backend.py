@@ -20,8 +20,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _python(code, **env):
-    """Run ``code`` in a fresh interpreter (import-time behaviour, env knobs)."""
+    """Run ``code`` in a fresh interpreter (import-time behaviour, env knobs; a
+    variable given as None is removed)."""
     full_env = {**os.environ, "PYTHONPATH": ROOT, **env}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     out = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -99,6 +101,16 @@ def test_minidl_num_threads_is_applied_at_import():
                   "print(minidl.get_num_threads(), numba.get_num_threads(), sorted(blas))",
                   MINIDL_NUM_THREADS="1")
     assert out == "1 1 [1]"
+
+
+@pytest.mark.skipif(not backend.numba_available(), reason="needs Numba")
+def test_omp_num_threads_alone_sizes_numbas_pool_too():
+    # Regression: OMP_NUM_THREADS=1 gave BLAS 1 thread and get_num_threads() 1, while
+    # Numba's kernels still ran on every core.
+    out = _python("import minidl, numba\n"
+                  "print(minidl.get_num_threads(), numba.get_num_threads())",
+                  OMP_NUM_THREADS="1", MINIDL_NUM_THREADS=None, NUMBA_NUM_THREADS=None)
+    assert out == "1 1"
 
 
 def test_set_num_threads_beyond_numbas_pool_warns():
