@@ -385,10 +385,11 @@ def test_replacing_a_member_keeps_its_position():
     seq.add_module("0", nn.Linear(1, 3))
     assert list(seq._modules) == ["0", "1"] and seq(minidl.randn(2, 1)).shape == (2, 3)
 
-    # A name that changes kind leaves its old registry.
-    lin.weight = nn.Identity()
-    assert "weight" not in lin._parameters and list(lin._modules) == ["weight"]
-    assert [n for n, _ in lin.named_parameters()] == ["bias"]
+    # A name that changes kind leaves its old registry (a parameter's name cannot take
+    # a module: PyTorch raises there, see below).
+    bn.running_mean = nn.Identity()
+    assert "running_mean" not in bn._buffers and list(bn._modules) == ["running_mean"]
+    assert "running_mean" not in [n for n, _ in bn.named_buffers()]
 
 
 class _SharedNet(nn.Module):
@@ -677,3 +678,10 @@ def test_del_of_sequential_and_module_list_items_renumbers_as_torch():
             del theirs[index]
             assert list(ours._modules) == list(theirs._modules)
             assert [type(m).__name__ for m in ours] == [type(m).__name__ for m in theirs]
+
+
+def test_a_module_cannot_replace_a_parameter_as_torch():
+    lin = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="cannot assign ReLU as parameter 'weight'"):
+        lin.weight = nn.ReLU()
+    assert isinstance(lin.weight, nn.Parameter) and "weight" not in lin._modules

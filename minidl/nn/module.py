@@ -62,15 +62,15 @@ class Module:
         if isinstance(value, Parameter):
             self._drop(name, keep=params)
             params[name] = value
-        elif isinstance(value, Module):
-            self._drop(name, keep=modules)
-            modules[name] = value
-            value._set_path(self._child_path(name))
-        elif name in params:
+        elif name in params:   # before modules, as PyTorch: a layer cannot replace a weight
             if value is not None:
                 raise TypeError(f"cannot assign {type(value).__name__} as parameter '{name}' "
                                 "(nn.Parameter or None expected)")
             params[name] = None
+        elif isinstance(value, Module):
+            self._drop(name, keep=modules)
+            modules[name] = value
+            value._set_path(self._child_path(name))
         elif name in buffers:
             if value is not None and not isinstance(value, Tensor):
                 raise TypeError(f"cannot assign {type(value).__name__} as buffer '{name}' "
