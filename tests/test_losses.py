@@ -315,3 +315,19 @@ def test_cross_entropy_of_an_empty_batch_with_spatial_dims():
     assert np.isnan(loss.item()) and loss.dtype == np.float32
     loss.backward()
     assert x.grad.shape == (0, 3, 4, 4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bce_with_logits_gradient_is_accurate_for_negative_logits(dtype):
+    # Regression: (1 - y) + (sigmoid(x) - 1) cancelled: 0 for x <= -17 in float32.
+    torch = pytest.importorskip("torch")
+    x = np.array([-10.0, -20.0, -30.0, 5.0], dtype)
+    for pos_weight in (None, np.array([2.0, 0.5, 3.0, 1.5], dtype)):
+        for target in (np.zeros(4, dtype), np.array([0.0, 1.0, 0.3, 1.0], dtype)):
+            check_vs_torch(
+                lambda x: torch.nn.functional.binary_cross_entropy_with_logits(
+                    x, torch.tensor(target), reduction="sum",
+                    pos_weight=None if pos_weight is None else torch.tensor(pos_weight)),
+                [x], lambda x: F.binary_cross_entropy_with_logits(
+                    x, minidl.tensor(target), reduction="sum", pos_weight=pos_weight),
+                dtype=dtype, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=0)

@@ -270,3 +270,19 @@ def test_one_cycle_wants_one_max_lr_per_group():
     opt = optim.SGD([{"params": [a]}, {"params": [b]}], lr=0.1, momentum=0.9)
     with pytest.raises(ValueError, match="expected 2 values for max_lr .* got 1"):
         LS.OneCycleLR(opt, max_lr=[0.5], total_steps=10)
+
+
+@pytest.mark.parametrize("kind", ["Adam", "AdamW"])
+def test_adam_survives_a_huge_float32_gradient(kind):
+    # Regression: g * g overflowed to inf for |g| ~ 1e20, and v = inf froze the
+    # parameter for good; PyTorch computes (1 - b2) * g first.
+    torch = pytest.importorskip("torch")
+    p = minidl.tensor(np.array([1.0, 2.0], np.float32), requires_grad=True)
+    tp = torch.tensor([1.0, 2.0], requires_grad=True)
+    opt, topt = getattr(optim, kind)([p], lr=0.1), getattr(torch.optim, kind)([tp], lr=0.1)
+    for g in ([1e20, -1e20], [1.0, -1.0], [0.5, 0.5]):
+        p.grad = minidl.tensor(np.array(g, np.float32))
+        tp.grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+    assert_close(p, tp.detach().numpy(), rtol=1e-5, atol=1e-6)

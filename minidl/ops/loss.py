@@ -27,7 +27,8 @@ import numpy as np
 from .. import backend
 from ..tensor import Function, Tensor
 from .activation import _safe_max
-from .arith import cast, operands
+from .arith import cast, operands, stable_sigmoid
+from .reduce import mean_of
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -328,7 +329,9 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
 def _reduce(loss, reduction, xp, dtype):
     if reduction == "none":
         return loss
-    return xp.asarray(loss.mean() if reduction == "mean" else loss.sum(), dtype=dtype)
+    # mean_of: NaN for no elements without NumPy's warning, float64 sums when long
+    total = mean_of(loss, None, False) if reduction == "mean" else loss.sum()
+    return xp.asarray(total, dtype=dtype)
 
 
 def _unreduce(gy, shape, reduction, xp):
@@ -398,8 +401,12 @@ class BCEWithLogits(Function):
         x, y = self.x, self.y
         gx = gy_ = None
         if self.needs_input_grad[0]:
-            sig = 0.5 * xp.tanh(0.5 * x) + 0.5
-            gx = g * ((1 - y) + self.lw * (sig - 1))
+            # (1 - y) + lw (sig - 1) = lw sig - pw y, written so: for y = 0 the first form
+            # is 1 + (sig - 1), which cancels (0 for x < -17 in float32); and the
+            # sigmoid itself stable (tanh's form cancels there too)
+            sig = stable_sigmoid(x, xp)
+            pw_y = y if self.pos_weight is None else self.pos_weight * y
+            gx = g * (self.lw * sig - pw_y)
         if self.needs_input_grad[1]:
             gy_ = -x if self.pos_weight is None else -x + (self.pos_weight - 1) * self.sp
             gy_ = g * gy_

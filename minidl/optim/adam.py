@@ -54,8 +54,10 @@ class Adam(Optimizer):
             xp.multiply(g, dt(1 - b1), out=s)
             m += s
             v *= dt(b2)
-            xp.multiply(g, g, out=s)
-            s *= dt(1 - b2)
+            # (1 - b2) * g first, then * g, as PyTorch's addcmul: g * g would overflow
+            # float32 for |g| > 1.8e19, and an inf in v freezes the parameter for good
+            xp.multiply(g, dt(1 - b2), out=s)
+            s *= g
             v += s
             if amsgrad:
                 vmax = state["max_exp_avg_sq"]
