@@ -538,3 +538,33 @@ def test_bad_input_raises_value_error_naming_op_and_shapes(call, words):
 def test_conv2d_refuses_mixed_dtypes():
     with pytest.raises(TypeError, match="conv2d"):
         conv2d(np.zeros((1, 1, 3, 3), np.float32), np.zeros((1, 1, 3, 3), np.float64))
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")   # PyTorch's own note
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("kernel,dilation", [((3, 3), 1), ((2, 4), 1), ((3, 2), (2, 3)),
+                                             ((1, 1), 1)])
+def test_string_padding_matches_torch(padding, kernel, dilation):
+    # PyTorch's padding='same' (an odd total puts the extra pixel right/bottom) and 'valid'
+    F = pytest.importorskip("torch.nn.functional")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 9, 8))
+    w = rng.standard_normal((4, 3) + kernel)
+    parity(lambda x, w: conv2d(x, w, padding=padding, dilation=dilation),
+           lambda x, w: F.conv2d(x, w, padding=padding, dilation=dilation), [x, w], 0)
+    layer = minidl.nn.Conv2d(3, 4, kernel, padding=padding, dilation=dilation)
+    y = layer(minidl.tensor(x.astype(np.float32)))
+    assert padding == "valid" or y.shape[2:] == (9, 8)
+    assert f"padding='{padding}'" in repr(layer)
+
+
+def test_string_padding_bad_input():
+    w = minidl.randn(2, 1, 3, 3)
+    with pytest.raises(ValueError, match="needs stride 1"):
+        conv2d(minidl.randn(1, 1, 5, 5), w, stride=2, padding="same")
+    with pytest.raises(ValueError, match="'valid' or 'same', got 'full'"):
+        conv2d(minidl.randn(1, 1, 5, 5), w, padding="full")
+    with pytest.raises(ValueError, match="needs stride 1"):
+        minidl.nn.Conv2d(1, 2, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="'valid' or 'same', got 'full'"):
+        minidl.nn.Conv2d(1, 2, 3, padding="full")

@@ -75,7 +75,13 @@ class Conv2d(Module):
                              f"out_channels={out_channels}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation, self.groups = _pair(padding), _pair(dilation), int(groups)
+        if isinstance(padding, str) and padding not in ("valid", "same"):
+            raise ValueError(f"Conv2d: padding must be an int, a pair, 'valid' or 'same', got "
+                             f"{padding!r}")
+        if padding == "same" and _pair(stride) != (1, 1):
+            raise ValueError("Conv2d: padding='same' needs stride 1, as in PyTorch")
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.dilation, self.groups = _pair(dilation), int(groups)
         self.weight = Parameter(np.empty((out_channels, in_channels // groups) + self.kernel_size,
                                          dtype))
         if bias:
@@ -101,7 +107,8 @@ class Conv2d(Module):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
         if self.padding != (0, 0):
-            s += f", padding={self.padding}"
+            s += f", padding={self.padding!r}" if isinstance(self.padding, str) \
+                else f", padding={self.padding}"
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
         if self.groups != 1:

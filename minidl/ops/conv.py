@@ -74,6 +74,7 @@ import numpy as np
 from .. import backend
 from ..kernels.common import is_c_major, plane_major
 from ..tensor import Function, Tensor
+from .shape import pad
 
 __all__ = ["Conv2dFunction", "MaxPool2dFunction", "AvgPool2dFunction",
            "AdaptiveAvgPool2dFunction", "conv2d", "max_pool2d", "avg_pool2d",
@@ -395,11 +396,39 @@ class Conv2dFunction(Function):
             _workspace.put(buf)
 
 
+def _string_padding(x, weight, padding, stride, dilation):
+    """PyTorch's ``padding='valid'`` (none) and ``'same'`` (the output keeps the
+    input's size; stride 1 only): (input, numeric padding). An odd total padding
+    puts the extra pixel on the right/bottom, as PyTorch: the input is then
+    padded here and the conv runs with padding 0."""
+    if padding == "valid":
+        return x, 0
+    if padding != "same":
+        raise ValueError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got "
+                         f"{padding!r}")
+    if _pair("conv2d", "stride", stride, 1) != (1, 1):
+        raise ValueError(f"conv2d: padding='same' needs stride 1 (got stride={stride!r}), as "
+                         "in PyTorch")
+    D = _pair("conv2d", "dilation", dilation, 1)
+    totals = [d * (k - 1) for d, k in zip(D, weight.shape[2:])]
+    left = [t // 2 for t in totals]
+    if all(t % 2 == 0 for t in totals):
+        return x, tuple(left)
+    (th, tw), (lh, lw) = totals, left
+    return pad(x, (lw, tw - lw, lh, th - lh)), 0
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution of ``x`` (N, C, H, W) with ``weight`` (Co, C/groups, KH, KW),
-    exactly as ``torch.nn.functional.conv2d`` (int or pair arguments; a 3-D
-    unbatched input is accepted). Returns (N, Co, OH, OW)."""
+    exactly as ``torch.nn.functional.conv2d`` (int or pair arguments, or
+    ``padding='valid'``/``'same'``; a 3-D unbatched input is accepted).
+    Returns (N, Co, OH, OW)."""
     x, weight = _as_tensor(x), _as_tensor(weight)
+    if isinstance(padding, str):
+        if weight.ndim != 4:
+            raise ValueError(f"conv2d: expected a 4-D weight (C_out, C_in/groups, kH, kW), got "
+                             f"shape {_shape(weight)}")
+        x, padding = _string_padding(x, weight, padding, stride, dilation)
     fn = Conv2dFunction(stride, padding, dilation, groups)
     x4, unbatched = _as_batched("conv2d", x)
     if weight.ndim != 4:
