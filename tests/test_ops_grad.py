@@ -878,3 +878,27 @@ def test_means_of_nothing_are_nan_without_a_warning():
     assert np.isnan(minidl.nn.functional.mse_loss(x, minidl.zeros(0)).item())
     assert np.isnan(minidl.nn.functional.binary_cross_entropy_with_logits(
         x, minidl.zeros(0)).item())
+
+
+@given(shapes(min_dims=1), seeds, st.data())
+def test_logsumexp_gradcheck_and_torch(shape, seed, data):
+    dims = data.draw(st.lists(st.integers(-len(shape), len(shape) - 1), min_size=1,
+                              max_size=len(shape), unique_by=lambda d: d % len(shape)))
+    keep = data.draw(st.booleans())
+    x = randn(seed, shape) * 30   # large enough that a plain exp would lose digits
+    gradcheck(lambda t: minidl.logsumexp(t, tuple(dims), keep), [x])
+    check_vs_torch(lambda t: t.logsumexp(tuple(dims), keep), [x])
+
+
+def test_logsumexp_at_infinities_and_huge_values_as_torch():
+    torch = pytest.importorskip("torch")
+    x = np.array([[-np.inf, -np.inf], [1.0, np.inf], [1e4, 1e4 - 1], [1.0, 2.0]], np.float32)
+    ours = minidl.tensor(x, requires_grad=True)
+    theirs = torch.tensor(x, requires_grad=True)
+    y, ty = ours.logsumexp(1), theirs.logsumexp(1)
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-6)
+    y.backward(minidl.ones(4))   # (y.sum() would add -inf and inf)
+    ty.backward(torch.ones(4))
+    np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-6)
+    assert minidl.logsumexp(minidl.zeros(0, 3), 0).numpy().tolist() == [-np.inf] * 3
+    assert minidl.logsumexp(minidl.tensor([1, 2]), 0).dtype == np.float32

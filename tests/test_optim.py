@@ -286,3 +286,36 @@ def test_adam_survives_a_huge_float32_gradient(kind):
         opt.step()
         topt.step()
     assert_close(p, tp.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(mode="max", threshold_mode="abs", threshold=0.05),
+                                    dict(patience=1, cooldown=2, factor=0.5, min_lr=0.02),
+                                    dict(patience=0, factor=0.3, min_lr=[0.05, 0.0])])
+def test_reduce_lr_on_plateau_matches_torch(kwargs):
+    torch = pytest.importorskip("torch")
+    metrics = [1.0, 0.9, 0.95, 0.95, 0.96, 0.89, 0.9, 0.9, 0.91, 0.92, 0.5, 0.6, 0.6,
+               0.61] * 2
+    lrs = []
+    for lib, opt_cls, L, tensor in ((minidl, optim.SGD, LS, minidl.tensor),
+                                    (torch, torch.optim.SGD, torch.optim.lr_scheduler,
+                                     torch.tensor)):
+        a, b = tensor(np.zeros(2), requires_grad=True), tensor(np.zeros(2), requires_grad=True)
+        opt = opt_cls([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=1.0)
+        sched = L.ReduceLROnPlateau(opt, **kwargs)
+        seq = []
+        for i, m in enumerate(metrics):
+            sched.step(m)
+            seq.append([g["lr"] for g in opt.param_groups] + sched.get_last_lr())
+            if i == 9 and lib is minidl:   # resume half-way through
+                state, opt_state = sched.state_dict(), opt.state_dict()
+                opt = opt_cls([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=1.0)
+                opt.load_state_dict(opt_state)
+                sched = L.ReduceLROnPlateau(opt, **kwargs)
+                sched.load_state_dict(state)
+        lrs.append(seq)
+    assert_close(np.array(lrs[0]), np.array(lrs[1]), rtol=1e-12, atol=0)
+    p = minidl.zeros(1, requires_grad=True)
+    with pytest.raises(ValueError, match="factor must be below 1"):
+        LS.ReduceLROnPlateau(optim.SGD([p], lr=0.1), factor=1.0)
+    with pytest.raises(ValueError, match="mode must be 'min' or 'max'"):
+        LS.ReduceLROnPlateau(optim.SGD([p], lr=0.1), mode="lowest")

@@ -14,7 +14,7 @@ from ..tensor import Tensor, is_grad_enabled
 from . import arith, reduce, shape
 from .arith import (abs, add, cast, clamp, clip, div, exp, log, masked_fill, matmul, maximum,
                     minimum, mul, neg, pow, relu, sigmoid, sqrt, sub, tanh, where)
-from .reduce import amax, amin, argmax, argmin, max, mean, min, std, sum, var
+from .reduce import amax, amin, argmax, argmin, logsumexp, max, mean, min, std, sum, var
 from .shape import (broadcast_to, cat, chunk, concat, concatenate, expand, expand_dims, flatten,
                     flip, gather, getitem, pad, permute, repeat, reshape, split, squeeze, stack,
                     swapaxes, transpose, unsqueeze, view)
@@ -163,7 +163,7 @@ def _install_tensor_methods():
         "sigmoid": sigmoid, "relu": relu, "clip": clip, "clamp": clamp,
         "maximum": maximum, "minimum": minimum, "masked_fill": masked_fill,
         "sum": sum, "mean": mean, "max": max, "min": min, "amax": amax, "amin": amin,
-        "var": var, "std": std,
+        "var": var, "std": std, "logsumexp": logsumexp,
         "argmax": argmax, "argmin": argmin,
         "reshape": reshape, "view": view, "flatten": flatten, "squeeze": squeeze,
         "unsqueeze": unsqueeze, "permute": permute, "transpose": transpose,

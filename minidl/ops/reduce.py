@@ -175,6 +175,35 @@ class Var(Function):
             return _unreduce(gy, c.shape, self.axes, self.keepdims) * (c * scale)
 
 
+class LogSumExp(Function):
+    """y = log(sum(exp(x))) over ``axes``, shifted by the maximum so that no exp
+    overflows; gx = gy * exp(x - y) (the softmax), as PyTorch's (NaN where y is
+    infinite, as there)."""
+
+    def __init__(self, axes, keepdims):
+        self.axes, self.keepdims = axes, keepdims
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        x = x if x.dtype.kind in "fc" else x.astype(np.float32)
+        if _count(x.shape, self.axes):
+            m = x.max(axis=self.axes, keepdims=True)
+            m = xp.where(xp.isfinite(m), m, x.dtype.type(0))   # +-inf rows: no inf - inf
+        else:   # nothing to sum: log(0) = -inf
+            m = xp.zeros(tuple(1 if self.axes is None or i in self.axes else s
+                               for i, s in enumerate(x.shape)), x.dtype)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            y = xp.log(xp.exp(x - m).sum(axis=self.axes, keepdims=True)) + m
+        self.x, self.y_keep = x, y
+        return y if self.keepdims else y.reshape(_reduced_shape(x.shape, self.axes))
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        with np.errstate(invalid="ignore", over="ignore"):
+            p = xp.exp(self.x - self.y_keep)
+        return _unreduce(gy, self.x.shape, self.axes, self.keepdims) * p
+
+
 class Std(Var):
     """sqrt(var). Where std is 0 (a constant input) the gradient is 0, as PyTorch's,
     not the 0 * inf = NaN of differentiating ``var ** 0.5``."""
@@ -207,6 +236,13 @@ def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     if x.data.dtype.kind not in "fc":
         raise TypeError(f"mean: expected a floating-point tensor, got dtype {x.dtype}")
     return Mean(axes, keep)(x)
+
+
+def logsumexp(x, dim, keepdim=False):
+    """log(sum(exp(x))) over ``dim`` (one or several), computed stably, as
+    ``torch.logsumexp``; integer input gives float32."""
+    axes, keep = reduction_axis("logsumexp", x.ndim, dim, keepdim)
+    return LogSumExp(axes, keep)(x)
 
 
 def amax(x, axis=None, keepdims=False, *, dim=None, keepdim=None):

@@ -255,4 +255,69 @@ class OneCycleLR(LRScheduler):
         return lrs
 
 
+class ReduceLROnPlateau(LRScheduler):
+    """Multiply lr by ``factor`` once a metric has not improved for more than
+    ``patience`` steps, as PyTorch's: ``step(metric)`` after each evaluation.
+
+    Improvement: below ``best * (1 - threshold)`` ('min', 'rel'), ``best -
+    threshold`` ('abs'), or the mirror images for 'max'. After a reduction,
+    ``cooldown`` steps pass before bad steps count again; lr never goes below
+    ``min_lr`` (one value, or one per param group), and changes smaller than
+    ``eps`` are skipped.
+    """
+
+    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
+                 threshold_mode="rel", cooldown=0, min_lr=0, eps=1e-8):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"ReduceLROnPlateau: expected an Optimizer, got "
+                            f"{type(optimizer).__name__}")
+        if factor >= 1.0:
+            raise ValueError(f"ReduceLROnPlateau: factor must be below 1, got {factor}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"ReduceLROnPlateau: mode must be 'min' or 'max', got {mode!r}")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"ReduceLROnPlateau: threshold_mode must be 'rel' or 'abs', got "
+                             f"{threshold_mode!r}")
+        n = len(optimizer.param_groups)
+        min_lrs = list(min_lr) if isinstance(min_lr, (list, tuple)) else [min_lr] * n
+        if len(min_lrs) != n:
+            raise ValueError(f"ReduceLROnPlateau: expected {n} values for min_lr (one per param "
+                             f"group), got {len(min_lrs)}")
+        self.optimizer, self.min_lrs = optimizer, min_lrs
+        self.mode, self.factor, self.patience = mode, factor, patience
+        self.threshold, self.threshold_mode = threshold, threshold_mode
+        self.cooldown, self.eps = cooldown, eps
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad_epochs = self.cooldown_counter = self.last_epoch = 0
+        self._last_lr = self._current_lrs()
+
+    def _is_better(self, value):
+        t, best = self.threshold, self.best
+        if self.mode == "min":
+            return value < (best * (1 - t) if self.threshold_mode == "rel" else best - t)
+        return value > (best * (1 + t) if self.threshold_mode == "rel" else best + t)
+
+    def step(self, metrics):
+        current = float(metrics)   # a number, or a 0-d tensor (the validation loss)
+        self.last_epoch += 1
+        if self._is_better(current):
+            self.best, self.num_bad_epochs = current, 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0   # bad steps in the cooldown do not count
+        if self.num_bad_epochs > self.patience:
+            for group, min_lr in zip(self.optimizer.param_groups, self.min_lrs):
+                new_lr = max(group["lr"] * self.factor, min_lr)
+                if group["lr"] - new_lr > self.eps:
+                    group["lr"] = new_lr
+            self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
+        self._last_lr = self._current_lrs()
+
+    def load_state_dict(self, state_dict):
+        for k, v in state_dict.items():   # the lr comes back with the optimizer's state
+            setattr(self, k, list(v) if isinstance(v, tuple) else v)
+
+
 _LRScheduler = LRScheduler   # PyTorch's older name
