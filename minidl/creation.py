@@ -25,10 +25,10 @@ def tensor(data, requires_grad=False, dtype=None, device=None) -> Tensor:
     """A new tensor from array-like data (see :func:`minidl.tensor.as_array` for
     dtypes). Always a copy, as ``torch.tensor``: an optimizer updating the
     tensor never writes into the caller's array (:func:`from_numpy` shares)."""
-    source = data.data if isinstance(data, Tensor) else data
+    source = data._data if isinstance(data, Tensor) else data
     t = Tensor(source, requires_grad=requires_grad, dtype=dtype, device=device)
-    if t.data is source:
-        t.data = t.data.copy()
+    if t._data is source:
+        t._data = t._data.copy()
     return t
 
 
@@ -60,13 +60,13 @@ def empty(*size, dtype=np.float32, device="cpu", requires_grad=False):
 
 
 def zeros_like(t, dtype=None, requires_grad=False):
-    xp = backend.get_array_module(t.data)
-    return _make(xp.zeros_like(t.data, dtype=dtype), requires_grad)
+    xp = backend.get_array_module(t._data)
+    return _make(xp.zeros_like(t._data, dtype=dtype), requires_grad)
 
 
 def ones_like(t, dtype=None, requires_grad=False):
-    xp = backend.get_array_module(t.data)
-    return _make(xp.ones_like(t.data, dtype=dtype), requires_grad)
+    xp = backend.get_array_module(t._data)
+    return _make(xp.ones_like(t._data, dtype=dtype), requires_grad)
 
 
 def arange(start, end=None, step=1, dtype=None, device="cpu"):

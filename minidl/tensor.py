@@ -97,7 +97,7 @@ def as_array(data, dtype=None, device=None):
     never goes through float32).
     """
     if isinstance(data, Tensor):
-        data = data.data
+        data = data._data
     if _is_array(data):
         array = data
     else:
@@ -207,41 +207,59 @@ class Tensor:
         return t
 
     # ---------------------------------------------------------- properties
-    # ``data`` and ``requires_grad`` read as plain attributes (a C getter: these are
-    # read on every op) and check what is written, as PyTorch: ``p.data = p.data -
-    # lr * p.grad`` stores the array, never a Tensor inside a Tensor; a non-leaf
-    # cannot stop requiring grad (that would silently cut the graph).
+    # ``data`` is PyTorch's: a tensor outside the graph sharing this one's memory
+    # (``p.data.zero_()``, ``out.data.max(1)[1]``, ``p.data -= lr * p.grad.data``),
+    # and assigning to it replaces the array (a Tensor's array, never a Tensor
+    # inside a Tensor). minidl's own code reads the array itself, ``_data``.
+    # ``requires_grad`` reads as an attribute (a C getter: it is read on every op)
+    # and checks what is written: a non-leaf cannot stop requiring grad (that would
+    # silently cut the graph).
+    def _get_data(self):
+        return Tensor._wrap(self._data)
+
     def _set_data(self, value):
-        self._data = value._data if isinstance(value, Tensor) else as_array(value)
+        array = value._data if isinstance(value, Tensor) else as_array(value)
+        if self._requires_grad:
+            _check_grad_dtype(array, "data")   # an int array on a parameter: refused, as PyTorch
+        self._data = array
+
+    def __setstate__(self, state):
+        """Unpickling, also of tensors pickled before ``data`` and ``requires_grad``
+        became checked properties (their slots were named without the underscore)."""
+        slots = state[1] if isinstance(state, tuple) else state
+        renamed = {"data": "_data", "requires_grad": "_requires_grad"}
+        for name, value in (slots or {}).items():
+            object.__setattr__(self, renamed.get(name, name), value)
 
     def _set_requires_grad(self, flag):
         self.requires_grad_(flag)
 
-    data = property(operator.attrgetter("_data"), _set_data,
-                    doc="The raw array (NumPy or CuPy); assigning replaces it.")
+    data = property(_get_data, _set_data,
+                    doc="This tensor's values as a tensor outside the graph (shared memory); "
+                        "assigning replaces them.")
     requires_grad = property(operator.attrgetter("_requires_grad"), _set_requires_grad,
                              doc="Whether ops on this tensor are recorded for backward.")
-    shape = property(lambda self: self.data.shape)
-    dtype = property(lambda self: self.data.dtype)
-    ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: _Size(self.data.shape))
+    shape = property(lambda self: self._data.shape)
+    dtype = property(lambda self: self._data.dtype)
+    ndim = property(lambda self: self._data.ndim)
+    size = property(lambda self: _Size(self._data.shape))
     is_leaf = property(lambda self: self.creator is None)
     grad_fn = property(lambda self: self.creator)
 
     @property
     def device(self) -> str:
-        return backend.device_of(self.data)
+        return backend.device_of(self._data)
 
     def numel(self) -> int:
-        return self.data.size
+        return self._data.size
 
     def dim(self) -> int:
-        return self.data.ndim
+        return self._data.ndim
 
     def __len__(self):
-        if self.data.ndim == 0:
+        if self._data.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
-        return self.data.shape[0]
+        return self._data.shape[0]
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -250,18 +268,18 @@ class Tensor:
         return id(self)
 
     def __bool__(self):
-        if self.data.size != 1:
+        if self._data.size != 1:
             raise ValueError(f"the truth value of a tensor of shape {self.shape} is "
                              "ambiguous; use .any() or .all()")
-        return bool(self.data)
+        return bool(self._data)
 
     def any(self, dim=None, keepdim=False):
         """Whether any element (along ``dim``) is non-zero: a bool tensor."""
-        return Tensor._wrap(self.data.any(axis=dim, keepdims=keepdim))
+        return Tensor._wrap(self._data.any(axis=dim, keepdims=keepdim))
 
     def all(self, dim=None, keepdim=False):
         """Whether every element (along ``dim``) is non-zero: a bool tensor."""
-        return Tensor._wrap(self.data.all(axis=dim, keepdims=keepdim))
+        return Tensor._wrap(self._data.all(axis=dim, keepdims=keepdim))
 
     def __float__(self):
         return float(self.item())
@@ -270,7 +288,7 @@ class Tensor:
         return int(self.item())
 
     def __index__(self):
-        if self.data.dtype.kind not in "iu" or self.data.size != 1:
+        if self._data.dtype.kind not in "iu" or self._data.size != 1:
             raise TypeError("only integer tensors of one element can be used as an index")
         return int(self.item())
 
@@ -286,13 +304,13 @@ class Tensor:
         return array.copy() if copy else array
 
     def __repr__(self):
-        body = np.array2string(backend.as_numpy(self.data), separator=", ",
+        body = np.array2string(backend.as_numpy(self._data), separator=", ",
                                prefix="tensor(", precision=4, threshold=200)
         extras = []
         if self.device != "cpu":
             extras.append(f"device='{self.device}'")
-        if self.data.dtype != np.float32:
-            extras.append(f"dtype={self.data.dtype}")
+        if self._data.dtype != np.float32:
+            extras.append(f"dtype={self._data.dtype}")
         if self.creator is not None:
             extras.append(f"grad_fn=<{type(self.creator).__name__}>")
         elif self.requires_grad:
@@ -301,20 +319,20 @@ class Tensor:
 
     # -------------------------------------------------------- conversions
     def item(self):
-        if self.data.size != 1:
+        if self._data.size != 1:
             raise ValueError(f"item(): expected a tensor of one element, got shape {self.shape}")
-        return self.data.item()
+        return self._data.item()
 
     def numpy(self) -> np.ndarray:
         """The data as a NumPy array (a copy when it lives on the GPU)."""
-        return backend.as_numpy(self.data)
+        return backend.as_numpy(self._data)
 
     def tolist(self):
         return self.numpy().tolist()
 
     def detach(self) -> "Tensor":
         """A new leaf sharing this tensor's data, cut from the graph."""
-        return Tensor._wrap(self.data)
+        return Tensor._wrap(self._data)
 
     def requires_grad_(self, flag: bool = True) -> "Tensor":
         if flag:
@@ -347,9 +365,9 @@ class Tensor:
                                  f"{backend.DEVICES}") from None
         out = self
         if device is not None and backend.parse_device(device) != self.device:
-            out = Tensor._wrap(backend.to_device(self.data, device))
+            out = Tensor._wrap(backend.to_device(self._data, device))
             out._requires_grad = self._requires_grad and self.creator is None
-        if dtype is not None and np.dtype(dtype) != out.data.dtype:
+        if dtype is not None and np.dtype(dtype) != out._data.dtype:
             from .ops.arith import cast
             out = cast(out, dtype)
         return out
@@ -386,7 +404,7 @@ class Tensor:
 
     def contiguous(self) -> "Tensor":
         """Self when its data are C-contiguous, else a :meth:`clone` that is."""
-        return self if self.data.flags.c_contiguous else self.clone()
+        return self if self._data.flags.c_contiguous else self.clone()
 
     def t(self) -> "Tensor":
         """PyTorch's ``t()``: the transpose of a 2-D tensor (a 0-d or 1-D one as is)."""
@@ -417,13 +435,13 @@ class Tensor:
             raise RuntimeError(f"backward: this tensor (shape {self.shape}) does not require grad "
                                "and has no graph: did you compute it under no_grad(), or "
                                "from tensors without requires_grad=True?")
-        xp = backend.get_array_module(self.data)
+        xp = backend.get_array_module(self._data)
         if grad is None:
-            if self.data.size != 1:
+            if self._data.size != 1:
                 raise RuntimeError(
                     f"backward: grad can be implicitly created only for an output of one "
                     f"element; this output has shape {self.shape}: pass grad= of that shape")
-            grad = xp.ones_like(self.data)
+            grad = xp.ones_like(self._data)
             owned = True
         else:
             grad = as_array(grad)
@@ -433,7 +451,7 @@ class Tensor:
             if grad.shape != self.shape:
                 raise ValueError(f"backward: grad has shape {grad.shape}, expected the output's "
                                  f"shape {self.shape}")
-            grad = grad.astype(self.data.dtype, copy=False)
+            grad = grad.astype(self._data.dtype, copy=False)
             owned = False
         run_backward(self, grad, retain_graph, owned)
 
@@ -473,7 +491,7 @@ class Function:
 
     def __call__(self, *inputs):
         tensors = [x if isinstance(x, Tensor) else Tensor._wrap(as_array(x)) for x in inputs]
-        arrays = [t.data for t in tensors]
+        arrays = [t._data for t in tensors]
         if backend.cupy_module() is not None:
             self._check_devices(tensors)
         record = _grad_mode.enabled and any(t.requires_grad for t in tensors)
@@ -498,7 +516,7 @@ class Function:
             self.outputs = [weakref.ref(o) for o in outputs]
             self._out_meta = [(y.shape, y.dtype) for y in ys] if len(ys) > 1 else None
             for i, o in enumerate(outputs):
-                if o.data.dtype.kind in "fc":
+                if o._data.dtype.kind in "fc":
                     o.creator = self
                     o._requires_grad = True
                     o.generation = self.generation + 1
@@ -550,10 +568,10 @@ def clear_grad(tensor, set_to_none=True):
     grad = tensor.grad
     if set_to_none or grad is None:
         tensor.grad = None
-    elif _has_own_elements(grad.data):
-        grad.data[...] = 0
+    elif _has_own_elements(grad._data):
+        grad._data[...] = 0
     else:   # a read-only or broadcast array a user assigned: replace it
-        grad.data = backend.get_array_module(grad.data).zeros_like(tensor.data)
+        grad._data = backend.get_array_module(grad._data).zeros_like(tensor._data)
 
 
 def _has_own_elements(array):
@@ -574,9 +592,9 @@ def _accumulate_leaf(tensor, grad, owned_ids):
     already is one (the common case) is kept without a copy.
     """
     if isinstance(grad, np.generic):  # a 0-d result: a fresh 0-d array is private
-        grad = np.array(grad, dtype=tensor.data.dtype)
-    elif grad.dtype != tensor.data.dtype:
-        grad = grad.astype(tensor.data.dtype)
+        grad = np.array(grad, dtype=tensor._data.dtype)
+    elif grad.dtype != tensor._data.dtype:
+        grad = grad.astype(tensor._data.dtype)
     elif (id(grad) in owned_ids or not _has_own_elements(grad)
           or (grad.base is not None and not _private_view(grad))):
         grad = grad.copy()
@@ -585,9 +603,9 @@ def _accumulate_leaf(tensor, grad, owned_ids):
         tensor.grad = Tensor._wrap(grad)
     else:
         # Not in place: an array the caller took from .grad earlier stays as it was.
-        tensor.grad.data = tensor.grad.data + grad
-        if isinstance(tensor.grad.data, np.generic):
-            tensor.grad.data = np.asarray(tensor.grad.data)
+        tensor.grad._data = tensor.grad._data + grad
+        if isinstance(tensor.grad._data, np.generic):
+            tensor.grad._data = np.asarray(tensor.grad._data)
 
 
 def run_backward(root, grad, retain_graph=False, owned=True):
@@ -616,8 +634,8 @@ def run_backward(root, grad, retain_graph=False, owned=True):
         for x, gx, needed in zip(f.inputs, grads_in, f.needs_input_grad):
             if gx is None or not needed:
                 continue
-            if gx.shape != x.data.shape:
-                gx = sum_to(gx, x.data.shape)
+            if gx.shape != x._data.shape:
+                gx = sum_to(gx, x._data.shape)
             creator = x.creator
             if creator is None:
                 _accumulate_leaf(x, gx, owned_ids)

@@ -15,7 +15,7 @@ from .tensor import Tensor, no_grad
 
 
 def _to_numpy(x):
-    return backend.as_numpy(x.data if isinstance(x, Tensor) else x)
+    return backend.as_numpy(x._data if isinstance(x, Tensor) else x)
 
 
 # float itemsize -> torch.testing.assert_close's default (rtol, atol)
@@ -70,7 +70,7 @@ def _prepare_inputs(inputs):
     prepared, differentiable = [], []
     for x in inputs:
         if isinstance(x, Tensor):
-            data, wants = x.data, x.requires_grad
+            data, wants = x._data, x.requires_grad
         elif x is None or (isinstance(x, (int, float)) and not isinstance(x, np.generic)):
             # Python numbers are constants; NumPy scalars (what NumPy gives
             # for 0-d results) are checked like arrays.
@@ -99,7 +99,7 @@ def _prepare_inputs(inputs):
 def _outputs(fn, inputs):
     out = fn(*inputs)
     outs = out if isinstance(out, (tuple, list)) else (out,)
-    return [o for o in outs if isinstance(o, Tensor) and o.data.dtype.kind == "f"]
+    return [o for o in outs if isinstance(o, Tensor) and o._data.dtype.kind == "f"]
 
 
 def _analytic(fn, inputs, diff_idx, grad_outputs):
@@ -110,13 +110,13 @@ def _analytic(fn, inputs, diff_idx, grad_outputs):
         if o.requires_grad:
             o.backward(g, retain_graph=k < len(outs) - 1)
     return [np.zeros(inputs[i].shape) if inputs[i].grad is None else
-            backend.as_numpy(inputs[i].grad.data).astype(np.float64) for i in diff_idx]
+            backend.as_numpy(inputs[i].grad._data).astype(np.float64) for i in diff_idx]
 
 
 def _objective(fn, inputs, grad_outputs):
     with no_grad():
         outs = _outputs(fn, inputs)
-    return sum(float((backend.as_numpy(o.data) * g).sum()) for o, g in zip(outs, grad_outputs))
+    return sum(float((backend.as_numpy(o._data) * g).sum()) for o, g in zip(outs, grad_outputs))
 
 
 def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, directional=False, seed=0,
@@ -138,7 +138,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, directional=False, see
     outs = _outputs(fn, inputs)
     if not outs:
         raise ValueError("gradcheck: fn returned no floating-point tensor")
-    xp = backend.get_array_module(inputs[diff_idx[0]].data)
+    xp = backend.get_array_module(inputs[diff_idx[0]]._data)
     grad_outputs = [rng.standard_normal(o.shape) for o in outs]
     device_grads = [xp.asarray(g) for g in grad_outputs]
     analytic = _analytic(fn, inputs, diff_idx, device_grads)
@@ -147,16 +147,16 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, directional=False, see
         directions = [rng.standard_normal(inputs[i].shape) for i in diff_idx]
         norm = np.sqrt(sum(float((d * d).sum()) for d in directions)) or 1.0
         directions = [d / norm for d in directions]
-        originals = [inputs[i].data for i in diff_idx]
+        originals = [inputs[i]._data for i in diff_idx]
         shifted = [xp.empty_like(base) for base in originals]   # the same memory layout
         values = []
         for sign in (1, -1):
             for i, d, base, out in zip(diff_idx, directions, originals, shifted):
                 xp.add(base, xp.asarray(sign * eps * d), out=out)
-                inputs[i].data = out
+                inputs[i]._data = out
             values.append(_objective(fn, inputs, grad_outputs))
         for i, base in zip(diff_idx, originals):
-            inputs[i].data = base
+            inputs[i]._data = base
         numeric = (values[0] - values[1]) / (2 * eps)
         predicted = sum(float((a * d).sum()) for a, d in zip(analytic, directions))
         if not abs(predicted - numeric) <= atol + rtol * abs(numeric):
@@ -165,7 +165,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, directional=False, see
                 f"(atol={atol}, rtol={rtol})")
     else:
         for k, i in enumerate(diff_idx):
-            data = inputs[i].data
+            data = inputs[i]._data
             numeric = np.zeros(data.shape)
             for j in np.ndindex(data.shape):   # in place, whatever the layout
                 old = data[j].item()

@@ -132,7 +132,7 @@ def evaluate(model, images, labels, batch_size=1000, device="cpu"):
             y = Tensor(labels[start:start + batch_size], device=device)
             logits = model(x)
             total_loss += float(F.cross_entropy(logits, y, reduction="sum").item())
-            correct += int((logits.argmax(axis=1).data == y.data).sum())
+            correct += int((logits.argmax(axis=1)._data == y._data).sum())
     model.train(was_training)
     n = max(len(images), 1)
     return total_loss / n, 100.0 * correct / n
@@ -277,9 +277,9 @@ class Trainer:
                     f"checkpoint: {last}. Try a lower learning rate.")
             opt.step()
             self.scheduler.step()
-            n = len(y.data)
+            n = len(y._data)
             loss_sum += value * n
-            correct += int((logits.data.argmax(axis=1) == y.data).sum())
+            correct += int((logits._data.argmax(axis=1) == y._data).sum())
             seen += n
             if bar is not None:
                 bar.update(1)

@@ -156,7 +156,7 @@ def test_cuda_round_trip_and_gradients():
     assert x.grad.device == "cuda"
     np.testing.assert_allclose(x.grad.numpy(), 2 * np.exp(2 * np.arange(6.0).reshape(2, 3)))
     back = x.to("cpu")
-    assert back.device == "cpu" and isinstance(back.data, np.ndarray)
+    assert back.device == "cpu" and isinstance(back._data, np.ndarray)
 
 
 @pytest.mark.gpu

@@ -396,8 +396,8 @@ def test_c_major_layout_flows_through_conv_and_pool(numba, monkeypatch):
         monkeypatch.setattr(conv_module, "is_c_major", lambda a: False)
         expected, ref_tensors = run()
     for t in tensors:
-        assert t.data.transpose(1, 0, 2, 3).flags.c_contiguous and not t.data.flags.c_contiguous
-    assert all(t.data.flags.c_contiguous for t in ref_tensors)
+        assert t._data.transpose(1, 0, 2, 3).flags.c_contiguous and not t._data.flags.c_contiguous
+    assert all(t._data.flags.c_contiguous for t in ref_tensors)
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 

@@ -84,21 +84,21 @@ def test_leaves_fed_by_one_add_do_not_share_a_grad_array():
     a = minidl.tensor(np.zeros(3), requires_grad=True)
     b = minidl.tensor(np.zeros(3), requires_grad=True)
     (a + b).sum().backward()
-    a.grad.data += 5.0  # e.g. an in-place weight-decay hook
+    a.grad._data += 5.0  # e.g. an in-place weight-decay hook
     np.testing.assert_array_equal(b.grad.numpy(), np.ones(3))
-    assert not np.shares_memory(a.grad.data, b.grad.data)
+    assert not np.shares_memory(a.grad._data, b.grad._data)
 
     # the same for an explicit grad the caller still owns, and for a leaf
     # reached twice through views
     g = np.ones(3)
     c = minidl.tensor(np.zeros(3), requires_grad=True)
     (c + a).backward(g)
-    c.grad.data *= 7
+    c.grad._data *= 7
     np.testing.assert_array_equal(g, np.ones(3))
     d = minidl.tensor(np.zeros((2, 2)), requires_grad=True)
     e = minidl.tensor(np.zeros((2, 2)), requires_grad=True)
     (d.T + e).sum().backward()
-    d.grad.data += 1
+    d.grad._data += 1
     np.testing.assert_array_equal(e.grad.numpy(), np.ones((2, 2)))
 
 
@@ -124,14 +124,14 @@ def test_a_private_view_gradient_is_kept_and_a_shared_one_copied():
 
     x = minidl.tensor(np.zeros((2, 3)), requires_grad=True)
     Transposed()(x).backward(np.arange(6.0).reshape(2, 3))
-    assert x.grad.data.base is not None                    # kept, no copy
+    assert x.grad._data.base is not None                    # kept, no copy
     np.testing.assert_array_equal(x.grad.numpy(), np.arange(6.0).reshape(2, 3))
     y = minidl.tensor(np.zeros((2, 3)), requires_grad=True)
     fn = Saved()
     out = fn(y)
     keep = fn.keep
     out.backward(np.zeros((2, 3)))
-    y.grad.data += 1                                       # must not reach the saved array
+    y.grad._data += 1                                       # must not reach the saved array
     np.testing.assert_array_equal(keep, np.ones((3, 2)))
 
 
@@ -230,15 +230,15 @@ def test_grad_mode_is_per_thread():
 
 
 def _assert_own_writable_array(grad, shape):
-    assert type(grad.data) is np.ndarray and grad.shape == shape
-    assert grad.data.flags.writeable and 0 not in grad.data.strides
+    assert type(grad._data) is np.ndarray and grad.shape == shape
+    assert grad._data.flags.writeable and 0 not in grad._data.strides
 
 
 def test_leaf_grad_is_a_writable_array_of_its_own():
     x = minidl.tensor(np.ones((3, 4), np.float32), requires_grad=True)
     x.mean().backward()              # d mean is a stride-0 broadcast of one value
     _assert_own_writable_array(x.grad, (3, 4))
-    x.grad.data[0, 0] = 0.0
+    x.grad._data[0, 0] = 0.0
     np.testing.assert_array_equal(x.grad.numpy()[1], np.full(4, 1 / 12, np.float32))
 
     b = minidl.tensor(np.ones((1, 4)), requires_grad=True)
@@ -254,14 +254,14 @@ def test_leaf_grad_is_a_writable_array_of_its_own():
     (s * s).backward()               # accumulation of 0-d gradients
     _assert_own_writable_array(s.grad, ())
     assert s.grad.item() == 7.0
-    s.grad.data[...] = 0
+    s.grad._data[...] = 0
 
 
 def test_op_outputs_are_arrays_even_when_0d():
     s = minidl.tensor(2.0, requires_grad=True)
     for out in (s * 3, s.exp(), minidl.ones(3).sum(), minidl.ones(2, 3)[1, 2],
                 minidl.ones(3).argmax()):
-        assert type(out.data) is np.ndarray and out.shape == ()
+        assert type(out._data) is np.ndarray and out.shape == ()
 
 
 def test_no_graph_without_requires_grad_and_detach_cuts_it():
@@ -342,7 +342,7 @@ def test_memory_does_not_grow_over_200_training_steps():
         loss = -logp[np.arange(64), labels].mean()
         loss.backward()
         for p in (w1, w2):
-            p.data -= 0.01 * p.grad.data
+            p._data -= 0.01 * p.grad._data
             p.grad = None
         return loss.item()
 

@@ -761,7 +761,9 @@ INT_AND_ARRAY_KEYS = [(0, slice(None), [1, 2]), (slice(None), [0, 2], -1), (1, .
                       (0, None, slice(None), [1, 2]), ([1, 0], 0, [1, 2]),
                       (0, np.array([[1, 2], [0, 0]]), slice(1, 3)), (..., 0, [1, 1]),
                       (0, slice(None), np.array([True, False, True, True])),
-                      (np.array([True, False]), 0, [1, 2]), (-1, [2, 0], None, -2)]
+                      (np.array([True, False]), 0, [1, 2]), (-1, [2, 0], None, -2),
+                      (0, slice(None), True), (0, slice(None), False),
+                      (slice(None), 1, None, True, 2)]   # a bool scalar: a new dim in place
 
 
 @pytest.mark.parametrize("key", INT_AND_ARRAY_KEYS, ids=str)
@@ -902,3 +904,29 @@ def test_logsumexp_at_infinities_and_huge_values_as_torch():
     np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-6)
     assert minidl.logsumexp(minidl.zeros(0, 3), 0).numpy().tolist() == [-np.inf] * 3
     assert minidl.logsumexp(minidl.tensor([1, 2]), 0).dtype == np.float32
+
+
+def test_amax_keeps_nan_gradients_where_the_full_max_sends_them_to_the_nans():
+    # torch.amax over a dim: NaN across a slice whose result is NaN; x.max() over
+    # everything: the gradient goes to the NaN elements
+    torch = pytest.importorskip("torch")
+    a = np.array([[1.0, np.nan], [2.0, 2.0]])
+    for ours, theirs in ((lambda t: t.amax(dim=1), lambda t: t.amax(dim=1)),
+                         (lambda t: t.amin(dim=0), lambda t: t.amin(dim=0)),
+                         (lambda t: t.max(), lambda t: t.max())):
+        x, tx = minidl.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+        ours(x).sum().backward()
+        theirs(tx).sum().backward()
+        np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
+
+
+def test_reductions_take_numpy_arrays_as_the_other_ops():
+    # Regression: torch.max(outputs.data, 1) style calls on an array crashed with
+    # "'memoryview' object has no attribute 'argmax'"
+    a = np.array([[1.0, 3.0], [4.0, 2.0]], np.float32)
+    values, indices = minidl.max(a, 1)
+    assert values.numpy().tolist() == [3.0, 4.0] and indices.numpy().tolist() == [1, 0]
+    assert minidl.argmax(a, dim=1).numpy().tolist() == [1, 0]
+    assert minidl.mean(a).item() == 2.5 and minidl.sum(a, dim=0).numpy().tolist() == [5.0, 5.0]
+    assert abs(minidl.std(a).item() - np.std(a, ddof=1)) < 1e-6
+    assert minidl.amin(a).item() == 1.0 and minidl.logsumexp(a, 1).shape == (2,)

@@ -36,7 +36,7 @@ def test_trajectory_matches_torch(kind, kwargs):
     tw, tb = torch.tensor(w0, requires_grad=True), torch.tensor(b0, requires_grad=True)
     mo = getattr(optim, kind)([mw, mb], **kwargs)
     to = getattr(torch.optim, kind)([tw, tb], **kwargs)
-    w_array = mw.data
+    w_array = mw._data
     for _ in range(20):
         mo.zero_grad()
         to.zero_grad()
@@ -44,7 +44,7 @@ def test_trajectory_matches_torch(kind, kwargs):
         _loss(torch, torch.tensor(X), tw, tb).backward()
         mo.step()
         to.step()
-    assert mw.data is w_array                   # updated in place
+    assert mw._data is w_array                   # updated in place
     assert_close(mw, tw.detach().numpy(), rtol=1e-10, atol=1e-12)
     assert_close(mb, tb.detach().numpy(), rtol=1e-10, atol=1e-12)
 
@@ -62,7 +62,7 @@ def test_float32_no_allocation_after_first_step_and_grads_untouched(kind):
     opt.step()
     assert [id(v) for v in opt.state[p].values() if isinstance(v, np.ndarray)] == state_ids
     assert [id(v) for v in opt._scratch[id(p)].values()] == scratch_ids
-    assert (grad == 0.5).all() and p.grad.data is grad
+    assert (grad == 0.5).all() and p.grad._data is grad
     assert p.dtype == np.float32 and all(v.dtype == np.float32 for v in opt.state[p].values()
                                          if isinstance(v, np.ndarray))
 

@@ -59,7 +59,7 @@ def test_properties_and_conversions():
     with pytest.raises(IndexError, match="dim 2"):
         t.size(2)
     assert t.device == "cpu" and t.is_leaf and t.grad is None
-    assert t.data is a  # from_numpy shares the array
+    assert t._data is a  # from_numpy shares the array
     assert t.to("cpu") is t
     assert t.cpu() is t
     assert t.to(np.float32).dtype == np.float32
@@ -90,7 +90,7 @@ def test_detach_shares_data_and_cuts_grad():
     x = minidl.tensor([1.0, 2.0], requires_grad=True)
     y = x * 2
     d = y.detach()
-    assert d.data is y.data and not d.requires_grad and d.creator is None
+    assert d._data is y._data and not d.requires_grad and d.creator is None
     assert d.is_leaf
 
 
@@ -219,13 +219,13 @@ def test_set_num_threads(monkeypatch):
 def test_tensor_copies_what_it_is_given_and_from_numpy_shares():
     a = np.array([1.0, 2.0], np.float32)
     t = minidl.tensor(a, requires_grad=True)
-    t.data -= 1          # what an optimizer step does
+    t._data -= 1          # what an optimizer step does
     np.testing.assert_array_equal(a, [1.0, 2.0])
     u = minidl.tensor(t)
-    t.data += 5
+    t._data += 5
     np.testing.assert_array_equal(u.numpy(), [0.0, 1.0])
     shared = minidl.from_numpy(a)
-    shared.data += 1
+    shared._data += 1
     np.testing.assert_array_equal(a, [2.0, 3.0])
     with pytest.raises(TypeError, match="from_numpy: expected a numpy.ndarray, got list"):
         minidl.from_numpy([1, 2])
@@ -344,9 +344,9 @@ def test_clone_contiguous_t_and_conversion_methods():
     from minidl.testing import gradcheck
     x = minidl.tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
     c = x.clone()
-    assert c.data is not x.data and c.numpy().tolist() == x.numpy().tolist()
+    assert c._data is not x._data and c.numpy().tolist() == x.numpy().tolist()
     gradcheck(lambda t: t.clone() * 2.0, [np.random.default_rng(0).standard_normal((2, 3))])
-    assert x.contiguous() is x and x.T.contiguous().data.flags.c_contiguous
+    assert x.contiguous() is x and x.T.contiguous()._data.flags.c_contiguous
     assert x.t().shape == (3, 2) and minidl.ones(3).t().shape == (3,)
     with pytest.raises(ValueError, match="at most 2 dims"):
         minidl.ones(2, 2, 2).t()
@@ -377,7 +377,7 @@ def test_data_and_requires_grad_assignments_are_checked_as_torch():
     p = minidl.tensor([1.0, 2.0], requires_grad=True)
     (p * p).sum().backward()
     p.data = p.data - 0.5 * p.grad
-    assert type(p.data) is np.ndarray and p.data.tolist() == [0.0, 0.0]
+    assert type(p._data) is np.ndarray and p.data.tolist() == [0.0, 0.0]
     x = minidl.tensor([1.0, 2.0], requires_grad=True)
     y = x * 3
     with pytest.raises(RuntimeError, match="only be turned off on leaf tensors"):
@@ -393,7 +393,7 @@ def test_numpy_array_of_a_tensor_is_a_copy():
     # weights changed with the next optimizer step.
     t = minidl.tensor([1.0, 2.0])
     snapshot, shared = np.array(t), np.asarray(t)
-    t.data[0] = 9.0
+    t._data[0] = 9.0
     assert snapshot.tolist() == [1.0, 2.0] and shared[0] == 9.0
     assert np.array(t, dtype=np.float64).dtype == np.float64
 
@@ -420,3 +420,43 @@ def test_tensor_constructor_takes_options_by_keyword_only():
     with pytest.raises(TypeError, match="positional"):
         minidl.Tensor(2.0, 3)
     assert minidl.Tensor(2.0, requires_grad=True).requires_grad
+
+
+def test_data_is_a_tensor_outside_the_graph_sharing_memory_as_torch():
+    # PyTorch's idioms on .data: p.grad.data.zero_(), out.data.max(1)[1],
+    # p.data -= lr * p.grad.data, w.data.std() (N - 1)
+    w = minidl.tensor([[1.0, 5.0, 2.0], [7.0, 0.0, 3.0]], requires_grad=True)
+    (w * w).sum().backward()
+    d = w.data
+    assert isinstance(d, minidl.Tensor) and not d.requires_grad and d.creator is None
+    assert np.shares_memory(d.numpy(), w.numpy())
+    assert w.data.max(1)[1].numpy().tolist() == [1, 0]
+    assert abs(w.data.std().item() - np.std(w.numpy(), ddof=1)) < 1e-6
+    with minidl.no_grad():
+        w.data -= 0.25 * w.grad.data          # in place, into w's own array
+    assert w.numpy().tolist() == [[0.5, 2.5, 1.0], [3.5, 0.0, 1.5]]
+    w.grad.data.zero_()
+    assert not w.grad.numpy().any()
+    y = w * 2
+    assert not y.data.requires_grad and y.requires_grad
+
+
+def test_data_setter_refuses_an_int_array_on_a_tensor_that_requires_grad():
+    p = minidl.nn.Parameter(np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match="data: only floating-point tensors can require"):
+        p.data = np.array([1, 2, 3])
+    assert p.dtype == np.float32
+    q = minidl.tensor([1.0])
+    q.data = np.array([4, 5])                 # no gradient needed: any dtype, as PyTorch
+    assert q.dtype == np.int64
+
+
+def test_tensors_pickled_before_the_checked_properties_still_load():
+    # The slots were named data and requires_grad; pickles keep the names.
+    t = minidl.Tensor.__new__(minidl.Tensor)
+    t.__setstate__((None, {"data": np.array([1.0, 2.0]), "grad": None,
+                           "requires_grad": True, "creator": None, "generation": 0,
+                           "_out_index": 0, "_retains_grad": False}))
+    assert t.requires_grad and t.numpy().tolist() == [1.0, 2.0]
+    (t * 3).sum().backward()
+    assert t.grad.numpy().tolist() == [3.0, 3.0]

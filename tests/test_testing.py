@@ -105,9 +105,9 @@ def test_never_mutates_the_callers_inputs():
     a64 = np.asfortranarray(rng.standard_normal((2, 3)))   # F-ordered
     t = minidl.tensor(rng.standard_normal(2).astype(np.float32), requires_grad=True)
     idx = np.array([1, 0, 1])
-    copies = [a32.copy(), a64.copy(), t.data.copy(), idx.copy()]
+    copies = [a32.copy(), a64.copy(), t._data.copy(), idx.copy()]
     gradcheck(lambda a, b, c, i: (a @ b)[i] * c.sum(), [a32, a64, t, idx])
-    for before, after in zip(copies, [a32, a64, t.data, idx]):
+    for before, after in zip(copies, [a32, a64, t._data, idx]):
         assert after.dtype == before.dtype
         np.testing.assert_array_equal(after, before)
     assert a64.flags.f_contiguous and t.grad is None and t.dtype == np.float32

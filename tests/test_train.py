@@ -264,7 +264,7 @@ def test_pool_before_relu_is_exact():
     minidl.manual_seed(3)
     model = CNNAttention("seed")
     x = minidl.randn(6, 1, 28, 28)
-    x.data[0] = -1.0                      # windows whose maximum is negative, and ties
+    x._data[0] = -1.0                      # windows whose maximum is negative, and ties
     results = []
     for run in (model.feature_maps, model.features):
         model.zero_grad()

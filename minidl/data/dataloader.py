@@ -82,7 +82,7 @@ class DataLoader:
             return value
         from ..tensor import Tensor
         if isinstance(value, Tensor):
-            value = value.data
+            value = value._data
         if self.device is not None:
             value = backend.to_device(value, self.device)
         return Tensor(value) if self.as_tensor else value

@@ -22,7 +22,7 @@ def raw_array(value):
     minidl's rules: floats become float32, ints int64)."""
     from ..tensor import Tensor
     if isinstance(value, Tensor):
-        return value.data
+        return value._data
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         return value
     array = np.asarray(value)

@@ -96,4 +96,4 @@ class CNNAttention(nn.Module):
 
 
 def num_parameters(model: nn.Module) -> int:
-    return sum(p.data.size for p in model.parameters())
+    return sum(p._data.size for p in model.parameters())

@@ -20,7 +20,7 @@ from .module import Module, Parameter, Sequential
 
 def _additive(mask, dtype, what):
     """MultiheadAttention's mask -> additive float array (True = masked OUT -> -inf)."""
-    m = mask.data if isinstance(mask, Tensor) else mask
+    m = mask._data if isinstance(mask, Tensor) else mask
     if m.dtype == bool:
         xp = backend.get_array_module(m)
         return xp.where(m, dtype.type(-np.inf), dtype.type(0))
@@ -118,7 +118,7 @@ class MultiheadAttention(Module):
         if unbatched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
             if key_padding_mask is not None:
-                key_padding_mask = (key_padding_mask.data if isinstance(key_padding_mask, Tensor)
+                key_padding_mask = (key_padding_mask._data if isinstance(key_padding_mask, Tensor)
                                     else key_padding_mask)[None]
         elif self.batch_first:  # work in (B, L, E)
             pass
@@ -134,7 +134,7 @@ class MultiheadAttention(Module):
         q = linear(query, wq, bq).reshape(B, L, h, D).swapaxes(1, 2)
         k = linear(key, wk, bk).reshape(B, S, h, D).swapaxes(1, 2)
         v = linear(value, wv, bv).reshape(B, S, h, D).swapaxes(1, 2)
-        dtype = q.data.dtype
+        dtype = q._data.dtype
         mask = None
         if attn_mask is not None:
             m = _additive(attn_mask, dtype, "attn_mask")

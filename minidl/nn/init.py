@@ -17,8 +17,8 @@ from ..random import default_generator
 
 
 def _fill(tensor, values):
-    xp = backend.get_array_module(tensor.data)
-    tensor.data[...] = xp.asarray(values.astype(tensor.data.dtype, copy=False))
+    xp = backend.get_array_module(tensor._data)
+    tensor._data[...] = xp.asarray(values.astype(tensor._data.dtype, copy=False))
     return tensor
 
 
@@ -67,7 +67,7 @@ def normal_(tensor, mean=0.0, std=1.0, generator=None):
 
 
 def constant_(tensor, val):
-    tensor.data[...] = val
+    tensor._data[...] = val
     return tensor
 
 

@@ -26,7 +26,7 @@ class Parameter(Tensor):
     def __init__(self, data=None, requires_grad=True):
         if data is None:
             data = np.empty(0, dtype=np.float32)
-        super().__init__(data.data if isinstance(data, Tensor) else data,
+        super().__init__(data._data if isinstance(data, Tensor) else data,
                          requires_grad=requires_grad)
 
     def __repr__(self):
@@ -268,14 +268,14 @@ class Module:
         if device is not None:
             backend.parse_device(device)
         for t in list(self.parameters()) + list(self.buffers()):
-            data = t.data
+            data = t._data
             if device is not None:
                 data = backend.to_device(data, device)
             if dtype is not None and data.dtype.kind == "f":
                 data = data.astype(dtype, copy=False)
-            t.data = data
+            t._data = data
             if t.grad is not None:
-                g = t.grad.data
+                g = t.grad._data
                 if device is not None:
                     g = backend.to_device(g, device)
                 t.grad = Tensor._wrap(g.astype(data.dtype, copy=False))
@@ -302,10 +302,10 @@ class Module:
             p = f"{mod_prefix}." if mod_prefix else ""
             for name, param in module._parameters.items():
                 if param is not None:
-                    out[p + name] = param if keep_vars else Tensor._wrap(param.data)
+                    out[p + name] = param if keep_vars else Tensor._wrap(param._data)
             for name, buf in module._buffers.items():
                 if buf is not None and name not in module._non_persistent:
-                    out[p + name] = buf if keep_vars else Tensor._wrap(buf.data)
+                    out[p + name] = buf if keep_vars else Tensor._wrap(buf._data)
         return out
 
     def _state_targets(self):
@@ -342,15 +342,15 @@ class Module:
             if key not in state_dict:
                 continue
             value = state_dict[key]
-            array = value.data if isinstance(value, Tensor) else value
+            array = value._data if isinstance(value, Tensor) else value
             if not hasattr(array, "shape"):
                 array = np.asarray(array)
-            if tuple(array.shape) != tuple(target.data.shape) and array.size == 1 == \
-                    target.data.size and len(array.shape) + len(target.data.shape) == 1:
-                array = array.reshape(target.data.shape)   # () vs (1,): a scalar either way
-            if tuple(array.shape) != tuple(target.data.shape):
+            if tuple(array.shape) != tuple(target._data.shape) and array.size == 1 == \
+                    target._data.size and len(array.shape) + len(target._data.shape) == 1:
+                array = array.reshape(target._data.shape)   # () vs (1,): a scalar either way
+            if tuple(array.shape) != tuple(target._data.shape):
                 wrong.append(f"{key}: checkpoint shape {_pretty_shape(array.shape)}, model shape "
-                             f"{_pretty_shape(target.data.shape)}")
+                             f"{_pretty_shape(target._data.shape)}")
                 continue
             arrays[key] = array
         name = type(self).__name__
@@ -366,12 +366,12 @@ class Module:
                                "changed):\n  " + "\n  ".join(lines))
         for key, array in arrays.items():
             target = targets[key]
-            xp = backend.get_array_module(target.data)
+            xp = backend.get_array_module(target._data)
             src = backend.to_device(array, target.device)
-            if getattr(getattr(target.data, "flags", None), "writeable", True):
-                xp.copyto(target.data, src.astype(target.data.dtype, copy=False))
+            if getattr(getattr(target._data, "flags", None), "writeable", True):
+                xp.copyto(target._data, src.astype(target._data.dtype, copy=False))
             else:
-                target.data = src.astype(target.data.dtype, copy=True)
+                target._data = src.astype(target._data.dtype, copy=True)
         return _IncompatibleKeys(missing, unexpected, [w.split(":")[0] for w in wrong])
 
     # ------------------------------------------------------------ calling

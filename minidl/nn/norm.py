@@ -82,9 +82,9 @@ class _BatchNorm(Module):
             raise self._bad_input(self._layout.format(C=self.num_features), x)
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
-            self.num_batches_tracked.data += 1
+            self.num_batches_tracked._data += 1
             if self.momentum is None:
-                momentum = 1.0 / float(self.num_batches_tracked.data)
+                momentum = 1.0 / float(self.num_batches_tracked._data)
         use_batch = self.training or not self.track_running_stats
         rm = self.running_mean if (not self.training or self.track_running_stats) else None
         rv = self.running_var if (not self.training or self.track_running_stats) else None

@@ -38,10 +38,10 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     grads = [p for p in parameters if p.grad is not None]
     if not grads:
         return Tensor(0.0)
-    xp = backend.get_array_module(grads[0].grad.data)
-    dtype = grads[0].grad.data.dtype
+    xp = backend.get_array_module(grads[0].grad._data)
+    dtype = grads[0].grad._data.dtype
     norm_type = float(norm_type)
-    norms = [_vector_norm(p.grad.data, norm_type, xp) for p in grads]
+    norms = [_vector_norm(p.grad._data, norm_type, xp) for p in grads]
     total = _vector_norm(xp.stack(norms).astype(dtype, copy=False), norm_type, xp)
     if error_if_nonfinite and not bool(xp.isfinite(total)):
         raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} of the "
@@ -52,6 +52,6 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     # nothing, so skip that copy. `not coef >= 1` also catches a NaN coefficient.
     if not coef >= 1.0:
         for p in grads:
-            g = p.grad.data
+            g = p.grad._data
             p.grad = Tensor._wrap(g * g.dtype.type(coef))
     return Tensor._wrap(xp.asarray(total, dtype=dtype))

@@ -27,7 +27,7 @@ def _compare(op):
         if other is None or isinstance(other, (str, bytes)):
             return NotImplemented
         a, b = arith.operands(self, other)
-        return Tensor._wrap(op(a.data, b.data))
+        return Tensor._wrap(op(a._data, b._data))
     method.__name__ = op.__name__
     return method
 
@@ -55,15 +55,15 @@ def _check_inplace(op, target, other=None):
 
 
 def _raw(value):
-    return value.data if isinstance(value, Tensor) else value
+    return value._data if isinstance(value, Tensor) else value
 
 
 def _ufunc_in_place(target, ufunc_name, other):
-    """``target.data = ufunc(target.data, other)`` in the same array.
+    """``target._data = ufunc(target._data, other)`` in the same array.
 
     same_kind casting: an integer tensor cannot take a float result, as in PyTorch."""
-    ufunc = getattr(backend.get_array_module(target.data), ufunc_name)
-    ufunc(target.data, other, out=target.data, casting="same_kind")
+    ufunc = getattr(backend.get_array_module(target._data), ufunc_name)
+    ufunc(target._data, other, out=target._data, casting="same_kind")
     return target
 
 
@@ -100,10 +100,10 @@ def _scaled_inplace(ufunc_name, op):
         _check_inplace(op, self, other)
         other = _raw(other)
         if alpha != 1:
-            if self.data.dtype.kind in "iub" and isinstance(alpha, float):
+            if self._data.dtype.kind in "iub" and isinstance(alpha, float):
                 raise TypeError(f"{op}: alpha must not be a float for an integer tensor "
                                 f"(got {alpha}), as in PyTorch")
-            other = other * self.data.dtype.type(alpha)
+            other = other * self._data.dtype.type(alpha)
         return _ufunc_in_place(self, ufunc_name, other)
     method.__name__ = op
     return method
@@ -114,14 +114,14 @@ def _setitem(self, key, value):
     key = shape.raw_key(key)
     split = shape.split_int_indices(key, self.ndim)
     if split is not None:   # PyTorch's order: the ints first (a view), then the rest
-        self.data[split[0]][split[1]] = _raw(value)
+        self._data[split[0]][split[1]] = _raw(value)
         return
-    self.data[key] = _raw(value)
+    self._data[key] = _raw(value)
 
 
 def _zero_(self):
     _check_inplace("zero_", self)
-    self.data[...] = 0
+    self._data[...] = 0
     return self
 
 
@@ -129,13 +129,13 @@ def _fill_(self, value):
     _check_inplace("fill_", self)
     if getattr(value, "ndim", 0):
         raise ValueError(f"fill_: expects a number or a 0-d tensor, got shape {value.shape}")
-    self.data[...] = _raw(value)
+    self._data[...] = _raw(value)
     return self
 
 
 def _copy_(self, source):
     _check_inplace("copy_", self, source)
-    self.data[...] = _raw(source)
+    self._data[...] = _raw(source)
     return self
 
 

@@ -37,7 +37,7 @@ def constant_like(value, ref: Tensor) -> Tensor:
     """Wrap a non-tensor operand on ``ref``'s device, in ``ref``'s float dtype."""
     array = value if isinstance(value, (np.ndarray,)) or backend.device_of(value) == "cuda" \
         else np.asarray(value)
-    ref_dtype = ref.data.dtype
+    ref_dtype = ref._data.dtype
     if ref_dtype.kind == "f":
         if array.dtype != ref_dtype:
             array = array.astype(ref_dtype)
@@ -45,7 +45,7 @@ def constant_like(value, ref: Tensor) -> Tensor:
         array = array.astype(np.float32)
     elif array.dtype.kind in "iu" and array.dtype != ref_dtype and ref_dtype.kind in "iu":
         array = array.astype(ref_dtype)
-    if backend.device_of(ref.data) != backend.device_of(array):
+    if backend.device_of(ref._data) != backend.device_of(array):
         array = backend.to_device(array, ref.device)
     return Tensor._wrap(array)
 
@@ -61,11 +61,11 @@ def operands(a, b):
         b = constant_like(b, a)
     # An integer operand meeting a float one takes the float's dtype, as in
     # PyTorch: NumPy would turn int64 (op) float32 into float64.
-    ka, kb = a.data.dtype.kind, b.data.dtype.kind
+    ka, kb = a._data.dtype.kind, b._data.dtype.kind
     if ka in "iu" and kb == "f":
-        a = Tensor._wrap(a.data.astype(b.data.dtype))
+        a = Tensor._wrap(a._data.astype(b._data.dtype))
     elif kb in "iu" and ka == "f":
-        b = Tensor._wrap(b.data.astype(a.data.dtype))
+        b = Tensor._wrap(b._data.astype(a._data.dtype))
     return a, b
 
 
@@ -435,7 +435,7 @@ def minimum(a, b):
 
 def where(condition, a, b):
     """Elements of ``a`` where ``condition`` is true, else of ``b`` (broadcasting)."""
-    cond = condition.data if isinstance(condition, Tensor) else as_array(condition)
+    cond = condition._data if isinstance(condition, Tensor) else as_array(condition)
     a, b = operands(a, b)
     return Where(cond.astype(bool, copy=False))(a, b)
 
@@ -446,7 +446,7 @@ def masked_fill(input, mask, value):
     0-d tensor (which then gets the masked elements' gradient); the result keeps
     input's dtype and shape."""
     x = input if isinstance(input, Tensor) else Tensor(input)
-    m = mask.data if isinstance(mask, Tensor) else as_array(mask)
+    m = mask._data if isinstance(mask, Tensor) else as_array(mask)
     if m.dtype != np.bool_:
         raise TypeError(f"masked_fill: the mask must be a boolean tensor, got dtype {m.dtype}")
     try:
@@ -462,7 +462,7 @@ def masked_fill(input, mask, value):
                              f"tensor of shape {tuple(value.shape)}")
         value = cast(value, x.dtype)
     else:
-        value = x.data.dtype.type(value)   # an int tensor takes int(value), as PyTorch
+        value = x._data.dtype.type(value)   # an int tensor takes int(value), as PyTorch
     return where(m, value, x)
 
 
@@ -505,8 +505,8 @@ clamp = clip
 
 def cast(x, dtype):
     dtype = np.dtype(dtype)
-    if x.data.dtype == dtype:
+    if x._data.dtype == dtype:
         return x
     if x.requires_grad and dtype.kind in "fc":
         return Cast(dtype)(x)
-    return Tensor._wrap(x.data.astype(dtype))
+    return Tensor._wrap(x._data.astype(dtype))

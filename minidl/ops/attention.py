@@ -35,7 +35,7 @@ def _as_tensor(x):
 
 
 def _raw(x):
-    return x.data if isinstance(x, Tensor) else x
+    return x._data if isinstance(x, Tensor) else x
 
 
 def causal_mask(L, S, xp=np):
@@ -48,7 +48,7 @@ def attention_scores(q, k, attn_mask=None, is_causal=False, scale=None):
     E, L, S = q.shape[-1], q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(E) if scale is None else float(scale)
     scores = matmul(q * scale, k.mT)
-    xp = backend.get_array_module(scores.data)
+    xp = backend.get_array_module(scores._data)
     allowed = None
     if is_causal:
         if attn_mask is not None:
@@ -56,7 +56,7 @@ def attention_scores(q, k, attn_mask=None, is_causal=False, scale=None):
         allowed = causal_mask(L, S, xp)
     elif attn_mask is not None:
         m = _raw(attn_mask)
-        m = m if backend.device_of(m) == backend.device_of(scores.data) else \
+        m = m if backend.device_of(m) == backend.device_of(scores._data) else \
             backend.to_device(m, scores.device)
         if m.dtype == bool:
             allowed = m

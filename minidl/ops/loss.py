@@ -15,7 +15,8 @@ the logits), ``l_i = -sum_c w[c] q'[i, c] logp[i, c]`` with
 
 Either way the row's loss is ``-sum_c a[i, c] logp[i, c]`` for a coefficient
 matrix ``a``, so the one backward is ``gx = g_i * (p[i] * sum_c a[i, c] - a[i])``
-with p the softmax: forward keeps only p.
+with p the softmax: forward keeps p (and logp, when probability targets need
+their own gradient ``gq[i, c] = -g_i (1 - eps) w[c] logp[i, c]``).
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def _as_tensor(x):
 
 
 def _raw(x):
-    return None if x is None else (x.data if isinstance(x, Tensor) else x)
+    return None if x is None else (x._data if isinstance(x, Tensor) else x)
 
 
 def _rows(x):
@@ -236,7 +237,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     t = _raw(target)
     if not isinstance(t, np.ndarray) and backend.device_of(t) == "cpu":
         t = np.asarray(t)
-    if x.ndim < 1 or x.data.dtype.kind != "f":
+    if x.ndim < 1 or x._data.dtype.kind != "f":
         raise ValueError(f"cross_entropy: expected floating logits (N, C) or (N, C, d1, ...), "
                          f"got shape {tuple(x.shape)} dtype {x.dtype}")
     C = x.shape[1] if x.ndim > 1 else x.shape[0]
@@ -258,7 +259,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         w = backend.to_device(np.asarray(w) if isinstance(w, (list, tuple)) else w, x.device)
         if w.shape != (C,):
             raise ValueError(f"cross_entropy: weight must have shape ({C},), got {w.shape}")
-        w = w.astype(x.data.dtype, copy=False)
+        w = w.astype(x._data.dtype, copy=False)
     fn = CrossEntropy(t, w, ignore_index, reduction, float(label_smoothing))
     if getattr(target, "requires_grad", False) and t.dtype.kind == "f":
         # a target from a network being trained (distillation): it gets its gradient
@@ -322,7 +323,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         if w.shape != (C,):
             raise ValueError(f"nll_loss: weight must have shape ({C},), one per class, got "
                              f"{w.shape}")
-        w = w.astype(x.data.dtype, copy=False)
+        w = w.astype(x._data.dtype, copy=False)
     return NLLLoss(t, w, ignore_index, reduction)(x)
 
 
@@ -425,9 +426,9 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     if x.shape != y.shape:
         raise ValueError(f"binary_cross_entropy_with_logits: target {tuple(y.shape)} must have "
                          f"the input's shape {tuple(x.shape)}")
-    if y.data.dtype != x.data.dtype:
-        y = cast(y, x.data.dtype)   # an op: a target that needs a gradient keeps it
+    if y._data.dtype != x._data.dtype:
+        y = cast(y, x._data.dtype)   # an op: a target that needs a gradient keeps it
     w, pw = _raw(weight), _raw(pos_weight)
-    w = None if w is None else backend.to_device(w, x.device).astype(x.data.dtype, copy=False)
-    pw = None if pw is None else backend.to_device(pw, x.device).astype(x.data.dtype, copy=False)
+    w = None if w is None else backend.to_device(w, x.device).astype(x._data.dtype, copy=False)
+    pw = None if pw is None else backend.to_device(pw, x.device).astype(x._data.dtype, copy=False)
     return BCEWithLogits(w, pw, reduction)(x, y)

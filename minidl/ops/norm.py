@@ -152,8 +152,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     x = input if isinstance(input, Tensor) else Tensor(input)
     if x.ndim < 2:
         raise ValueError(f"batch_norm: expected input (N, C, ...), got {tuple(x.shape)}")
-    rm = running_mean.data if isinstance(running_mean, Tensor) else running_mean
-    rv = running_var.data if isinstance(running_var, Tensor) else running_var
+    rm = running_mean._data if isinstance(running_mean, Tensor) else running_mean
+    rv = running_var._data if isinstance(running_var, Tensor) else running_var
     if not training and (rm is None or rv is None):
         raise ValueError("batch_norm: eval mode needs running_mean and running_var")
     if weight is None and bias is not None:

@@ -76,6 +76,12 @@ def mean_of(x, axes, keepdims):
     return y if acc is None else y.astype(x.dtype)
 
 
+def _tensor(x):
+    """A Tensor of x (a NumPy array or number passed to a reduction, as PyTorch's
+    functions take tensors only, but minidl's other ops take arrays too)."""
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
 def _count(shape, axes):
     n = 1
     for a in (range(len(shape)) if axes is None else axes):
@@ -111,8 +117,14 @@ class Mean(Function):
 
 
 class MaxMin(Function):
-    def __init__(self, axes, keepdims, is_max):
+    """amax/amin: the gradient shared equally by the elements equal to the result
+    (NaN over a slice whose result is NaN, as torch.amax). ``nan_to_nans``: a NaN
+    result sends its gradient to the NaN elements instead, as PyTorch's
+    ``x.max()``/``x.min()`` over everything."""
+
+    def __init__(self, axes, keepdims, is_max, nan_to_nans=False):
         self.axes, self.keepdims, self.is_max = axes, keepdims, is_max
+        self.nan_to_nans = nan_to_nans
 
     def forward(self, x):
         # Reducing over a non-empty dim of an empty tensor is fine (shape (0, 3)
@@ -128,11 +140,13 @@ class MaxMin(Function):
 
     def backward(self, gy):
         xp = backend.get_array_module(gy)
-        # a NaN maximum goes to the NaN elements (NaN == NaN is False), as PyTorch
-        mask = (self.x == self.y_keep) | (xp.isnan(self.x) & xp.isnan(self.y_keep))
+        mask = self.x == self.y_keep
+        if self.nan_to_nans:   # NaN == NaN is False
+            mask |= xp.isnan(self.x) & xp.isnan(self.y_keep)
         ties = mask.sum(axis=self.axes, keepdims=True).astype(gy.dtype)
         g = _unreduce(gy, self.x.shape, self.axes, self.keepdims)
-        return g * mask / ties
+        with np.errstate(divide="ignore", invalid="ignore"):   # a NaN slice: 0/0, quietly
+            return g * mask / ties
 
 
 def _reduced_shape(shape, axes):
@@ -227,13 +241,15 @@ class Std(Var):
 # ---------------------------------------------------------------- wrappers
 
 def sum(x, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001
+    x = _tensor(x)
     axes, keep = reduction_axis("sum", x.ndim, axis, keepdims, dim, keepdim)
     return Sum(axes, keep)(x)
 
 
 def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    x = _tensor(x)
     axes, keep = reduction_axis("mean", x.ndim, axis, keepdims, dim, keepdim)
-    if x.data.dtype.kind not in "fc":
+    if x._data.dtype.kind not in "fc":
         raise TypeError(f"mean: expected a floating-point tensor, got dtype {x.dtype}")
     return Mean(axes, keep)(x)
 
@@ -241,6 +257,7 @@ def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
 def logsumexp(x, dim, keepdim=False):
     """log(sum(exp(x))) over ``dim`` (one or several), computed stably, as
     ``torch.logsumexp``; integer input gives float32."""
+    x = _tensor(x)
     axes, keep = reduction_axis("logsumexp", x.ndim, dim, keepdim)
     return LogSumExp(axes, keep)(x)
 
@@ -248,12 +265,14 @@ def logsumexp(x, dim, keepdim=False):
 def amax(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     """The maximum over ``dim`` (one or several, default all): values only,
     the gradient shared equally among tied maxima (``torch.amax``)."""
+    x = _tensor(x)
     axes, keep = reduction_axis("amax", x.ndim, axis, keepdims, dim, keepdim)
     return MaxMin(axes, keep, True)(x)
 
 
 def amin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     """The minimum over ``dim``: values only (``torch.amin``)."""
+    x = _tensor(x)
     axes, keep = reduction_axis("amin", x.ndim, axis, keepdims, dim, keepdim)
     return MaxMin(axes, keep, False)(x)
 
@@ -277,13 +296,16 @@ def min(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
 
 
 def _max_min(x, dim, keepdim, axis, keepdims, is_max):
+    x = _tensor(x)
     op = "max" if is_max else "min"
     if isinstance(dim, Tensor) or getattr(dim, "ndim", 0):   # torch.max(a, b): an array
         from .arith import maximum, minimum
         return (maximum if is_max else minimum)(x, dim)
     keep = bool(keepdim if keepdims is None else keepdims)   # either spelling
-    if axis is not None or dim is None:   # NumPy's spelling, or everything: values
+    if axis is not None:   # NumPy's spelling: values
         return (amax if is_max else amin)(x, axis, keep)
+    if dim is None:        # everything: the value
+        return MaxMin(None, keep, is_max, nan_to_nans=True)(x)
     if isinstance(dim, (tuple, list)):
         raise TypeError(f"{op}: dim must be one int (the values and indices along it); "
                         f"use {'amax' if is_max else 'amin'} to reduce over {tuple(dim)}")
@@ -293,7 +315,7 @@ def _max_min(x, dim, keepdim, axis, keepdims, is_max):
 def _values_and_indices(op, x, dim, keepdim, is_max):
     from .shape import getitem, unsqueeze
     d = normalize_dim(op, dim, x.ndim)
-    data = x.data
+    data = x._data
     xp = backend.get_array_module(data)
     if x.ndim == 0:   # dim 0 or -1 of a 0-d tensor: (a copy of) the value, index 0
         values, index = x.clone(), xp.zeros((), dtype="int64")
@@ -327,6 +349,7 @@ def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None
 
 
 def _variance(op_class, op, x, axis, keepdims, ddof, dim, keepdim, correction, unbiased):
+    x = _tensor(x)
     if correction is not None:
         ddof = correction
     elif unbiased is not None:
@@ -335,7 +358,7 @@ def _variance(op_class, op, x, axis, keepdims, ddof, dim, keepdim, correction, u
         ddof = 1   # PyTorch's default
     axes, keep = reduction_axis(op, x.ndim, axis, bool(keepdims), dim,
                                 keepdim if keepdims is None else None)
-    if x.data.dtype.kind not in "fc":
+    if x._data.dtype.kind not in "fc":
         raise TypeError(f"{op}: expected a floating-point tensor, got dtype {x.dtype}")
     return op_class(axes, keep, ddof)(x)
 
@@ -351,8 +374,9 @@ def argmin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
 
 
 def _arg_reduce(op, x, axis, keepdims, dim, keepdim):
+    x = _tensor(x)
     axes, keep = reduction_axis(op, x.ndim, axis, keepdims, dim, keepdim)
     if axes is not None and len(axes) != 1 and x.ndim:   # a 0-d x gives () for dim 0 or -1
         raise ValueError(f"{op}: expected one axis, got {axis if dim is None else dim!r}")
-    out = getattr(x.data, op)(axis=axes[0] if axes else None, keepdims=keep)
+    out = getattr(x._data, op)(axis=axes[0] if axes else None, keepdims=keep)
     return Tensor._wrap(out.astype("int64", copy=False))

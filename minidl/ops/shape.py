@@ -88,7 +88,7 @@ def raw_key(key):
     if isinstance(key, tuple):
         return tuple(raw_key(k) for k in key)
     if isinstance(key, Tensor):
-        key = key.data
+        key = key._data
     if isinstance(key, np.integer) or (getattr(key, "ndim", None) == 0
                                        and getattr(key, "dtype", np.dtype(bool)).kind in "iu"):
         return int(key)
@@ -275,7 +275,10 @@ def split_int_indices(key, ndim):
     in NumPy. For a key with ints and arrays, returns (ints_key, rest_key) such
     that ``x[ints_key][rest_key]`` is PyTorch's result; else None."""
     parts = key if isinstance(key, tuple) else (key,)
-    if not (any(_is_int(k) for k in parts) and _is_advanced(parts)):
+    # a bool scalar is an advanced index to NumPy (a new dim, moved to the front when
+    # ints stand apart from it), a new dim in place to PyTorch
+    if not (any(_is_int(k) for k in parts)
+            and (_is_advanced(parts) or any(isinstance(k, (bool, np.bool_)) for k in parts))):
         return None
 
     def dims_used(k):
@@ -436,7 +439,7 @@ def gather(input, dim, index):
     ``dim``) gives the output's shape. The gradient scatter-adds back, so an index
     used twice gets both gradients."""
     x = input if isinstance(input, Tensor) else Tensor(input)
-    idx = index.data if isinstance(index, Tensor) else as_array(index)
+    idx = index._data if isinstance(index, Tensor) else as_array(index)
     xp = backend.get_array_module(idx)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"gather: index must be an integer tensor, got dtype {idx.dtype}")
@@ -485,7 +488,7 @@ def one_hot(tensor, num_classes=-1):
     """Class indices (any shape, integer) -> (*shape, num_classes) int64 of 0s and a
     1 at each index, as ``torch.nn.functional.one_hot``; ``num_classes=-1`` means
     the largest index + 1. No gradient (the input is indices)."""
-    t = tensor.data if isinstance(tensor, Tensor) else as_array(tensor)
+    t = tensor._data if isinstance(tensor, Tensor) else as_array(tensor)
     xp = backend.get_array_module(t)
     if t.dtype.kind not in "iu":
         raise TypeError(f"one_hot: expected a tensor of integer class indices, got dtype "

@@ -34,21 +34,21 @@ class Adam(Optimizer):
         lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
         wd, amsgrad = group["weight_decay"], group["amsgrad"]
         for p, g in zip(params, grads):
-            xp = backend.get_array_module(p.data)
-            dt = p.data.dtype.type
+            xp = backend.get_array_module(p._data)
+            dt = p._data.dtype.type
             state = self.state.setdefault(p, {})
             if "step" not in state:
                 state["step"] = 0
-                state["exp_avg"] = xp.zeros_like(p.data)
-                state["exp_avg_sq"] = xp.zeros_like(p.data)
+                state["exp_avg"] = xp.zeros_like(p._data)
+                state["exp_avg_sq"] = xp.zeros_like(p._data)
                 if amsgrad:
-                    state["max_exp_avg_sq"] = xp.zeros_like(p.data)
+                    state["max_exp_avg_sq"] = xp.zeros_like(p._data)
             state["step"] += 1
             t = state["step"]
             m, v = state["exp_avg"], state["exp_avg_sq"]
             s = self._buffer(p, "s")
             if wd and self._decoupled:
-                p.data *= dt(1 - lr * wd)
+                p._data *= dt(1 - lr * wd)
             g = self._effective_grad(p, g, 0 if self._decoupled else wd, group["maximize"])
             m *= dt(b1)
             xp.multiply(g, dt(1 - b1), out=s)
@@ -69,7 +69,7 @@ class Adam(Optimizer):
             s += dt(eps)
             xp.divide(m, s, out=s)
             s *= dt(lr / bc1)
-            p.data -= s
+            p._data -= s
 
 
 class AdamW(Adam):

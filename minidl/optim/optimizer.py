@@ -64,7 +64,7 @@ class Optimizer:
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if params:
-                self._update(group, params, [p.grad.data for p in params])
+                self._update(group, params, [p.grad._data for p in params])
         return loss
 
     def _update(self, group, params, grads):
@@ -74,7 +74,7 @@ class Optimizer:
         """Per-parameter scratch array (not saved), allocated once."""
         slot = self._scratch.setdefault(id(p), {})
         buf = slot.get(name)
-        data = p.data if like is None else like
+        data = p._data if like is None else like
         if buf is None or buf.shape != data.shape or buf.dtype != data.dtype or \
                 backend.device_of(buf) != backend.device_of(data):
             buf = slot[name] = backend.get_array_module(data).empty_like(data)
@@ -87,10 +87,10 @@ class Optimizer:
         the decay term there would discard the gradient."""
         if not (weight_decay or maximize):
             return g
-        xp, dt = backend.get_array_module(p.data), p.data.dtype.type
+        xp, dt = backend.get_array_module(p._data), p._data.dtype.type
         out = self._buffer(p, "effective_grad")
         if weight_decay:
-            xp.multiply(p.data, dt(weight_decay), out=out)
+            xp.multiply(p._data, dt(weight_decay), out=out)
             (xp.subtract if maximize else xp.add)(out, g, out=out)
         else:
             xp.negative(g, out=out)
@@ -135,13 +135,13 @@ class Optimizer:
             entry = {}
             for k, v in values.items():
                 if isinstance(v, Tensor) or _is_array(v):
-                    array = v.data if isinstance(v, Tensor) else v
-                    if k != "step" and tuple(array.shape) != tuple(p.data.shape):
+                    array = v._data if isinstance(v, Tensor) else v
+                    if k != "step" and tuple(array.shape) != tuple(p._data.shape):
                         raise ValueError(f"{type(self).__name__}.load_state_dict: state '{k}' of "
                                          f"parameter {key} has shape {tuple(array.shape)}, the "
-                                         f"parameter {tuple(p.data.shape)}")
+                                         f"parameter {tuple(p._data.shape)}")
                     array = backend.to_device(array, p.device)
-                    dtype = p.data.dtype if array.dtype.kind == "f" else array.dtype
+                    dtype = p._data.dtype if array.dtype.kind == "f" else array.dtype
                     v = array.astype(dtype, copy=True)
                 entry[k] = v
             new_state[p] = entry

@@ -32,8 +32,8 @@ class SGD(Optimizer):
         lr, mom, damp = group["lr"], group["momentum"], group["dampening"]
         wd, nesterov, maximize = group["weight_decay"], group["nesterov"], group["maximize"]
         for p, g in zip(params, grads):
-            xp = backend.get_array_module(p.data)
-            dt = p.data.dtype.type
+            xp = backend.get_array_module(p._data)
+            dt = p._data.dtype.type
             d = self._effective_grad(p, g, wd, maximize)   # g is read only
             if mom:
                 state = self.state.setdefault(p, {})
@@ -57,4 +57,4 @@ class SGD(Optimizer):
                     d = buf
             step = self._buffer(p, "t")
             xp.multiply(d, dt(lr), out=step)   # d may be step itself (nesterov): fine
-            p.data -= step
+            p._data -= step
