@@ -3,6 +3,7 @@
 Layout (one module per concern):
   tensor.py    Tensor, Function, the iterative backward engine, no_grad
   backend.py   the array-module shim (NumPy/CuPy), kernel dispatch, threads
+  cuda.py      minidl.cuda.is_available(), PyTorch's spelling
   kernels/     raw-array kernels, one module per backend (NumPy, Numba, CuPy)
   ops/         differentiable ops, forward and backward side by side
   nn/          Module, layers, functional (F), init
@@ -18,7 +19,7 @@ from . import backend  # first: its thread settings must reach NumPy's BLAS befo
 
 import numpy as np  # noqa: E402
 
-from . import data, nn, ops, optim  # noqa: E402
+from . import cuda, data, nn, ops, optim  # noqa: E402
 from .backend import cuda_is_available, get_num_threads, set_num_threads
 from .creation import (arange, empty, eye, from_numpy, full, linspace, ones, ones_like, rand,
                        randint, randn, randperm, tensor, zeros, zeros_like)
@@ -32,5 +33,15 @@ from .serialization import load, save
 from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad
 
 float32, float64, int64, int32, bool_ = np.float32, np.float64, np.int64, np.int32, np.bool_
+# PyTorch's dtype names (``x.to(minidl.long)``); like torch's, they shadow the builtins
+# here, so nothing below this line may call float(), int() or bool()
+float, double, long, int, bool = float32, float64, int64, int32, bool_  # noqa: A001
+
+
+def device(spec="cpu"):
+    """PyTorch's ``torch.device(...)``: 'cpu' or 'cuda' (from 'cuda', 'cuda:0', ...),
+    which ``tensor.to()``, ``model.to()`` and the factories take."""
+    return backend.parse_device(spec)
+
 
 __version__ = "0.1.0"

@@ -460,3 +460,23 @@ def test_tensors_pickled_before_the_checked_properties_still_load():
     assert t.requires_grad and t.numpy().tolist() == [1.0, 2.0]
     (t * 3).sum().backward()
     assert t.grad.numpy().tolist() == [3.0, 3.0]
+
+
+def test_pytorch_spellings_of_devices_dtypes_masks_and_comparisons():
+    # the boilerplate of most PyTorch scripts
+    device = minidl.device("cuda" if minidl.cuda.is_available() else "cpu")
+    assert device in ("cpu", "cuda") and minidl.device("cuda:0") == "cuda"
+    x = minidl.tensor([1.5, -2.0, 3.0]).to(device)
+    assert x.to(minidl.long).dtype == np.int64 and x.to(minidl.double).dtype == np.float64
+    assert minidl.float is np.float32 and minidl.bool is np.bool_ and minidl.int is np.int32
+    pred, target = minidl.tensor([1, 2, 3]), minidl.tensor([[1], [0], [3]])
+    assert pred.eq(target.view_as(pred)).sum().item() == 2
+    assert x.gt(0).numpy().tolist() == [True, False, True]
+    a, b = x > 0, x < 2
+    assert (a & b).numpy().tolist() == [True, False, False]
+    assert (a | b).numpy().tolist() == [True, True, True]
+    assert (a ^ b).numpy().tolist() == [False, True, True]
+    assert (~a).numpy().tolist() == [False, True, False]
+    assert (minidl.tensor([6]) & 3).numpy().tolist() == [2]
+    with pytest.raises(TypeError, match="needs a bool or integer tensor"):
+        ~x

@@ -139,6 +139,22 @@ def _copy_(self, source):
     return self
 
 
+def _bitwise(ufunc_name):
+    """``&``, ``|``, ``^`` of bool or integer tensors (masks): no gradient."""
+    def method(self, other):
+        xp = backend.get_array_module(self._data)
+        return Tensor._wrap(getattr(xp, ufunc_name)(self._data, _raw(other)))
+    method.__name__ = ufunc_name
+    return method
+
+
+def _invert(self):
+    """``~mask``: logical not of a bool tensor, bitwise not of an integer one."""
+    if self._data.dtype.kind not in "biu":
+        raise TypeError(f"~: needs a bool or integer tensor, got dtype {self.dtype}")
+    return Tensor._wrap(~self._data)
+
+
 def _reflected(fn):
     def method(self, other):
         return fn(other, self)
@@ -155,6 +171,10 @@ def _install_tensor_methods():
         "__matmul__": matmul, "__rmatmul__": _reflected(matmul),
         "__neg__": neg, "__pos__": lambda self: self, "__abs__": abs,
         "__getitem__": getitem,
+        "__and__": _bitwise("bitwise_and"), "__or__": _bitwise("bitwise_or"),
+        "__xor__": _bitwise("bitwise_xor"), "__rand__": _bitwise("bitwise_and"),
+        "__ror__": _bitwise("bitwise_or"), "__rxor__": _bitwise("bitwise_xor"),
+        "__invert__": _invert,
         "__eq__": _compare(operator.eq), "__ne__": _compare(operator.ne),
         "__lt__": _compare(operator.lt), "__le__": _compare(operator.le),
         "__gt__": _compare(operator.gt), "__ge__": _compare(operator.ge),
@@ -169,6 +189,10 @@ def _install_tensor_methods():
         "unsqueeze": unsqueeze, "permute": permute, "transpose": transpose,
         "swapaxes": swapaxes, "expand": expand, "broadcast_to": broadcast_to,
         "expand_as": lambda self, other: broadcast_to(self, tuple(other.shape)),
+        "eq": _compare(operator.eq), "ne": _compare(operator.ne),
+        "lt": _compare(operator.lt), "le": _compare(operator.le),
+        "gt": _compare(operator.gt), "ge": _compare(operator.ge),
+        "view_as": lambda self, other: reshape(self, tuple(other.shape)),
         "split": split, "chunk": chunk, "flip": flip, "repeat": repeat, "gather": gather,
     }
     methods.update({
