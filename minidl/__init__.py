@@ -24,13 +24,14 @@ from .backend import cuda_is_available, get_num_threads, set_num_threads
 from .creation import (arange, empty, eye, from_numpy, full, linspace, ones, ones_like, rand,
                        randint, randn, randperm, tensor, zeros, zeros_like)
 from .ops import (abs, add, amax, amin, argmax, argmin, broadcast_to, cat, chunk, clamp, clip,
-                  concat, div, exp, expand, flatten, flip, gather, log, logsumexp, masked_fill,
-                  matmul, max, maximum, mean, min, minimum, mul, neg, pad, permute, pow, relu,
-                  repeat, reshape, sigmoid, split, sqrt, squeeze, stack, std, sub, sum, swapaxes,
-                  tanh, transpose, unsqueeze, var, where)
+                  concat, cos, div, exp, expand, flatten, flip, gather, log, logsumexp,
+                  masked_fill, matmul, max, maximum, mean, min, minimum, mul, neg, pad, permute,
+                  pow, relu, repeat, reshape, sigmoid, sin, split, sqrt, squeeze, stack, std, sub,
+                  sum, swapaxes, tanh, transpose, tril, triu, unsqueeze, var, where)
 from .random import default_generator, manual_seed
 from .serialization import load, save
-from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad
+from .tensor import (Function, Tensor, enable_grad, inference_mode, is_grad_enabled, no_grad,
+                     set_grad_enabled)
 
 float32, float64, int64, int32, bool_ = np.float32, np.float64, np.int64, np.int32, np.bool_
 # PyTorch's dtype names (``x.to(minidl.long)``); like torch's, they shadow the builtins

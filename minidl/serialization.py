@@ -111,12 +111,19 @@ def save(obj, path):
     return path
 
 
-def load(path):
+def load(path, map_location=None, weights_only=True):
     """Read a checkpoint written by :func:`save` (arrays come back as Tensors
     where Tensors were saved). A safetensors file from elsewhere loads as a
     flat dict name -> Tensor. Raises :class:`CheckpointError` naming the file
     when it is truncated, corrupt or not safetensors, or holds a dtype NumPy
-    cannot represent (BF16, FP8)."""
+    cannot represent (BF16, FP8).
+
+    PyTorch's arguments: ``map_location`` ('cpu', 'cuda') puts every tensor on
+    that device; ``weights_only`` is accepted and always true in effect (a
+    minidl file holds data only, never code to run)."""
+    if map_location is not None:
+        device = backend.parse_device(map_location)
+        return _to_device(load(path), device)
     from safetensors.numpy import load as st_load
     path = os.fspath(path)
     with open(path, "rb") as f:
@@ -140,6 +147,18 @@ def load(path):
     except KeyError as exc:
         raise CheckpointError(f"load: {path} names a tensor {exc} that it does not "
                               "contain") from None
+
+
+def _to_device(obj, device):
+    """``obj`` (a loaded state: dicts, lists, tuples, tensors) with every tensor on
+    ``device``."""
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
 
 
 def _check_dtypes(header, path):

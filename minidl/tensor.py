@@ -76,6 +76,18 @@ class enable_grad(_SetGradMode):
     _mode = True
 
 
+class set_grad_enabled(_SetGradMode):
+    """``set_grad_enabled(mode)``: a context manager and decorator that sets grad
+    mode to ``mode`` inside (``with minidl.set_grad_enabled(phase == "train"):``),
+    as PyTorch's."""
+
+    def __init__(self, mode):
+        self._mode = bool(mode)
+
+
+inference_mode = no_grad   # PyTorch's faster no_grad; minidl's no_grad is that already
+
+
 def is_grad_enabled() -> bool:
     return _grad_mode.enabled
 

@@ -930,3 +930,20 @@ def test_reductions_take_numpy_arrays_as_the_other_ops():
     assert minidl.mean(a).item() == 2.5 and minidl.sum(a, dim=0).numpy().tolist() == [5.0, 5.0]
     assert abs(minidl.std(a).item() - np.std(a, ddof=1)) < 1e-6
     assert minidl.amin(a).item() == 1.0 and minidl.logsumexp(a, 1).shape == (2,)
+
+
+@given(shapes(), seeds)
+def test_sin_cos_gradcheck_and_torch(shape, seed):
+    x = randn(seed, shape) * 3
+    gradcheck(lambda t: minidl.sin(t) * minidl.cos(t * 0.5), [x])
+    check_vs_torch(lambda t: t.sin() + t.cos(), [x])
+    assert minidl.sin(minidl.tensor([1, 2])).dtype == np.float32
+
+
+@given(shapes(min_dims=2, max_dims=4), seeds, st.integers(-3, 3))
+def test_tril_triu_gradcheck_and_torch(shape, seed, diagonal):
+    x = randn(seed, shape)
+    gradcheck(lambda t: minidl.tril(t, diagonal) * 2 + minidl.triu(t, diagonal), [x])
+    check_vs_torch(lambda t: t.tril(diagonal) - t.triu(diagonal) * 3, [x])
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        minidl.tril(minidl.ones(3))

@@ -183,3 +183,13 @@ def test_rng_state_carries_the_gpu_generator(monkeypatch):
     set_rng_state(json.loads(json.dumps(state)))           # as a checkpoint stores it
     np.testing.assert_array_equal(R.generator_for(fake_cupy).random(3), uninterrupted)
     minidl.manual_seed(0)
+
+
+def test_load_takes_torchs_map_location_and_weights_only(tmp_path):
+    # torch.load(path, map_location="cpu", weights_only=True), as tutorials write it
+    path = tmp_path / "m.safetensors"
+    save({"w": minidl.ones(2), "nested": [minidl.zeros(1), 3]}, path)
+    state = load(path, map_location="cpu", weights_only=True)
+    assert state["w"].device == "cpu" and state["nested"][1] == 3
+    with pytest.raises(ValueError, match="unknown device"):
+        load(path, map_location="tpu")

@@ -480,3 +480,16 @@ def test_pytorch_spellings_of_devices_dtypes_masks_and_comparisons():
     assert (minidl.tensor([6]) & 3).numpy().tolist() == [2]
     with pytest.raises(TypeError, match="needs a bool or integer tensor"):
         ~x
+
+
+def test_set_grad_enabled_and_inference_mode_as_torch():
+    x = minidl.ones(2, requires_grad=True)
+    for train in (True, False):
+        with minidl.set_grad_enabled(train):
+            assert (x * 2).requires_grad is train
+    assert minidl.is_grad_enabled()
+
+    @minidl.inference_mode()
+    def evaluate(t):
+        return t * 3
+    assert not evaluate(x).requires_grad and minidl.is_grad_enabled()

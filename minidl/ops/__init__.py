@@ -12,8 +12,9 @@ import operator
 from .. import backend
 from ..tensor import Tensor, is_grad_enabled
 from . import arith, reduce, shape
-from .arith import (abs, add, cast, clamp, clip, div, exp, log, masked_fill, matmul, maximum,
-                    minimum, mul, neg, pow, relu, sigmoid, sqrt, sub, tanh, where)
+from .arith import (abs, add, cast, clamp, clip, cos, div, exp, log, masked_fill, matmul,
+                    maximum, minimum, mul, neg, pow, relu, sigmoid, sin, sqrt, sub, tanh, tril,
+                    triu, where)
 from .reduce import amax, amin, argmax, argmin, logsumexp, max, mean, min, std, sum, var
 from .shape import (broadcast_to, cat, chunk, concat, concatenate, expand, expand_dims, flatten,
                     flip, gather, getitem, pad, permute, repeat, reshape, split, squeeze, stack,
@@ -181,6 +182,7 @@ def _install_tensor_methods():
         "add": add, "sub": sub, "mul": mul, "div": div, "pow": pow, "matmul": matmul,
         "neg": neg, "exp": exp, "log": log, "sqrt": sqrt, "abs": abs, "tanh": tanh,
         "sigmoid": sigmoid, "relu": relu, "clip": clip, "clamp": clamp,
+        "sin": sin, "cos": cos, "tril": tril, "triu": triu,
         "maximum": maximum, "minimum": minimum, "masked_fill": masked_fill,
         "sum": sum, "mean": mean, "max": max, "min": min, "amax": amax, "amin": amin,
         "var": var, "std": std, "logsumexp": logsumexp,

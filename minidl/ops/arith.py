@@ -312,6 +312,22 @@ class Tanh(Function):
         return gy * (1 - self.y * self.y)
 
 
+class SinCos(Function):
+    """sin(x) or cos(x) (``is_sin``); d sin = cos, d cos = -sin."""
+
+    def __init__(self, is_sin):
+        self.is_sin = is_sin
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        self.x = as_float(x)
+        return (xp.sin if self.is_sin else xp.cos)(self.x)
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        return gy * xp.cos(self.x) if self.is_sin else -gy * xp.sin(self.x)
+
+
 def stable_sigmoid(x, xp):
     """1 / (1 + exp(-x)) of a float array, accurate in both tails: from e = exp(-|x|)
     (never overflows), 1 / (1 + e) for x >= 0 and e / (1 + e) below, so
@@ -484,6 +500,39 @@ def abs(x):  # noqa: A001 - the PyTorch name
 
 def tanh(x):
     return Tanh()(x)
+
+
+def sin(x):
+    return SinCos(True)(x)
+
+
+def cos(x):
+    return SinCos(False)(x)
+
+
+def _triangle(op, x, diagonal, lower):
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    if x.ndim < 2:
+        raise ValueError(f"{op}: expects a tensor of at least 2 dims (matrices in the last "
+                         f"two), got shape {tuple(x.shape)}")
+    xp = backend.get_array_module(x._data)
+    rows, cols = x.shape[-2:]
+    keep = xp.tri(rows, cols, diagonal, dtype=bool) if lower else \
+        ~xp.tri(rows, cols, diagonal - 1, dtype=bool)
+    zero = x._data.dtype.type(0)
+    return where(keep, x, zero) if x.requires_grad else Tensor._wrap(xp.where(keep, x._data, zero))
+
+
+def tril(input, diagonal=0):
+    """The lower triangle of the last two dims (on and below ``diagonal``), the rest
+    0, as ``torch.tril`` (causal masks: ``tril(ones(T, T))``)."""
+    return _triangle("tril", input, diagonal, True)
+
+
+def triu(input, diagonal=0):
+    """The upper triangle of the last two dims (on and above ``diagonal``), as
+    ``torch.triu``."""
+    return _triangle("triu", input, diagonal, False)
 
 
 def sigmoid(x):
