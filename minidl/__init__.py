@@ -34,15 +34,13 @@ from .tensor import (Function, Tensor, enable_grad, inference_mode, is_grad_enab
                      set_grad_enabled)
 
 float32, float64, int64, int32, bool_ = np.float32, np.float64, np.int64, np.int32, np.bool_
-# PyTorch's dtype names (``x.to(minidl.long)``); like torch's, they shadow the builtins
-# here, so nothing below this line may call float(), int() or bool()
-float, double, long, int, bool = float32, float64, int64, int32, bool_  # noqa: A001
-
-
-def device(spec="cpu"):
-    """PyTorch's ``torch.device(...)``: 'cpu' or 'cuda' (from 'cuda', 'cuda:0', ...),
-    which ``tensor.to()``, ``model.to()`` and the factories take."""
-    return backend.parse_device(spec)
+# PyTorch's dtype names (``x.to(minidl.long)``). NumPy dtype objects, not the scalar
+# types: like torch's they cannot be called, so ``from minidl import *`` cannot turn
+# int(3.9) or isinstance(x, int) silently into NumPy's; nothing below this line may
+# call the builtins float(), int() or bool()
+float, double, long, int, bool = (np.dtype(t) for t in (  # noqa: A001
+    np.float32, np.float64, np.int64, np.int32, np.bool_))
+device = backend.Device
 
 
 __version__ = "0.1.0"

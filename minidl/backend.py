@@ -157,6 +157,21 @@ def device_of(array) -> str:
     return "cpu"
 
 
+class Device(str):
+    """PyTorch's ``torch.device(...)``: the device name ('cpu' or 'cuda', which every
+    ``to()`` and factory takes) with ``.type`` and ``.index`` ('cuda:1' -> 'cuda', 1)."""
+
+    def __new__(cls, spec="cpu"):
+        self = super().__new__(cls, parse_device(spec))
+        tail = str(spec).partition(":")[2]
+        self.index = int(tail) if tail.isdigit() else None
+        return self
+
+    @property
+    def type(self):
+        return str(self)
+
+
 def parse_device(device) -> str:
     """Normalise 'cpu', 'cuda', 'cuda:0' or a Device to 'cpu' or 'cuda'."""
     name = str(device).split(":")[0] if device is not None else "cpu"

@@ -118,12 +118,23 @@ def load(path, map_location=None, weights_only=True):
     when it is truncated, corrupt or not safetensors, or holds a dtype NumPy
     cannot represent (BF16, FP8).
 
-    PyTorch's arguments: ``map_location`` ('cpu', 'cuda') puts every tensor on
-    that device; ``weights_only`` is accepted and always true in effect (a
-    minidl file holds data only, never code to run)."""
+    PyTorch's arguments: ``map_location`` puts every tensor on a device: a
+    device ('cpu', 'cuda'), a dict from saved to wanted device (all tensors are
+    read onto the CPU, so its values are used), or a function ``f(tensor,
+    'cpu')`` returning the tensor to use; ``weights_only`` is accepted and always
+    true in effect (a minidl file holds data only, never code to run)."""
     if map_location is not None:
+        state = load(path)
+        if callable(map_location):
+            return _map_tensors(state, lambda t: map_location(t, "cpu"))
+        if isinstance(map_location, dict):
+            targets = {backend.parse_device(v) for v in map_location.values()}
+            if len(targets) != 1:
+                raise ValueError(f"load: map_location {map_location!r} maps to several "
+                                 "devices; give one")
+            map_location = targets.pop()
         device = backend.parse_device(map_location)
-        return _to_device(load(path), device)
+        return _map_tensors(state, lambda t: t.to(device))
     from safetensors.numpy import load as st_load
     path = os.fspath(path)
     with open(path, "rb") as f:
@@ -149,15 +160,15 @@ def load(path, map_location=None, weights_only=True):
                               "contain") from None
 
 
-def _to_device(obj, device):
-    """``obj`` (a loaded state: dicts, lists, tuples, tensors) with every tensor on
-    ``device``."""
+def _map_tensors(obj, fn):
+    """``obj`` (a loaded state: dicts, lists, tuples, tensors) with ``fn`` applied to
+    every tensor."""
     if isinstance(obj, Tensor):
-        return obj.to(device)
+        return fn(obj)
     if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
+        return type(obj)(_map_tensors(v, fn) for v in obj)
     return obj
 
 

@@ -77,15 +77,42 @@ class enable_grad(_SetGradMode):
 
 
 class set_grad_enabled(_SetGradMode):
-    """``set_grad_enabled(mode)``: a context manager and decorator that sets grad
-    mode to ``mode`` inside (``with minidl.set_grad_enabled(phase == "train"):``),
-    as PyTorch's."""
+    """``set_grad_enabled(mode)``, as PyTorch's: called alone it sets grad mode from
+    then on; as a context manager (``with minidl.set_grad_enabled(phase ==
+    "train"):``) or a decorator it sets it inside and restores it after."""
 
     def __init__(self, mode):
         self._mode = bool(mode)
+        self._prev, self._fresh = _grad_mode.enabled, True
+        _grad_mode.enabled = self._mode
+
+    def __enter__(self):
+        # the first entry restores, at exit, the mode from before the call itself
+        _grad_mode.saved.append(self._prev if self._fresh else _grad_mode.enabled)
+        self._fresh = False
+        _grad_mode.enabled = self._mode
+        return self
+
+    def __call__(self, func):   # a decorator: the call set nothing yet, after all
+        _grad_mode.enabled, self._fresh = self._prev, False
+        return super().__call__(func)
 
 
-inference_mode = no_grad   # PyTorch's faster no_grad; minidl's no_grad is that already
+class _Unchanged(contextlib.ContextDecorator):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def inference_mode(mode=True):
+    """PyTorch's faster no_grad; minidl's :class:`no_grad` is that already.
+    ``inference_mode(False)`` changes nothing; ``@inference_mode`` without
+    parentheses decorates too."""
+    if callable(mode):
+        return no_grad()(mode)
+    return no_grad() if mode else _Unchanged()
 
 
 def is_grad_enabled() -> bool:

@@ -193,3 +193,6 @@ def test_load_takes_torchs_map_location_and_weights_only(tmp_path):
     assert state["w"].device == "cpu" and state["nested"][1] == 3
     with pytest.raises(ValueError, match="unknown device"):
         load(path, map_location="tpu")
+    assert load(path, map_location=lambda storage, loc: storage)["w"].numpy().tolist() == [1, 1]
+    assert load(path, map_location={"cuda:0": "cpu"})["w"].device == "cpu"
+    assert load(path, map_location=minidl.device("cpu"))["nested"][0].shape == (1,)

@@ -466,9 +466,13 @@ def test_pytorch_spellings_of_devices_dtypes_masks_and_comparisons():
     # the boilerplate of most PyTorch scripts
     device = minidl.device("cuda" if minidl.cuda.is_available() else "cpu")
     assert device in ("cpu", "cuda") and minidl.device("cuda:0") == "cuda"
+    assert minidl.device("cuda:1").type == "cuda" and minidl.device("cuda:1").index == 1
+    assert isinstance(device, minidl.device) and device.type == str(device)
     x = minidl.tensor([1.5, -2.0, 3.0]).to(device)
     assert x.to(minidl.long).dtype == np.int64 and x.to(minidl.double).dtype == np.float64
-    assert minidl.float is np.float32 and minidl.bool is np.bool_ and minidl.int is np.int32
+    assert minidl.float == np.float32 and minidl.bool == np.bool_ and minidl.int == np.int32
+    with pytest.raises(TypeError):   # dtypes, not NumPy's callable scalar types
+        minidl.int(3.9)
     pred, target = minidl.tensor([1, 2, 3]), minidl.tensor([[1], [0], [3]])
     assert pred.eq(target.view_as(pred)).sum().item() == 2
     assert x.gt(0).numpy().tolist() == [True, False, True]
@@ -478,6 +482,9 @@ def test_pytorch_spellings_of_devices_dtypes_masks_and_comparisons():
     assert (a ^ b).numpy().tolist() == [False, True, True]
     assert (~a).numpy().tolist() == [False, True, False]
     assert (minidl.tensor([6]) & 3).numpy().tolist() == [2]
+    alias = a
+    a &= b                                  # in place: every reference sees it
+    assert alias.numpy().tolist() == [True, False, False] and a is alias
     with pytest.raises(TypeError, match="needs a bool or integer tensor"):
         ~x
 
@@ -488,6 +495,24 @@ def test_set_grad_enabled_and_inference_mode_as_torch():
         with minidl.set_grad_enabled(train):
             assert (x * 2).requires_grad is train
     assert minidl.is_grad_enabled()
+    minidl.set_grad_enabled(False)           # a plain call sets the mode from then on
+    try:
+        assert not minidl.is_grad_enabled() and not (x * 2).requires_grad
+    finally:
+        minidl.set_grad_enabled(True)
+    assert minidl.is_grad_enabled()
+
+    @minidl.set_grad_enabled(False)
+    def frozen(t):
+        return t * 2
+    assert minidl.is_grad_enabled() and not frozen(x).requires_grad
+
+    @minidl.inference_mode
+    def bare(t):
+        return t * 2
+    assert not bare(x).requires_grad
+    with minidl.inference_mode(False):
+        assert (x * 2).requires_grad
 
     @minidl.inference_mode()
     def evaluate(t):
