@@ -171,6 +171,13 @@ def as_array(data, dtype=None, device=None):
     return array
 
 
+def as_tensor(x) -> "Tensor":
+    """``x`` itself when it is a Tensor, else a Tensor around it (an array is shared,
+    not copied): what every op does with its inputs, since minidl's ops take NumPy
+    arrays and numbers where PyTorch's take tensors."""
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
 class _Size(int):
     """``Tensor.size``: NumPy's element count, an int, that is also PyTorch's
     ``size()`` when called: ``t.size()`` is the shape, ``t.size(d)`` its

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import backend
 from ..random import generator_for
-from ..tensor import Function, Tensor
+from ..tensor import Function, as_tensor
 from .arith import as_float, cast, stable_sigmoid
 from .shape import normalize_dim, reshape
 
@@ -90,7 +90,7 @@ class LogSoftmax(Function):
 def _softmax_like(function_class, op, x, dim, axis, dtype):
     """``function_class`` (Softmax or LogSoftmax) over the normalised dim of x, cast to
     ``dtype`` first if given; a 0-d x is a row of length 1 (dim 0 or -1, as PyTorch)."""
-    x = x if isinstance(x, Tensor) else Tensor(x)
+    x = as_tensor(x)
     if axis is None and dim is None:
         # PyTorch picks a dim from the rank for dim=None, with a deprecation warning; a
         # silent guess is worse than asking
@@ -202,7 +202,7 @@ def gelu(x, approximate="none"):
     """GELU as ``torch.nn.functional.gelu``: exact (erf) or ``approximate='tanh'``."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    x = x if isinstance(x, Tensor) else Tensor(x)
+    x = as_tensor(x)
     return GELU(approximate)(x)
 
 
@@ -232,7 +232,7 @@ def leaky_relu(input, negative_slope=0.01, inplace=False):
         raise TypeError(f"leaky_relu: negative_slope must be a number, got "
                         f"{negative_slope!r}")
     negative_slope = float(negative_slope)
-    x = input if isinstance(input, Tensor) else Tensor(input)
+    x = as_tensor(input)
     return LeakyReLU(negative_slope)(x)
 
 
@@ -256,7 +256,7 @@ class SiLU(Function):
 def silu(input, inplace=False):
     """x * sigmoid(x) (swish), as ``torch.nn.functional.silu``; ``inplace`` as
     :func:`leaky_relu`."""
-    x = input if isinstance(input, Tensor) else Tensor(input)
+    x = as_tensor(input)
     return SiLU()(x)
 
 
@@ -286,7 +286,7 @@ def dropout(x, p=0.5, training=True, inplace=False):
     minidl's generator (``minidl.manual_seed``)."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
-    x = x if isinstance(x, Tensor) else Tensor(x)
+    x = as_tensor(x)
     if not training or p == 0.0:
         return x
     if p == 1.0:

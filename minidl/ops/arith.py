@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from .. import backend
-from ..tensor import Function, Tensor, as_array
+from ..tensor import Function, Tensor, as_array, as_tensor
 
 
 def float_result_dtype(dtype) -> np.dtype:
@@ -461,7 +461,7 @@ def masked_fill(input, mask, value):
     shape) is true, as ``torch.Tensor.masked_fill``. ``value`` is a number or a
     0-d tensor (which then gets the masked elements' gradient); the result keeps
     input's dtype and shape."""
-    x = input if isinstance(input, Tensor) else Tensor(input)
+    x = as_tensor(input)
     m = mask._data if isinstance(mask, Tensor) else as_array(mask)
     if m.dtype != np.bool_:
         raise TypeError(f"masked_fill: the mask must be a boolean tensor, got dtype {m.dtype}")
@@ -511,7 +511,7 @@ def cos(x):
 
 
 def _triangle(op, x, diagonal, lower):
-    x = x if isinstance(x, Tensor) else Tensor(x)
+    x = as_tensor(x)
     if x.ndim < 2:
         raise ValueError(f"{op}: expects a tensor of at least 2 dims (matrices in the last "
                          f"two), got shape {tuple(x.shape)}")
@@ -519,8 +519,7 @@ def _triangle(op, x, diagonal, lower):
     rows, cols = x.shape[-2:]
     keep = xp.tri(rows, cols, diagonal, dtype=bool) if lower else \
         ~xp.tri(rows, cols, diagonal - 1, dtype=bool)
-    zero = x._data.dtype.type(0)
-    return where(keep, x, zero) if x.requires_grad else Tensor._wrap(xp.where(keep, x._data, zero))
+    return where(keep, x, x._data.dtype.type(0))
 
 
 def tril(input, diagonal=0):

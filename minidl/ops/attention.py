@@ -25,13 +25,10 @@ import math
 import numpy as np
 
 from .. import backend
-from ..tensor import Tensor
+from ..tensor import Tensor, as_tensor
 from .activation import dropout, softmax
 from .arith import matmul, where
 
-
-def _as_tensor(x):
-    return x if isinstance(x, Tensor) else Tensor(x)
 
 
 def _raw(x):
@@ -77,7 +74,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     drops attention weights (pass 0 in eval). ``return_weights=True`` (a
     minidl extra) also returns the (..., L, S) weights after dropout.
     """
-    q, k, v = _as_tensor(query), _as_tensor(key), _as_tensor(value)
+    q, k, v = as_tensor(query), as_tensor(key), as_tensor(value)
     if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
         raise ValueError(f"scaled_dot_product_attention: expected q, k, v of at least 2 dims "
                          f"(..., L, E), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")

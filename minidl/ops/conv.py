@@ -73,7 +73,7 @@ import numpy as np
 
 from .. import backend
 from ..kernels.common import is_c_major, plane_major
-from ..tensor import Function, Tensor
+from ..tensor import Function, Tensor, as_tensor
 from .shape import pad
 
 __all__ = ["Conv2dFunction", "MaxPool2dFunction", "AvgPool2dFunction",
@@ -125,9 +125,6 @@ def _as_batched(op, x):
     raise ValueError(f"{op}: expected a 4-D (N, C, H, W) or 3-D (C, H, W) input, "
                      f"got shape {_shape(x)}")
 
-
-def _as_tensor(x):
-    return x if isinstance(x, Tensor) else Tensor(x)
 
 
 def _geometry_check(op, x_shape, K, P, D, S, out):
@@ -423,7 +420,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     exactly as ``torch.nn.functional.conv2d`` (int or pair arguments, or
     ``padding='valid'``/``'same'``; a 3-D unbatched input is accepted).
     Returns (N, Co, OH, OW)."""
-    x, weight = _as_tensor(x), _as_tensor(weight)
+    x, weight = as_tensor(x), as_tensor(weight)
     if isinstance(padding, str):
         if weight.ndim != 4:
             raise ValueError(f"conv2d: expected a 4-D weight (C_out, C_in/groups, kH, kW), got "
@@ -454,7 +451,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                         "(cast one; minidl never promotes silently)")
     args = (x4, weight)
     if bias is not None:
-        bias = _as_tensor(bias)
+        bias = as_tensor(bias)
         if _shape(bias) != (Co,):
             raise ValueError(f"conv2d: bias must have shape ({Co},) for weight "
                              f"{_shape(weight)}, got {_shape(bias)}")
@@ -532,7 +529,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     """2-D max pooling as ``torch.nn.functional.max_pool2d`` (padding is -inf;
     ``stride`` defaults to ``kernel_size``; ties: the first maximum)."""
     op = "max_pool2d"
-    x = _as_tensor(x)
+    x = as_tensor(x)
     x4, unbatched = _as_batched(op, x)
     K, S, P, D, out = _pool_params(op, x4.shape, kernel_size, stride, padding, dilation,
                                    ceil_mode)
@@ -602,7 +599,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
                divisor_override=None):
     """2-D average pooling as ``torch.nn.functional.avg_pool2d``."""
     op = "avg_pool2d"
-    x = _as_tensor(x)
+    x = as_tensor(x)
     x4, unbatched = _as_batched(op, x)
     K, S, P, _, out = _pool_params(op, x4.shape, kernel_size, stride, padding, 1, ceil_mode)
     if divisor_override is not None and int(divisor_override) <= 0:
@@ -652,7 +649,7 @@ def adaptive_avg_pool2d(x, output_size):
     """Adaptive 2-D average pooling as ``torch.nn.functional.adaptive_avg_pool2d``
     (``output_size`` an int or a pair; None in a pair keeps that input size)."""
     op = "adaptive_avg_pool2d"
-    x = _as_tensor(x)
+    x = as_tensor(x)
     x4, unbatched = _as_batched(op, x)
     H, W = x4.shape[2:]
     if isinstance(output_size, (tuple, list)):

@@ -6,7 +6,7 @@ gx = gy @ W, gW = gy2.T @ x2 over all leading rows, gb = gy2.sum(0).
 from __future__ import annotations
 
 from .. import backend
-from ..tensor import Function, Tensor
+from ..tensor import Function, as_tensor
 from .reduce import sum_dtype
 
 
@@ -38,7 +38,7 @@ class LinearFunction(Function):
 
 def linear(input, weight, bias=None):
     """``input @ weight.T + bias`` as ``torch.nn.functional.linear``."""
-    x = input if isinstance(input, Tensor) else Tensor(input)
+    x = as_tensor(input)
     if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"linear: input {tuple(x.shape)} does not match weight "
                          f"{tuple(weight.shape)}: expected (*, {weight.shape[1]})")

@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 
 from .. import backend
-from ..tensor import Function, Tensor
+from ..tensor import Function, Tensor, as_tensor
 from .activation import _safe_max
 from .arith import cast, operands, stable_sigmoid
 from .reduce import mean_of
@@ -62,9 +62,6 @@ def legacy_reduction(op, size_average, reduce, reduction):
                   "instead", UserWarning, stacklevel=3)
     return legacy
 
-
-def _as_tensor(x):
-    return x if isinstance(x, Tensor) else Tensor(x)
 
 
 def _raw(x):
@@ -233,7 +230,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     _check_reduction("cross_entropy", reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    x = _as_tensor(input)
+    x = as_tensor(input)
     t = _raw(target)
     if not isinstance(t, np.ndarray) and backend.device_of(t) == "cpu":
         t = np.asarray(t)
@@ -306,7 +303,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     ``size_average``/``reduce`` select a reduction (see :func:`legacy_reduction`)."""
     reduction = legacy_reduction("nll_loss", size_average, reduce, reduction)
     _check_reduction("nll_loss", reduction)
-    x = _as_tensor(input)
+    x = as_tensor(input)
     t = _raw(target)
     t = np.asarray(t) if backend.device_of(t) == "cpu" else t
     if t.dtype.kind not in "iu":
@@ -370,7 +367,7 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean"):
     :func:`legacy_reduction`)."""
     reduction = legacy_reduction("mse_loss", size_average, reduce, reduction)
     _check_reduction("mse_loss", reduction)
-    x, y = operands(_as_tensor(input), _as_tensor(target))   # an int target: input's dtype
+    x, y = operands(as_tensor(input), as_tensor(target))   # an int target: input's dtype
     if x.shape != y.shape:
         raise ValueError(f"mse_loss: input {tuple(x.shape)} and target {tuple(y.shape)} must "
                          "have the same shape")
@@ -422,7 +419,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     reduction = legacy_reduction("binary_cross_entropy_with_logits", size_average, reduce,
                                  reduction)
     _check_reduction("binary_cross_entropy_with_logits", reduction)
-    x, y = _as_tensor(input), _as_tensor(target)
+    x, y = as_tensor(input), as_tensor(target)
     if x.shape != y.shape:
         raise ValueError(f"binary_cross_entropy_with_logits: target {tuple(y.shape)} must have "
                          f"the input's shape {tuple(x.shape)}")

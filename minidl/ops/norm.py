@@ -16,7 +16,7 @@ from __future__ import annotations
 import operator
 
 from .. import backend
-from ..tensor import Function, Tensor
+from ..tensor import Function, Tensor, as_tensor
 
 
 class LayerNormFunction(Function):
@@ -71,7 +71,7 @@ def normalized_shape_tuple(op, normalized_shape):
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Layer normalisation over the trailing ``normalized_shape`` dims, as PyTorch's."""
-    x = input if isinstance(input, Tensor) else Tensor(input)
+    x = as_tensor(input)
     shape = normalized_shape_tuple("layer_norm", normalized_shape)
     if tuple(x.shape[x.ndim - len(shape):]) != shape or x.ndim < len(shape):
         raise ValueError(f"layer_norm: input {tuple(x.shape)} does not end with normalized_shape "
@@ -149,7 +149,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     In training, batch statistics normalise and ``running_mean``/``running_var``
     (arrays or tensors, updated in place; the variance unbiased) move by
     ``momentum``; otherwise the running statistics normalise."""
-    x = input if isinstance(input, Tensor) else Tensor(input)
+    x = as_tensor(input)
     if x.ndim < 2:
         raise ValueError(f"batch_norm: expected input (N, C, ...), got {tuple(x.shape)}")
     rm = running_mean._data if isinstance(running_mean, Tensor) else running_mean

@@ -16,7 +16,7 @@ import collections
 import numpy as np
 
 from .. import backend
-from ..tensor import Function, Tensor
+from ..tensor import Function, Tensor, as_tensor
 from .shape import normalize_dim
 
 
@@ -75,11 +75,6 @@ def mean_of(x, axes, keepdims):
     y = x.mean(axis=axes, keepdims=keepdims, dtype=acc)
     return y if acc is None else y.astype(x.dtype)
 
-
-def _tensor(x):
-    """A Tensor of x (a NumPy array or number passed to a reduction, as PyTorch's
-    functions take tensors only, but minidl's other ops take arrays too)."""
-    return x if isinstance(x, Tensor) else Tensor(x)
 
 
 def _count(shape, axes):
@@ -241,13 +236,13 @@ class Std(Var):
 # ---------------------------------------------------------------- wrappers
 
 def sum(x, axis=None, keepdims=False, *, dim=None, keepdim=None):  # noqa: A001
-    x = _tensor(x)
+    x = as_tensor(x)
     axes, keep = reduction_axis("sum", x.ndim, axis, keepdims, dim, keepdim)
     return Sum(axes, keep)(x)
 
 
 def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
-    x = _tensor(x)
+    x = as_tensor(x)
     axes, keep = reduction_axis("mean", x.ndim, axis, keepdims, dim, keepdim)
     if x._data.dtype.kind not in "fc":
         raise TypeError(f"mean: expected a floating-point tensor, got dtype {x.dtype}")
@@ -257,7 +252,7 @@ def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
 def logsumexp(x, dim, keepdim=False):
     """log(sum(exp(x))) over ``dim`` (one or several), computed stably, as
     ``torch.logsumexp``; integer input gives float32."""
-    x = _tensor(x)
+    x = as_tensor(x)
     axes, keep = reduction_axis("logsumexp", x.ndim, dim, keepdim)
     return LogSumExp(axes, keep)(x)
 
@@ -265,14 +260,14 @@ def logsumexp(x, dim, keepdim=False):
 def amax(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     """The maximum over ``dim`` (one or several, default all): values only,
     the gradient shared equally among tied maxima (``torch.amax``)."""
-    x = _tensor(x)
+    x = as_tensor(x)
     axes, keep = reduction_axis("amax", x.ndim, axis, keepdims, dim, keepdim)
     return MaxMin(axes, keep, True)(x)
 
 
 def amin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     """The minimum over ``dim``: values only (``torch.amin``)."""
-    x = _tensor(x)
+    x = as_tensor(x)
     axes, keep = reduction_axis("amin", x.ndim, axis, keepdims, dim, keepdim)
     return MaxMin(axes, keep, False)(x)
 
@@ -296,7 +291,7 @@ def min(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
 
 
 def _max_min(x, dim, keepdim, axis, keepdims, is_max):
-    x = _tensor(x)
+    x = as_tensor(x)
     op = "max" if is_max else "min"
     if isinstance(dim, Tensor) or getattr(dim, "ndim", 0):   # torch.max(a, b): an array
         from .arith import maximum, minimum
@@ -349,7 +344,7 @@ def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None
 
 
 def _variance(op_class, op, x, axis, keepdims, ddof, dim, keepdim, correction, unbiased):
-    x = _tensor(x)
+    x = as_tensor(x)
     if correction is not None:
         ddof = correction
     elif unbiased is not None:
@@ -374,7 +369,7 @@ def argmin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
 
 
 def _arg_reduce(op, x, axis, keepdims, dim, keepdim):
-    x = _tensor(x)
+    x = as_tensor(x)
     axes, keep = reduction_axis(op, x.ndim, axis, keepdims, dim, keepdim)
     if axes is not None and len(axes) != 1 and x.ndim:   # a 0-d x gives () for dim 0 or -1
         raise ValueError(f"{op}: expected one axis, got {axis if dim is None else dim!r}")

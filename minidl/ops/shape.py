@@ -10,7 +10,7 @@ import operator
 import numpy as np
 
 from .. import backend
-from ..tensor import Function, Tensor, as_array
+from ..tensor import Function, Tensor, as_array, as_tensor
 
 
 class DimError(IndexError, ValueError):
@@ -438,7 +438,7 @@ def gather(input, dim, index):
     ``index`` (integer, same number of dims as input, no larger than input outside
     ``dim``) gives the output's shape. The gradient scatter-adds back, so an index
     used twice gets both gradients."""
-    x = input if isinstance(input, Tensor) else Tensor(input)
+    x = as_tensor(input)
     idx = index._data if isinstance(index, Tensor) else as_array(index)
     xp = backend.get_array_module(idx)
     if idx.dtype.kind not in "iu":
