@@ -227,11 +227,12 @@ class Worker(WorkerProcess):
     """The parent's handle on one worker process."""
 
     def __init__(self, framework, arch, device, init_path, threads):
-        env = torch_worker_env() if framework == "torch" else dict(CALLER_ENV)
+        env = dict(CALLER_ENV)
         if framework == "torch":
             # PyTorch as its users run it: the torch worker imports minidl only to
             # read the initial weights, so it must not get minidl's malloc tuning
-            # (nor, see TorchRunner, its thread settings).
+            # nor its thread count (see caller_env and TorchRunner).
+            env = torch_worker_env()
             env["MINIDL_MALLOC_TUNING"] = "0"
         super().__init__(framework, [sys.executable, os.path.abspath(__file__), "--worker",
                                      framework, "--arch", arch, "--device", device, "--init",

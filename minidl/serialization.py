@@ -173,9 +173,10 @@ def _map_tensors(obj, fn):
 
 
 def _check_dtypes(header, path):
-    """Refuse, by name, a well-formed file whose tensors NumPy cannot represent."""
+    """Refuse, by name, a well-formed file whose tensors NumPy cannot represent
+    (``header`` as :func:`_read_header` checked it: each entry names a dtype)."""
     for name, entry in header.items():
-        dtype = entry.get("dtype") if name != "__metadata__" and isinstance(entry, dict) else None
+        dtype = None if name == "__metadata__" else entry["dtype"]
         if dtype is not None and dtype not in NUMPY_DTYPES:
             raise CheckpointError(
                 f"load: {path}: tensor {name!r} has dtype {dtype}, which minidl (NumPy) does not "

@@ -235,7 +235,7 @@ class Trainer:
             raise FileNotFoundError(f"--resume: no checkpoint at {path}; train without "
                                     "--resume first (or point --out at the run to continue)")
         state = read_checkpoint(path, "--resume", self.CHECKPOINT_KEYS)
-        saved = state.get("config", {})
+        saved = state["config"]   # read_checkpoint made sure it is there
         # (checkpoints of older versions recorded fewer settings: those are compared)
         differ = [f"{key}={saved[key]!r} (this run: {getattr(self.config, key)!r})"
                   for key in self.RUN_SETTINGS
@@ -270,11 +270,9 @@ class Trainer:
                 loss.backward()
             value = float(loss.item())
             if not math.isfinite(value):
-                last = self.checkpoint_path if self.epoch else "none (no epoch finished)"
-                raise TrainingDiverged(
+                raise self._diverged(
                     f"the loss became {value} at epoch {self.epoch + 1}, step {step + 1} "
-                    f"(global step {self.epoch * self.steps_per_epoch + step + 1}); last good "
-                    f"checkpoint: {last}. Try a lower learning rate.")
+                    f"(global step {self.epoch * self.steps_per_epoch + step + 1})")
             opt.step()
             self.scheduler.step()
             n = len(y._data)
@@ -292,6 +290,11 @@ class Trainer:
         seconds = time.perf_counter() - start
         return loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), seconds, seen
 
+    def _diverged(self, what):
+        last = self.checkpoint_path if self.epoch else "none (no epoch finished)"
+        return TrainingDiverged(f"{what}; last good checkpoint: {last}. Try a lower "
+                                "learning rate.")
+
     def fit(self):
         cfg = self.config
         try:
@@ -301,11 +304,9 @@ class Trainer:
                     test_loss, test_acc = evaluate(self.model, self.test_x, self.test_y,
                                                    cfg.eval_batch_size, self.device)
                 if not math.isfinite(test_loss):   # the epoch's last updates blew up
-                    last = self.checkpoint_path if self.epoch else "none (no epoch finished)"
-                    raise TrainingDiverged(
+                    raise self._diverged(
                         f"the test loss became {test_loss} after epoch {self.epoch + 1}: the "
-                        f"weights are no longer finite; this epoch is not saved; last good "
-                        f"checkpoint: {last}. Try a lower learning rate.")
+                        f"weights are no longer finite; this epoch is not saved")
                 self.epoch += 1
                 self.history.append({
                     "epoch": self.epoch, "train_loss": round(train_loss, 6),

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..ops import conv as _conv
 from ..ops import shape as _shape
-from ..ops.activation import dropout, gelu, leaky_relu, silu, softmax
+from ..ops.activation import dropout, gelu, leaky_relu, negative_slope_of, silu, softmax
 from ..ops.arith import relu, sigmoid, tanh
 from ..ops.linear import linear
 from . import init
@@ -75,11 +75,8 @@ class Conv2d(Module):
                              f"out_channels={out_channels}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        if isinstance(padding, str) and padding not in ("valid", "same"):
-            raise ValueError(f"Conv2d: padding must be an int, a pair, 'valid' or 'same', got "
-                             f"{padding!r}")
-        if padding == "same" and _pair(stride) != (1, 1):
-            raise ValueError("Conv2d: padding='same' needs stride 1, as in PyTorch")
+        if isinstance(padding, str):
+            _conv.check_string_padding("Conv2d", padding, stride)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
         self.dilation, self.groups = _pair(dilation), int(groups)
         self.weight = Parameter(np.empty((out_channels, in_channels // groups) + self.kernel_size,
@@ -107,8 +104,7 @@ class Conv2d(Module):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
         if self.padding != (0, 0):
-            s += f", padding={self.padding!r}" if isinstance(self.padding, str) \
-                else f", padding={self.padding}"
+            s += f", padding={self.padding!r}"
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
@@ -187,8 +183,7 @@ class LeakyReLU(Module):
 
     def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
-        leaky_relu(np.zeros(0, np.float32), negative_slope)   # its checks, at construction
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = negative_slope_of("LeakyReLU", negative_slope)
 
     def forward(self, x):
         return leaky_relu(x, self.negative_slope)

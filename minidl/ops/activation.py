@@ -224,16 +224,18 @@ class LeakyReLU(Function):
         return gy * self.scale
 
 
+def negative_slope_of(op, value):
+    """``value`` as a float, or a TypeError naming ``op`` (a string would pass float())."""
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: negative_slope must be a number, got {value!r}")
+    return float(value)
+
+
 def leaky_relu(input, negative_slope=0.01, inplace=False):
     """``input`` where positive, else ``negative_slope * input``, as
     ``torch.nn.functional.leaky_relu``. ``inplace`` as :func:`minidl.nn.functional.relu`:
     accepted, and the result is always a new tensor."""
-    if not isinstance(negative_slope, numbers.Real):
-        raise TypeError(f"leaky_relu: negative_slope must be a number, got "
-                        f"{negative_slope!r}")
-    negative_slope = float(negative_slope)
-    x = as_tensor(input)
-    return LeakyReLU(negative_slope)(x)
+    return LeakyReLU(negative_slope_of("leaky_relu", negative_slope))(as_tensor(input))
 
 
 class SiLU(Function):

@@ -393,19 +393,25 @@ class Conv2dFunction(Function):
             _workspace.put(buf)
 
 
+def check_string_padding(op, padding, stride):
+    """PyTorch's rules for a string padding: 'valid' or 'same', and 'same' only with
+    stride 1 (``nn.Conv2d`` checks them when built, ``conv2d`` when called)."""
+    if padding not in ("valid", "same"):
+        raise ValueError(f"{op}: padding must be an int, a pair, 'valid' or 'same', got "
+                         f"{padding!r}")
+    if padding == "same" and _pair(op, "stride", stride, 1) != (1, 1):
+        raise ValueError(f"{op}: padding='same' needs stride 1 (got stride={stride!r}), as in "
+                         "PyTorch")
+
+
 def _string_padding(x, weight, padding, stride, dilation):
     """PyTorch's ``padding='valid'`` (none) and ``'same'`` (the output keeps the
     input's size; stride 1 only): (input, numeric padding). An odd total padding
     puts the extra pixel on the right/bottom, as PyTorch: the input is then
     padded here and the conv runs with padding 0."""
+    check_string_padding("conv2d", padding, stride)
     if padding == "valid":
         return x, 0
-    if padding != "same":
-        raise ValueError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got "
-                         f"{padding!r}")
-    if _pair("conv2d", "stride", stride, 1) != (1, 1):
-        raise ValueError(f"conv2d: padding='same' needs stride 1 (got stride={stride!r}), as "
-                         "in PyTorch")
     D = _pair("conv2d", "dilation", dilation, 1)
     totals = [d * (k - 1) for d, k in zip(D, weight.shape[2:])]
     left = [t // 2 for t in totals]

@@ -18,6 +18,17 @@ import math
 from .optimizer import Optimizer
 
 
+def _per_group(owner, what, value, optimizer):
+    """``value`` for each param group: a list or tuple of one per group, or one
+    value for all; a ValueError naming ``owner`` and ``what`` on a length mismatch."""
+    n = len(optimizer.param_groups)
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * n
+    if len(values) != n:
+        raise ValueError(f"{owner}: expected {n} values for {what} (one per param group), got "
+                         f"{len(values)}")
+    return values
+
+
 class LRScheduler:
     chainable = False   # True: each step scales the current lr (see the module docstring)
 
@@ -36,7 +47,6 @@ class LRScheduler:
                                    "(needed to resume with last_epoch != -1)")
         self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
         self.last_epoch = last_epoch
-        self._step_count = 0
         self._is_initial = True   # the constructor's step: chainable ones keep the lr
         self.step()
         self._is_initial = False
@@ -48,7 +58,6 @@ class LRScheduler:
         return [group["lr"] for group in self.optimizer.param_groups]
 
     def step(self):
-        self._step_count += 1
         self.last_epoch += 1
         lrs = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, lrs):
@@ -79,11 +88,7 @@ class LambdaLR(LRScheduler):
     """lr = initial_lr * lr_lambda(step) (one function, or one per group)."""
 
     def __init__(self, optimizer, lr_lambda, last_epoch=-1):
-        n = len(optimizer.param_groups)
-        self.lr_lambdas = list(lr_lambda) if isinstance(lr_lambda, (list, tuple)) \
-            else [lr_lambda] * n
-        if len(self.lr_lambdas) != n:
-            raise ValueError(f"LambdaLR: expected {n} lr_lambdas, got {len(self.lr_lambdas)}")
+        self.lr_lambdas = _per_group("LambdaLR", "lr_lambda", lr_lambda, optimizer)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
@@ -188,11 +193,7 @@ class OneCycleLR(LRScheduler):
             raise ValueError(f"OneCycleLR: anneal_strategy must be 'cos' or 'linear', got "
                              f"{anneal_strategy!r}")
         self.total_steps, self.anneal_strategy = int(total_steps), anneal_strategy
-        n = len(optimizer.param_groups)
-        max_lrs = list(max_lr) if isinstance(max_lr, (list, tuple)) else [max_lr] * n
-        if len(max_lrs) != n:
-            raise ValueError(f"OneCycleLR: expected {n} values for max_lr (one per param "
-                             f"group), got {len(max_lrs)}")
+        max_lrs = _per_group("OneCycleLR", "max_lr", max_lr, optimizer)
         if three_phase:
             self._phases = [
                 (float(pct_start * self.total_steps) - 1, "initial_lr", "max_lr",
@@ -266,6 +267,8 @@ class ReduceLROnPlateau(LRScheduler):
     ``eps`` are skipped.
     """
 
+    chainable = True   # it scales the current lr: the lr comes back with the optimizer
+
     def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
                  threshold_mode="rel", cooldown=0, min_lr=0, eps=1e-8):
         if not isinstance(optimizer, Optimizer):
@@ -278,12 +281,8 @@ class ReduceLROnPlateau(LRScheduler):
         if threshold_mode not in ("rel", "abs"):
             raise ValueError(f"ReduceLROnPlateau: threshold_mode must be 'rel' or 'abs', got "
                              f"{threshold_mode!r}")
-        n = len(optimizer.param_groups)
-        min_lrs = list(min_lr) if isinstance(min_lr, (list, tuple)) else [min_lr] * n
-        if len(min_lrs) != n:
-            raise ValueError(f"ReduceLROnPlateau: expected {n} values for min_lr (one per param "
-                             f"group), got {len(min_lrs)}")
-        self.optimizer, self.min_lrs = optimizer, min_lrs
+        self.optimizer = optimizer
+        self.min_lrs = _per_group("ReduceLROnPlateau", "min_lr", min_lr, optimizer)
         self.mode, self.factor, self.patience = mode, factor, patience
         self.threshold, self.threshold_mode = threshold, threshold_mode
         self.cooldown, self.eps = cooldown, eps
@@ -315,9 +314,6 @@ class ReduceLROnPlateau(LRScheduler):
             self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
         self._last_lr = self._current_lrs()
 
-    def load_state_dict(self, state_dict):
-        for k, v in state_dict.items():   # the lr comes back with the optimizer's state
-            setattr(self, k, list(v) if isinstance(v, tuple) else v)
 
 
 _LRScheduler = LRScheduler   # PyTorch's older name
