@@ -5,7 +5,7 @@ import numpy as np
 
 from . import backend
 from .random import generator_for
-from .tensor import Tensor, as_array
+from .tensor import Tensor, as_array, raw
 
 
 def _make(array, requires_grad):
@@ -25,7 +25,7 @@ def tensor(data, requires_grad=False, dtype=None, device=None) -> Tensor:
     """A new tensor from array-like data (see :func:`minidl.tensor.as_array` for
     dtypes). Always a copy, as ``torch.tensor``: an optimizer updating the
     tensor never writes into the caller's array (:func:`from_numpy` shares)."""
-    source = data._data if isinstance(data, Tensor) else data
+    source = raw(data)
     t = Tensor(source, requires_grad=requires_grad, dtype=dtype, device=device)
     if t._data is source:
         t._data = t._data.copy()

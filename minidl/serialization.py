@@ -26,7 +26,7 @@ import numpy as np
 
 from . import backend
 from .fileio import atomic_write_bytes
-from .tensor import Tensor
+from .tensor import Tensor, raw
 
 FORMAT = "minidl.checkpoint/1"
 
@@ -48,7 +48,7 @@ def _is_array(v):
 def _encode(obj, path, tensors):
     """JSON skeleton of ``obj``; arrays go to ``tensors`` under their dotted path."""
     if isinstance(obj, Tensor) or _is_array(obj):
-        array = backend.as_numpy(obj._data if isinstance(obj, Tensor) else obj)
+        array = backend.as_numpy(raw(obj))
         key = ".".join(path) if path else "tensor"
         if key in tensors:
             raise ValueError(f"save: two arrays would be stored under the key {key!r}")

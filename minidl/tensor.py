@@ -171,6 +171,11 @@ def as_array(data, dtype=None, device=None):
     return array
 
 
+def raw(x):
+    """The array of a Tensor; anything else (an array, a number, None) as it is."""
+    return x._data if isinstance(x, Tensor) else x
+
+
 def as_tensor(x) -> "Tensor":
     """``x`` itself when it is a Tensor, else a Tensor around it (an array is shared,
     not copied): what every op does with its inputs, since minidl's ops take NumPy
@@ -264,7 +269,7 @@ class Tensor:
         return Tensor._wrap(self._data)
 
     def _set_data(self, value):
-        array = value._data if isinstance(value, Tensor) else as_array(value)
+        array = as_array(value)
         if self._requires_grad:
             _check_grad_dtype(array, "data")   # an int array on a parameter: refused, as PyTorch
         self._data = array

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend
-from .tensor import Tensor, no_grad
+from .tensor import Tensor, no_grad, raw
 
 
 def _to_numpy(x):
-    return backend.as_numpy(x._data if isinstance(x, Tensor) else x)
+    return backend.as_numpy(raw(x))
 
 
 # float itemsize -> torch.testing.assert_close's default (rtol, atol)

@@ -12,7 +12,7 @@ from .. import backend
 from ..ops.activation import softmax
 from ..ops.attention import causal_mask, scaled_dot_product_attention
 from ..ops.linear import linear
-from ..tensor import Tensor
+from ..tensor import raw
 from . import init
 from .layers import Dropout, Linear, ReLU
 from .module import Module, Parameter, Sequential
@@ -20,7 +20,7 @@ from .module import Module, Parameter, Sequential
 
 def _additive(mask, dtype, what):
     """MultiheadAttention's mask -> additive float array (True = masked OUT -> -inf)."""
-    m = mask._data if isinstance(mask, Tensor) else mask
+    m = raw(mask)
     if m.dtype == bool:
         xp = backend.get_array_module(m)
         return xp.where(m, dtype.type(-np.inf), dtype.type(0))
@@ -118,8 +118,7 @@ class MultiheadAttention(Module):
         if unbatched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
             if key_padding_mask is not None:
-                key_padding_mask = (key_padding_mask._data if isinstance(key_padding_mask, Tensor)
-                                    else key_padding_mask)[None]
+                key_padding_mask = raw(key_padding_mask)[None]
         elif self.batch_first:  # work in (B, L, E)
             pass
         if not self.batch_first or unbatched:

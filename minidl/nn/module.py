@@ -17,7 +17,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import backend
-from ..tensor import Tensor, clear_grad
+from ..tensor import Tensor, clear_grad, raw
 
 
 class Parameter(Tensor):
@@ -26,8 +26,7 @@ class Parameter(Tensor):
     def __init__(self, data=None, requires_grad=True):
         if data is None:
             data = np.empty(0, dtype=np.float32)
-        super().__init__(data._data if isinstance(data, Tensor) else data,
-                         requires_grad=requires_grad)
+        super().__init__(data, requires_grad=requires_grad)   # a Tensor's array is shared
 
     def __repr__(self):
         return "Parameter containing:\n" + super().__repr__()
@@ -342,7 +341,7 @@ class Module:
             if key not in state_dict:
                 continue
             value = state_dict[key]
-            array = value._data if isinstance(value, Tensor) else value
+            array = raw(value)
             if not hasattr(array, "shape"):
                 array = np.asarray(array)
             if tuple(array.shape) != tuple(target._data.shape) and array.size == 1 == \

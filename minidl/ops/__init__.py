@@ -10,7 +10,7 @@ from __future__ import annotations
 import operator
 
 from .. import backend
-from ..tensor import Tensor, is_grad_enabled
+from ..tensor import Tensor, is_grad_enabled, raw
 from . import arith, reduce, shape
 from .arith import (abs, add, cast, clamp, clip, cos, div, exp, log, masked_fill, matmul,
                     maximum, minimum, mul, neg, pow, relu, sigmoid, sin, sqrt, sub, tanh, tril,
@@ -55,10 +55,6 @@ def _check_inplace(op, target, other=None):
             "minidl.no_grad() (as optimizers do)")
 
 
-def _raw(value):
-    return value._data if isinstance(value, Tensor) else value
-
-
 def _ufunc_in_place(target, ufunc_name, other):
     """``target._data = ufunc(target._data, other)`` in the same array.
 
@@ -82,7 +78,7 @@ def _augmented(ufunc_name, op, out_of_place):
                                    f"tensor's {self.shape} (an in-place op keeps the shape)")
             # and keeps the dtype, as PyTorch's (float32 += float64 stays float32)
             return result if result.dtype == self.dtype else arith.cast(result, self.dtype)
-        return _ufunc_in_place(self, ufunc_name, _raw(other))
+        return _ufunc_in_place(self, ufunc_name, raw(other))
     method.__name__ = op
     return method
 
@@ -90,7 +86,7 @@ def _augmented(ufunc_name, op, out_of_place):
 def _inplace(ufunc_name, op):
     def method(self, other):
         _check_inplace(op, self, other)
-        return _ufunc_in_place(self, ufunc_name, _raw(other))
+        return _ufunc_in_place(self, ufunc_name, raw(other))
     method.__name__ = op
     return method
 
@@ -99,7 +95,7 @@ def _scaled_inplace(ufunc_name, op):
     """``add_(other, alpha=1)`` / ``sub_``: PyTorch's in-place methods."""
     def method(self, other, alpha=1):
         _check_inplace(op, self, other)
-        other = _raw(other)
+        other = raw(other)
         if alpha != 1:
             if self._data.dtype.kind in "iub" and isinstance(alpha, float):
                 raise TypeError(f"{op}: alpha must not be a float for an integer tensor "
@@ -115,9 +111,9 @@ def _setitem(self, key, value):
     key = shape.raw_key(key)
     split = shape.split_int_indices(key, self.ndim)
     if split is not None:   # PyTorch's order: the ints first (a view), then the rest
-        self._data[split[0]][split[1]] = _raw(value)
+        self._data[split[0]][split[1]] = raw(value)
         return
-    self._data[key] = _raw(value)
+    self._data[key] = raw(value)
 
 
 def _zero_(self):
@@ -130,13 +126,13 @@ def _fill_(self, value):
     _check_inplace("fill_", self)
     if getattr(value, "ndim", 0):
         raise ValueError(f"fill_: expects a number or a 0-d tensor, got shape {value.shape}")
-    self._data[...] = _raw(value)
+    self._data[...] = raw(value)
     return self
 
 
 def _copy_(self, source):
     _check_inplace("copy_", self, source)
-    self._data[...] = _raw(source)
+    self._data[...] = raw(source)
     return self
 
 
@@ -144,7 +140,7 @@ def _bitwise(ufunc_name):
     """``&``, ``|``, ``^`` of bool or integer tensors (masks): no gradient."""
     def method(self, other):
         xp = backend.get_array_module(self._data)
-        return Tensor._wrap(getattr(xp, ufunc_name)(self._data, _raw(other)))
+        return Tensor._wrap(getattr(xp, ufunc_name)(self._data, raw(other)))
     method.__name__ = ufunc_name
     return method
 

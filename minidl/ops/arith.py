@@ -451,7 +451,7 @@ def minimum(a, b):
 
 def where(condition, a, b):
     """Elements of ``a`` where ``condition`` is true, else of ``b`` (broadcasting)."""
-    cond = condition._data if isinstance(condition, Tensor) else as_array(condition)
+    cond = as_array(condition)
     a, b = operands(a, b)
     return Where(cond.astype(bool, copy=False))(a, b)
 
@@ -462,7 +462,7 @@ def masked_fill(input, mask, value):
     0-d tensor (which then gets the masked elements' gradient); the result keeps
     input's dtype and shape."""
     x = as_tensor(input)
-    m = mask._data if isinstance(mask, Tensor) else as_array(mask)
+    m = as_array(mask)
     if m.dtype != np.bool_:
         raise TypeError(f"masked_fill: the mask must be a boolean tensor, got dtype {m.dtype}")
     try:

@@ -25,14 +25,10 @@ import math
 import numpy as np
 
 from .. import backend
-from ..tensor import Tensor, as_tensor
+from ..tensor import Tensor, as_tensor, raw
 from .activation import dropout, softmax
 from .arith import matmul, where
 
-
-
-def _raw(x):
-    return x._data if isinstance(x, Tensor) else x
 
 
 def causal_mask(L, S, xp=np):
@@ -52,7 +48,7 @@ def attention_scores(q, k, attn_mask=None, is_causal=False, scale=None):
             raise ValueError("scaled_dot_product_attention: pass attn_mask or is_causal, not both")
         allowed = causal_mask(L, S, xp)
     elif attn_mask is not None:
-        m = _raw(attn_mask)
+        m = raw(attn_mask)
         m = m if backend.device_of(m) == backend.device_of(scores._data) else \
             backend.to_device(m, scores.device)
         if m.dtype == bool:

@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 
 from .. import backend
-from ..tensor import Function, Tensor, as_tensor
+from ..tensor import Function, Tensor, as_tensor, raw
 from .activation import _safe_max
 from .arith import cast, operands, stable_sigmoid
 from .reduce import mean_of
@@ -62,10 +62,6 @@ def legacy_reduction(op, size_average, reduce, reduction):
                   "instead", UserWarning, stacklevel=3)
     return legacy
 
-
-
-def _raw(x):
-    return None if x is None else (x._data if isinstance(x, Tensor) else x)
 
 
 def _rows(x):
@@ -231,7 +227,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     x = as_tensor(input)
-    t = _raw(target)
+    t = raw(target)
     if not isinstance(t, np.ndarray) and backend.device_of(t) == "cpu":
         t = np.asarray(t)
     if x.ndim < 1 or x._data.dtype.kind != "f":
@@ -251,7 +247,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
             raise ValueError(f"cross_entropy: logits of shape {tuple(x.shape)} need targets of "
                              f"shape {expected}, got {t.shape}")
     t = backend.to_device(t, x.device)
-    w = _raw(weight)
+    w = raw(weight)
     if w is not None:
         w = backend.to_device(np.asarray(w) if isinstance(w, (list, tuple)) else w, x.device)
         if w.shape != (C,):
@@ -304,7 +300,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     reduction = legacy_reduction("nll_loss", size_average, reduce, reduction)
     _check_reduction("nll_loss", reduction)
     x = as_tensor(input)
-    t = _raw(target)
+    t = raw(target)
     t = np.asarray(t) if backend.device_of(t) == "cpu" else t
     if t.dtype.kind not in "iu":
         raise TypeError(f"nll_loss: targets must be integer class indices, got dtype {t.dtype}")
@@ -313,7 +309,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         raise ValueError(f"nll_loss: input of shape {tuple(x.shape)} needs targets of shape "
                          f"{expected}, got {t.shape}")
     t = backend.to_device(t, x.device)
-    w = _raw(weight)
+    w = raw(weight)
     if w is not None:
         C = x.shape[1] if x.ndim > 1 else x.shape[0]
         w = backend.to_device(np.asarray(w) if isinstance(w, (list, tuple)) else w, x.device)
@@ -425,7 +421,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
                          f"the input's shape {tuple(x.shape)}")
     if y._data.dtype != x._data.dtype:
         y = cast(y, x._data.dtype)   # an op: a target that needs a gradient keeps it
-    w, pw = _raw(weight), _raw(pos_weight)
+    w, pw = raw(weight), raw(pos_weight)
     w = None if w is None else backend.to_device(w, x.device).astype(x._data.dtype, copy=False)
     pw = None if pw is None else backend.to_device(pw, x.device).astype(x._data.dtype, copy=False)
     return BCEWithLogits(w, pw, reduction)(x, y)

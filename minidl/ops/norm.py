@@ -16,7 +16,7 @@ from __future__ import annotations
 import operator
 
 from .. import backend
-from ..tensor import Function, Tensor, as_tensor
+from ..tensor import Function, as_tensor, raw
 
 
 class LayerNormFunction(Function):
@@ -152,8 +152,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     x = as_tensor(input)
     if x.ndim < 2:
         raise ValueError(f"batch_norm: expected input (N, C, ...), got {tuple(x.shape)}")
-    rm = running_mean._data if isinstance(running_mean, Tensor) else running_mean
-    rv = running_var._data if isinstance(running_var, Tensor) else running_var
+    rm, rv = raw(running_mean), raw(running_var)
     if not training and (rm is None or rv is None):
         raise ValueError("batch_norm: eval mode needs running_mean and running_var")
     if weight is None and bias is not None:

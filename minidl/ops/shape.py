@@ -439,7 +439,7 @@ def gather(input, dim, index):
     ``dim``) gives the output's shape. The gradient scatter-adds back, so an index
     used twice gets both gradients."""
     x = as_tensor(input)
-    idx = index._data if isinstance(index, Tensor) else as_array(index)
+    idx = as_array(index)
     xp = backend.get_array_module(idx)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"gather: index must be an integer tensor, got dtype {idx.dtype}")
@@ -488,7 +488,7 @@ def one_hot(tensor, num_classes=-1):
     """Class indices (any shape, integer) -> (*shape, num_classes) int64 of 0s and a
     1 at each index, as ``torch.nn.functional.one_hot``; ``num_classes=-1`` means
     the largest index + 1. No gradient (the input is indices)."""
-    t = tensor._data if isinstance(tensor, Tensor) else as_array(tensor)
+    t = as_array(tensor)
     xp = backend.get_array_module(t)
     if t.dtype.kind not in "iu":
         raise TypeError(f"one_hot: expected a tensor of integer class indices, got dtype "

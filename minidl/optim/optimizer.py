@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 
 from .. import backend
-from ..tensor import Tensor, clear_grad, no_grad
+from ..tensor import Tensor, clear_grad, no_grad, raw
 
 
 class Optimizer:
@@ -135,7 +135,7 @@ class Optimizer:
             entry = {}
             for k, v in values.items():
                 if isinstance(v, Tensor) or _is_array(v):
-                    array = v._data if isinstance(v, Tensor) else v
+                    array = raw(v)
                     if k != "step" and tuple(array.shape) != tuple(p._data.shape):
                         raise ValueError(f"{type(self).__name__}.load_state_dict: state '{k}' of "
                                          f"parameter {key} has shape {tuple(array.shape)}, the "
