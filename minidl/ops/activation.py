@@ -26,17 +26,8 @@ from .. import backend
 from ..random import generator_for
 from ..tensor import Function, as_tensor
 from .arith import as_float, cast, stable_sigmoid
+from .reduce import finite_max
 from .shape import normalize_dim, reshape
-
-
-def _safe_max(x, axis, xp):
-    """max over ``axis`` (keepdims) with non-finite maxima (all -inf rows) replaced by 0."""
-    if x.shape[axis] == 0:  # rows of no elements: nothing to subtract (NumPy's max would fail)
-        return xp.zeros(x.shape[:axis] + (1,) + x.shape[axis + 1:], dtype=x.dtype)
-    m = x.max(axis=axis, keepdims=True)
-    if not xp.isfinite(m).all():
-        m[~xp.isfinite(m)] = 0
-    return m
 
 
 class Softmax(Function):
@@ -46,7 +37,7 @@ class Softmax(Function):
     def forward(self, x):
         xp = backend.get_array_module(x)
         x = as_float(x)  # integers give float32, as the other float-valued ops
-        y = x - _safe_max(x, self.axis, xp)
+        y = x - finite_max(x, (self.axis,), xp)
         xp.exp(y, out=y)
         s = y.sum(axis=self.axis, keepdims=True)
         s[s == 0] = 1  # fully masked rows: 0 / 1 = 0
@@ -71,7 +62,7 @@ class LogSoftmax(Function):
     def forward(self, x):
         xp = backend.get_array_module(x)
         x = as_float(x)  # integers give float32, as the other float-valued ops
-        y = x - _safe_max(x, self.axis, xp)
+        y = x - finite_max(x, (self.axis,), xp)
         e = xp.exp(y)
         s = e.sum(axis=self.axis, keepdims=True)
         s[s == 0] = 1  # fully masked rows stay -inf, without a log(0) warning

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .. import backend
 from ..tensor import Function, as_tensor
-from .reduce import sum_dtype
+from .reduce import sum_of
 
 
 class LinearFunction(Function):
@@ -31,8 +31,7 @@ class LinearFunction(Function):
             gw = backend.get_array_module(gy2).dot(gy2.T, x2) if gy2.shape[0] == 1 \
                 else gy2.T @ x2
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
-            acc = sum_dtype(gy2, (0,))   # float64 over many rows (see sum_dtype)
-            gb = gy2.sum(axis=0, dtype=acc).astype(gy2.dtype, copy=False)
+            gb = sum_of(gy2, (0,), False)   # float64 over many rows (see sum_dtype)
         return gx, gw, gb
 
 

@@ -27,9 +27,8 @@ import numpy as np
 
 from .. import backend
 from ..tensor import Function, Tensor, as_tensor, raw
-from .activation import _safe_max
 from .arith import cast, operands, stable_sigmoid
-from .reduce import mean_of
+from .reduce import finite_max, mean_of
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -136,7 +135,7 @@ class CrossEntropy(Function):
         shape, dtype = x.shape, x.dtype
         z = _rows(x)
         C = z.shape[1]
-        z = z - _safe_max(z, 1, xp)                  # (M, C), ours
+        z = z - finite_max(z, (1,), xp)              # (M, C), ours
         p = xp.exp(z)
         s = p.sum(axis=1, keepdims=True)
         s[s == 0] = 1                                # a row of -inf (padding): p = 0, no 0/0
@@ -214,6 +213,18 @@ class CrossEntropy(Function):
         return _unrows(gx, shape) if gq is None else (_unrows(gx, shape), gq)
 
 
+def _class_weight(op, weight, C, x):
+    """The (C,) class weights as an array on x's device in x's dtype, or None; a
+    ValueError naming ``op`` for another shape."""
+    w = raw(weight)
+    if w is None:
+        return None
+    w = backend.to_device(np.asarray(w) if isinstance(w, (list, tuple)) else w, x.device)
+    if w.shape != (C,):
+        raise ValueError(f"{op}: weight must have shape ({C},), one per class, got {w.shape}")
+    return w.astype(x._data.dtype, copy=False)
+
+
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0):
     """Cross-entropy of ``input`` logits (N, C) or (N, C, d1, ...) against class
@@ -247,12 +258,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
             raise ValueError(f"cross_entropy: logits of shape {tuple(x.shape)} need targets of "
                              f"shape {expected}, got {t.shape}")
     t = backend.to_device(t, x.device)
-    w = raw(weight)
-    if w is not None:
-        w = backend.to_device(np.asarray(w) if isinstance(w, (list, tuple)) else w, x.device)
-        if w.shape != (C,):
-            raise ValueError(f"cross_entropy: weight must have shape ({C},), got {w.shape}")
-        w = w.astype(x._data.dtype, copy=False)
+    w = _class_weight("cross_entropy", weight, C, x)
     fn = CrossEntropy(t, w, ignore_index, reduction, float(label_smoothing))
     if getattr(target, "requires_grad", False) and t.dtype.kind == "f":
         # a target from a network being trained (distillation): it gets its gradient
@@ -309,14 +315,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         raise ValueError(f"nll_loss: input of shape {tuple(x.shape)} needs targets of shape "
                          f"{expected}, got {t.shape}")
     t = backend.to_device(t, x.device)
-    w = raw(weight)
-    if w is not None:
-        C = x.shape[1] if x.ndim > 1 else x.shape[0]
-        w = backend.to_device(np.asarray(w) if isinstance(w, (list, tuple)) else w, x.device)
-        if w.shape != (C,):
-            raise ValueError(f"nll_loss: weight must have shape ({C},), one per class, got "
-                             f"{w.shape}")
-        w = w.astype(x._data.dtype, copy=False)
+    w = _class_weight("nll_loss", weight, x.shape[1] if x.ndim > 1 else x.shape[0], x)
     return NLLLoss(t, w, ignore_index, reduction)(x)
 
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from .. import backend
 from ..tensor import Function, Tensor, as_tensor
-from .shape import normalize_dim
+from .arith import as_float, maximum, minimum
+from .shape import getitem, normalize_dim, unsqueeze
 
 
 def reduction_axis(op, ndim, axis=None, keepdims=False, dim=None, keepdim=None):
@@ -63,13 +64,29 @@ def sum_dtype(x, axes):
     return None
 
 
+def sum_of(x, axes, keepdims):
+    """x.sum over ``axes``, accumulated in :func:`sum_dtype`, in x's dtype."""
+    acc = sum_dtype(x, axes)
+    y = x.sum(axis=axes, keepdims=keepdims, dtype=acc)
+    return y if acc is None else y.astype(x.dtype)
+
+
+def finite_max(x, axes, xp):
+    """x.max over ``axes`` (keepdims) with non-finite maxima (+-inf, NaN rows) made 0,
+    and 0 over no elements: the shift that keeps exp(x - m) from overflowing
+    (softmax, cross-entropy, logsumexp) without an inf - inf."""
+    if _count(x.shape, axes) == 0:
+        return xp.zeros(_kept_shape(x.shape, axes), dtype=x.dtype)
+    m = x.max(axis=axes, keepdims=True)
+    return xp.where(xp.isfinite(m), m, x.dtype.type(0))
+
+
 def mean_of(x, axes, keepdims):
     """x.mean over ``axes`` (float64 accumulation as :func:`sum_dtype` says); NaN
     without a warning over no elements, as PyTorch (NumPy warns "Mean of empty
     slice", which the tests, and users' logs, would see on every masked loss)."""
     if _count(x.shape, axes) == 0:
-        shape = tuple(1 if axes is None or i in axes else s for i, s in enumerate(x.shape)) \
-            if keepdims else _reduced_shape(x.shape, axes)
+        shape = _kept_shape(x.shape, axes) if keepdims else _reduced_shape(x.shape, axes)
         return backend.get_array_module(x).full(shape, np.nan, dtype=x.dtype)
     acc = sum_dtype(x, axes)
     y = x.mean(axis=axes, keepdims=keepdims, dtype=acc)
@@ -90,9 +107,7 @@ class Sum(Function):
 
     def forward(self, x):
         self.in_shape = x.shape
-        acc = sum_dtype(x, self.axes)
-        y = x.sum(axis=self.axes, keepdims=self.keepdims, dtype=acc)
-        return y if acc is None else y.astype(x.dtype)
+        return sum_of(x, self.axes, self.keepdims)
 
     def backward(self, gy):
         return _unreduce(gy, self.in_shape, self.axes, self.keepdims)
@@ -142,6 +157,11 @@ class MaxMin(Function):
         g = _unreduce(gy, self.x.shape, self.axes, self.keepdims)
         with np.errstate(divide="ignore", invalid="ignore"):   # a NaN slice: 0/0, quietly
             return g * mask / ties
+
+
+def _kept_shape(shape, axes):
+    """The shape of a reduction over ``axes`` with keepdims (1 there)."""
+    return tuple(1 if axes is None or i in axes else s for i, s in enumerate(shape))
 
 
 def _reduced_shape(shape, axes):
@@ -194,13 +214,8 @@ class LogSumExp(Function):
 
     def forward(self, x):
         xp = backend.get_array_module(x)
-        x = x if x.dtype.kind in "fc" else x.astype(np.float32)
-        if _count(x.shape, self.axes):
-            m = x.max(axis=self.axes, keepdims=True)
-            m = xp.where(xp.isfinite(m), m, x.dtype.type(0))   # +-inf rows: no inf - inf
-        else:   # nothing to sum: log(0) = -inf
-            m = xp.zeros(tuple(1 if self.axes is None or i in self.axes else s
-                               for i, s in enumerate(x.shape)), x.dtype)
+        x = as_float(x)
+        m = finite_max(x, self.axes, xp)   # over nothing: 0, and log(0) = -inf
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             y = xp.log(xp.exp(x - m).sum(axis=self.axes, keepdims=True)) + m
         self.x, self.y_keep = x, y
@@ -294,7 +309,6 @@ def _max_min(x, dim, keepdim, axis, keepdims, is_max):
     x = as_tensor(x)
     op = "max" if is_max else "min"
     if isinstance(dim, Tensor) or getattr(dim, "ndim", 0):   # torch.max(a, b): an array
-        from .arith import maximum, minimum
         return (maximum if is_max else minimum)(x, dim)
     keep = bool(keepdim if keepdims is None else keepdims)   # either spelling
     if axis is not None:   # NumPy's spelling: values
@@ -308,7 +322,6 @@ def _max_min(x, dim, keepdim, axis, keepdims, is_max):
 
 
 def _values_and_indices(op, x, dim, keepdim, is_max):
-    from .shape import getitem, unsqueeze
     d = normalize_dim(op, dim, x.ndim)
     data = x._data
     xp = backend.get_array_module(data)
