@@ -37,9 +37,14 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 # Numba sizes its pool from NUMBA_NUM_THREADS alone: with only OMP_NUM_THREADS set
 # (which BLAS follows, and get_num_threads() reports), Numba's kernels would still
 # run on every core. Numba is imported lazily, after this; a user's setting wins.
-if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit() and \
-        int(os.environ["OMP_NUM_THREADS"]) > 0 and "NUMBA_NUM_THREADS" not in os.environ:
-    os.environ["NUMBA_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"].strip()
+def _env_threads(var):
+    """A positive thread count from the environment variable ``var``, or None."""
+    value = os.environ.get(var, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+if _env_threads("OMP_NUM_THREADS") and "NUMBA_NUM_THREADS" not in os.environ:
+    os.environ["NUMBA_NUM_THREADS"] = str(_env_threads("OMP_NUM_THREADS"))
 
 import numpy as np  # noqa: E402
 
@@ -250,9 +255,8 @@ _num_threads = None
 
 def _default_threads() -> int:
     for var in ("MINIDL_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
+        if _env_threads(var):
+            return _env_threads(var)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

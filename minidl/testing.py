@@ -40,15 +40,13 @@ def assert_close(actual, expected, rtol=None, atol=None, msg=""):
     default_rtol, default_atol = (0, 0) if exact else _TOLERANCES[min(floats, default=8)]
     rtol = default_rtol if rtol is None else rtol
     atol = default_atol if atol is None else atol
+    a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    with np.errstate(invalid="ignore"):   # inf - inf
+        diff = np.abs(a64 - e64)
     if exact and rtol == 0 and atol == 0:   # no float64 rounding of big integers
         bad = a != e
-        a64, e64 = a.astype(np.float64), e.astype(np.float64)
-        diff = np.abs(a64 - e64)
     else:
-        a64, e64 = a.astype(np.float64), e.astype(np.float64)
-        with np.errstate(invalid="ignore"):   # inf - inf
-            diff = np.abs(a64 - e64)
-            bad = ~(diff <= atol + rtol * np.abs(e64))
+        bad = ~(diff <= atol + rtol * np.abs(e64))
         # rtol * inf would accept anything: an infinity must be matched exactly
         bad = np.where(np.isinf(e64), a64 != e64, bad)
         bad |= np.isnan(a64) != np.isnan(e64)
