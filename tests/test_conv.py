@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 import minidl
 from minidl import backend
-from minidl.ops.conv import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
+from minidl.ops.conv import (adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d,
+                             max_pool2d_relu)
 from minidl.testing import gradcheck
 from torch_helpers import check_vs_torch
 
@@ -106,6 +107,17 @@ def test_max_pool2d_gradcheck(numba, c):
 
 @pytest.mark.parametrize("numba", PATHS)
 @FAST
+@given(c=pool_configs())
+def test_max_pool2d_relu_gradcheck(numba, c):
+    # tie-free, both signs, none near 0: windows whose maximum is <= 0 send nothing
+    x = tie_free(np.random.default_rng(c["seed"]), (c["N"], c["C"], c["H"], c["W"]))
+    x = x + np.sign(x) * 0.1
+    with backend.use_numba(numba):
+        gradcheck(lambda t: max_pool2d_relu(t, c["kernel"], **max_kwargs(c)), [x])
+
+
+@pytest.mark.parametrize("numba", PATHS)
+@FAST
 @given(c=pool_configs(dilation=False), include=st.booleans(),
        override=st.sampled_from([None, None, 3]))
 def test_avg_pool2d_gradcheck(numba, c, include, override):
@@ -165,6 +177,11 @@ def test_max_pool2d_matches_torch(numba, c):
     _, tidx = F.max_pool2d(torch.tensor(x), c["kernel"], return_indices=True, **max_kwargs(c))
     assert idx.dtype == np.int64
     np.testing.assert_array_equal(idx.numpy(), tidx.numpy())
+    # the fused ReLU, on values of both signs
+    x = x + 2.0
+    with backend.use_numba(numba):
+        parity(lambda t: max_pool2d_relu(t, c["kernel"], **max_kwargs(c)),
+               lambda t: F.relu(F.max_pool2d(t, c["kernel"], **max_kwargs(c))), [x], c["seed"])
 
 
 @pytest.mark.parametrize("numba", PATHS)
@@ -423,6 +440,27 @@ def test_max_pool2d_gradcheck_c_major_input(numba):
                                         return_indices=True)
         np.testing.assert_array_equal(y.numpy(), y_ref.numpy())
         np.testing.assert_array_equal(idx.numpy(), idx_ref.numpy())
+
+
+@pytest.mark.parametrize("numba", PATHS)
+def test_max_pool2d_relu_on_c_major_and_unbatched_inputs(numba):
+    values = tie_free(np.random.default_rng(3), (2, 3, 6, 8))
+    with backend.use_numba(numba):
+        for x in (c_major(values), values[0]):
+            gradcheck(lambda t: max_pool2d_relu(t, 2), [x])
+            a = minidl.tensor(x, requires_grad=True)
+            b = minidl.tensor(x, requires_grad=True)
+            ya, yb = max_pool2d_relu(a, 2), max_pool2d(b, 2).relu()
+            assert ya.shape == yb.shape == x.shape[:-2] + (3, 4)
+            np.testing.assert_array_equal(ya.numpy(), yb.numpy())
+            ya.sum().backward()
+            yb.sum().backward()
+            np.testing.assert_array_equal(a.grad.numpy(), b.grad.numpy())
+        with pytest.raises(ValueError, match=r"max_pool2d_relu: padding \(2, 2\) must be at "
+                                             "most half the kernel size"):
+            max_pool2d_relu(values, 2, padding=2)
+        with pytest.raises(ValueError, match="max_pool2d_relu: expected a 4-D"):
+            max_pool2d_relu(values[0, 0], 2)
 
 
 @pytest.mark.parametrize("numba", PATHS)

@@ -336,6 +336,67 @@ def test_maxpool_fast_paths(kernels, KH, KW, SH, SW, ceil):
 
 
 @pytest.mark.parametrize("kernels", MODULES)
+@FAST
+@given(g=geometries(pool=True), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_maxpool_fused_relu_is_relu_of_the_pool(kernels, g, seed, dtype):
+    """``relu=True``: y = relu(maxpool(x)), and a window whose pick is <= 0 (or a
+    window of padding only) sends no gradient; a NaN pick stays NaN and does
+    (PyTorch's ReLU backward). Values rounded so ties, zeros and signs all occur."""
+    rng = np.random.default_rng(seed)
+    x = make_input(g, rng, dtype=dtype, values=np.round(rng.standard_normal(
+        (g["N"], g["C"], g["H"], g["W"])), 0))
+    if x.size > 1:
+        x[(0,) * 4] = np.nan
+    y, idx, argmax = pool_forward(kernels, x, *geometry_args(g))
+    y_relu, argmax_relu = kernels.maxpool2d_forward(x, *geometry_args(g), relu=True)
+    assert y_relu.dtype == dtype
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(y_relu, np.maximum(y, 0))   # NaN stays NaN
+    y_only, none = kernels.maxpool2d_forward(x, *geometry_args(g), indices=False, relu=True)
+    assert none is None
+    np.testing.assert_array_equal(y_only, y_relu)
+
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    with np.errstate(invalid="ignore"):
+        passes = ~(y <= 0)
+    gx = kernels.maxpool2d_backward(gy, argmax_relu, g["H"], g["W"], *pool_bwd_args(g))
+    expected = kernels.maxpool2d_backward(np.where(passes, gy, 0), argmax, g["H"], g["W"],
+                                          *pool_bwd_args(g))
+    np.testing.assert_allclose(gx, expected, rtol=1e-6, atol=1e-6)
+    # an infinite gradient of a zeroed window stays out (no 0 * inf = NaN)
+    if (~passes).any():
+        gy_inf = np.where(passes, gy, np.inf).astype(dtype)
+        gx = kernels.maxpool2d_backward(gy_inf, argmax_relu, g["H"], g["W"],
+                                        *pool_bwd_args(g))
+        np.testing.assert_allclose(gx, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernels", MODULES)
+@pytest.mark.parametrize("KH, KW, SH, SW, ceil", [(2, 2, 2, 2, False), (2, 2, 2, 2, True),
+                                                   (3, 3, 2, 2, False)])
+def test_maxpool_fused_relu_fast_paths(kernels, KH, KW, SH, SW, ceil):
+    """The Numba 2x2 path's fused ReLU (codes | 4) on float32 planes with ties,
+    zeros, a NaN and all-negative windows, against pool then ReLU."""
+    rng = np.random.default_rng(KH + SH + ceil)
+    x = np.round(rng.standard_normal((3, 4, 7, 8)), 0).astype(np.float32)
+    x[0, 0, 1, 1] = np.nan
+    x[1, 1, :4, :4] = -1.0
+    g = dict(N=3, C=4, H=7, W=8, KH=KH, KW=KW, SH=SH, SW=SW, PH=0, PW=0, DH=1, DW=1,
+             OH=out_size(7, KH, SH, 0, 1, ceil), OW=out_size(8, KW, SW, 0, 1, ceil))
+    y, _, argmax = pool_forward(kernels, x, *geometry_args(g))
+    y_relu, argmax_relu = kernels.maxpool2d_forward(x, *geometry_args(g), relu=True)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(y_relu, np.maximum(y, 0))
+        passes = ~(y <= 0)
+    assert not passes.all() and passes.any()
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_array_equal(
+        kernels.maxpool2d_backward(gy, argmax_relu, 7, 8, *pool_bwd_args(g)),
+        kernels.maxpool2d_backward(np.where(passes, gy, 0), argmax, 7, 8, *pool_bwd_args(g)))
+
+
+@pytest.mark.parametrize("kernels", MODULES)
 def test_maxpool_ties_go_to_the_first_maximum(kernels):
     x = np.zeros((1, 1, 4, 4))
     x[0, 0, 1, 2] = x[0, 0, 2, 1] = 5.0   # two tied maxima; zeros tie elsewhere

@@ -650,6 +650,27 @@ def test_sequential_and_module_list_insert_extend_pop_as_torch():
         seq.insert(0, 3)
 
 
+def test_sequential_and_module_list_item_assignment_as_torch():
+    torch = _torch()
+    for ours, theirs in ((nn.Sequential(nn.ReLU(), nn.Linear(2, 2), nn.Tanh()),
+                          torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(2, 2),
+                                              torch.nn.Tanh())),
+                         (nn.ModuleList([nn.ReLU(), nn.Linear(2, 2), nn.Tanh()]),
+                          torch.nn.ModuleList([torch.nn.ReLU(), torch.nn.Linear(2, 2),
+                                               torch.nn.Tanh()]))):
+        ours[1], theirs[1] = nn.Sigmoid(), torch.nn.Sigmoid()
+        ours[-1], theirs[-1] = nn.Linear(2, 3), torch.nn.Linear(2, 3)
+        assert list(ours._modules) == list(theirs._modules)
+        assert [type(m).__name__ for m in ours] == [type(m).__name__ for m in theirs]
+        assert list(ours.state_dict()) == list(theirs.state_dict()) == ["2.weight", "2.bias"]
+        name = type(ours).__name__
+        with pytest.raises(IndexError, match=f"{name}.__setitem__: index 3 is out of range"):
+            ours[3] = nn.ReLU()
+        with pytest.raises(TypeError, match=f"{name}: expected a Module to assign, got int"):
+            ours[0] = 3
+        assert [type(m).__name__ for m in ours] == ["ReLU", "Sigmoid", "Linear"]
+
+
 def test_module_list_insert_checks_the_index_as_sequential():
     ml = nn.ModuleList([nn.ReLU(), nn.Tanh()])
     ml.insert(-1, nn.Identity())

@@ -115,6 +115,20 @@ UNARY = {
 }
 
 
+def test_relu_gradient_at_nonfinite_values_is_pytorchs():
+    """ReLU's backward is PyTorch's threshold_backward: exactly 0 where the output
+    is <= 0, even for an infinite or NaN incoming gradient (a product would give
+    NaN), and a NaN output passes its gradient."""
+    torch = pytest.importorskip("torch")
+    values = np.array([np.nan, -1.0, 2.0, 0.0, -np.inf, np.inf])
+    grads = np.array([1.0, np.inf, 1.0, np.nan, -np.inf, 2.0])
+    x = minidl.tensor(values, requires_grad=True)
+    x.relu().backward(minidl.tensor(grads))
+    tx = torch.tensor(values, requires_grad=True)
+    tx.relu().backward(torch.tensor(grads))
+    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
+
+
 @given(shapes(), seeds, st.sampled_from(sorted(UNARY)))
 @settings(max_examples=25)
 def test_unary(shape, seed, name):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import minidl
+from minidl import nn
 from minidl.models import ARCHS, CNNAttention, num_parameters
 from minidl.train import TrainConfig, TrainingDiverged, Trainer, images_to_float, load_mnist
 
@@ -46,6 +47,42 @@ def test_model_shapes_and_attention(arch):
     assert weights.shape == (4, ARCHS[arch]["channels"][1])
     np.testing.assert_allclose(weights.numpy().sum(axis=1), 1, rtol=1e-5)
     assert num_parameters(model) > 0
+
+
+def test_model_fuses_pool_and_relu_with_the_same_results(monkeypatch):
+    """feature_maps runs each plain MaxPool2d + ReLU pair as one fused op (no ReLU
+    node); with the ReLU swapped for another module it runs the modules as they
+    are. Both give the same logits and gradients as conv -> ReLU -> pool."""
+    from minidl.ops import conv as conv_ops
+    from minidl.models import cnn_attention
+
+    class PlainReLU(nn.ReLU):
+        pass
+
+    calls = []
+    monkeypatch.setattr(cnn_attention, "max_pool2d_relu",
+                        lambda *a, **k: calls.append(1) or conv_ops.max_pool2d_relu(*a, **k))
+    x = minidl.rand(3, 1, 28, 28)
+    results = []
+    for swap in (False, True):
+        minidl.manual_seed(0)
+        model = CNNAttention("seed").eval()
+        if swap:
+            model.features[1], model.features[4] = PlainReLU(), PlainReLU()
+        logits = model(x)
+        logits.sum().backward()
+        results.append((logits.numpy(), [p.grad.numpy() for p in model.parameters()]))
+    assert len(calls) == 2   # the fused op, twice, in the first model only
+    minidl.manual_seed(0)
+    article_order = CNNAttention("seed").eval()
+    feats = article_order.features(x)   # conv -> ReLU -> pool, as the article
+    fused, _ = article_order.attention(feats)
+    reference = article_order.classifier(fused)
+    reference.sum().backward()
+    for logits, grads in results:
+        np.testing.assert_allclose(logits, reference.numpy(), rtol=1e-5, atol=1e-6)
+        for g, p in zip(grads, article_order.parameters()):
+            np.testing.assert_allclose(g, p.grad.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_model_rejects_wrong_input():

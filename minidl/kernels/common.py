@@ -76,6 +76,18 @@ def maxpool2d_indices(argmax, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
     return argmax
 
 
+def relu_pooled(xp, y, indices):
+    """The fused ReLU after a max-pool that records int64 indices: y becomes
+    max(y, 0) in place (a NaN stays NaN) and each window whose pick is <= 0
+    gets index -1, which the backward kernels skip (PyTorch's ReLU gradient:
+    none where the output is <= 0, a NaN output passes it)."""
+    dead = y <= 0
+    y[dead] = 0
+    if indices is not None:
+        indices[dead] = -1
+    return y, indices
+
+
 def gemm_to_nchw(y_t, b, N, OH, OW):
     """The conv GEMM's (Co, N*L) output -> a new (N, Co, OH, OW), adding the
     bias ``b`` (Co,) (or None) on the way: one pass instead of two."""

@@ -314,7 +314,26 @@ def _runs(C, nb):
 
 
 @njit(cache=_CACHE)
-def _maxpool_plane(xp, yp, ip, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf):
+def _relu_picks(yp, ip, zero):
+    """The fused ReLU of the general max-pool: y = max(pick, 0), and a pick
+    <= 0 gets index -1, which the backward skips (a NaN passes, as PyTorch)."""
+    OH, OW = yp.shape
+    for oh in range(OH):
+        for ow in range(OW):
+            if yp[oh, ow] <= zero:
+                yp[oh, ow] = zero
+                ip[oh, ow] = -1
+
+
+@njit(cache=_CACHE)
+def _maxpool_plane(xp, yp, ip, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf, relu, zero):
+    _maxpool_plane_scan(xp, yp, ip, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf)
+    if relu:
+        _relu_picks(yp, ip, zero)
+
+
+@njit(cache=_CACHE)
+def _maxpool_plane_scan(xp, yp, ip, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf):
     H, W = xp.shape
     OH, OW = yp.shape
     inside = (PH == 0 and PW == 0 and DH == 1 and DW == 1 and (OH - 1) * SH + KH <= H
@@ -392,11 +411,12 @@ def _maxpool_plane(xp, yp, ip, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf):
 # and signed indices (Numba's negative-index wraparound) ran them 3-5x slower.
 
 @njit(cache=_CACHE)
-def _maxpool2x2_planes(x, y, code, p0, p1, with_code):
+def _maxpool2x2_planes(x, y, code, p0, p1, with_code, relu, zero):
     """2x2 stride-2 windows, all inside the input, for planes [p0, p1) of
     x (P, H, W): y (P, OH, OW) and, ``with_code``, code (P, OH, OW) uint8,
     the chosen pixel's place in its window (0 1 / 2 3). Scan order a, b, c, d
-    with PyTorch's test: the first maximum wins, or the last NaN."""
+    with PyTorch's test: the first maximum wins, or the last NaN. With
+    ``relu``, y = max(pick, 0) and a pick <= 0 gets code | 4: no gradient."""
     H, W = x.shape[1], x.shape[2]
     OH, OW = y.shape[1], y.shape[2]
     xf, yf, cf = x.reshape(x.size), y.reshape(y.size), code.reshape(code.size)
@@ -409,6 +429,8 @@ def _maxpool2x2_planes(x, y, code, p0, p1, with_code):
                 ow = np.uint64(owi)
                 i = i0 + ow + ow
                 best, k = _first_max4(xf[i], xf[i + one], xf[i + Wu], xf[i + Wu + one])
+                if relu and best <= zero:   # NaN is kept, and passes its gradient (PyTorch)
+                    best, k = zero, k | np.uint8(4)
                 yf[o0 + ow] = best
                 if with_code:
                     cf[o0 + ow] = k
@@ -429,10 +451,11 @@ def _first_max4(a, b, c, d):
 
 
 @njit(parallel=True, cache=_CACHE)
-def _maxpool2x2_fwd(x, y, code, chunk, with_code):
+def _maxpool2x2_fwd(x, y, code, chunk, with_code, relu, zero):
     P = x.shape[0]
     for t in prange((P + chunk - 1) // chunk):   # chunks of whole planes
-        _maxpool2x2_planes(x, y, code, t * chunk, min(P, (t + 1) * chunk), with_code)
+        _maxpool2x2_planes(x, y, code, t * chunk, min(P, (t + 1) * chunk), with_code, relu,
+                           zero)
 
 
 def _is_2x2(KH, KW, SH, SW, PH, PW, DH, DW):
@@ -447,8 +470,9 @@ def _chunk(planes, elements):
 
 @njit(cache=_CACHE)
 def _maxpool2x2_bwd_planes(gy, code, gx, p0, p1, zero):
-    """gx planes [p0, p1) = 0, then each window's gy at its chosen pixel.
-    Windows do not overlap, so every pixel is written by this task alone."""
+    """gx planes [p0, p1) = 0, then each window's gy at its chosen pixel
+    (none for a code >= 4: a pick the fused ReLU zeroed). Windows do not
+    overlap, so every pixel is written by this task alone."""
     H, W = gx.shape[1], gx.shape[2]
     OH, OW = gy.shape[1], gy.shape[2]
     gxf, gyf, cf = gx.reshape(gx.size), gy.reshape(gy.size), code.reshape(code.size)
@@ -463,7 +487,8 @@ def _maxpool2x2_bwd_planes(gy, code, gx, p0, p1, zero):
             for owi in range(OW):
                 ow = np.uint64(owi)
                 k = cf[o0 + ow]
-                gxf[i0 + ow + ow + (k & np.uint8(1)) + (k >> np.uint8(1)) * Wu] = gyf[o0 + ow]
+                if k < 4:
+                    gxf[i0 + ow + ow + (k & np.uint8(1)) + (k >> np.uint8(1)) * Wu] = gyf[o0 + ow]
 
 
 @njit(parallel=True, cache=_CACHE)
@@ -474,12 +499,13 @@ def _maxpool2x2_bwd(gy, code, gx, chunk, zero):
 
 
 @njit(parallel=True, cache=_CACHE)
-def _maxpool_fwd(x, y, idx, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf):
+def _maxpool_fwd(x, y, idx, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf, relu, zero):
     N, C = x.shape[0], x.shape[1]
     for nc in prange(N * C):   # the plane's loops live in a plain @njit function:
         n = nc // C            # compiled inside a prange body they ran 3x slower
         c = nc - n * C
-        _maxpool_plane(x[n, c], y[n, c], idx[n, c], KH, KW, SH, SW, PH, PW, DH, DW, neg_inf)
+        _maxpool_plane(x[n, c], y[n, c], idx[n, c], KH, KW, SH, SW, PH, PW, DH, DW, neg_inf,
+                       relu, zero)
 
 
 @njit(cache=_CACHE)
@@ -597,24 +623,28 @@ def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False, out=None, ba
     return out
 
 
-def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, indices=True):
+def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, indices=True, relu=False):
     """Max over each window: ``(y, argmax)``, or ``(y, None)`` without
     ``indices`` (nothing to differentiate). Padding counts as -inf; ties go to
     the first maximum (PyTorch's rule). ``argmax`` is what
     :func:`maxpool2d_backward` takes: int64 indices into the input's H*W
     plane, or, from the 2x2 stride-2 path, each window's uint8 code (0 1 / 2 3:
-    1/8 of the memory); :func:`maxpool2d_indices` gives PyTorch's indices."""
+    1/8 of the memory); :func:`maxpool2d_indices` gives PyTorch's indices.
+    ``relu``: y = relu(maxpool(x)) in the same pass; a window whose pick is
+    <= 0 is marked in ``argmax`` (code | 4, index -1) and gets no gradient."""
     x = np.ascontiguousarray(x)
     N, C, H, W = x.shape
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    zero = x.dtype.type(0)
     if _is_2x2(KH, KW, SH, SW, PH, PW, DH, DW) and 2 * OH <= H and 2 * OW <= W and N * C:
         P = N * C
         code = np.empty((N, C, OH, OW) if indices else (1, 1, 1), dtype=np.uint8)
         _maxpool2x2_fwd(x.reshape(P, H, W), y.reshape(P, OH, OW), code.reshape(-1, OH, OW)
-                        if indices else code, _chunk(P, H * W), bool(indices))
+                        if indices else code, _chunk(P, H * W), bool(indices), bool(relu), zero)
         return y, (code if indices else None)
     idx = np.empty((N, C, OH, OW), dtype=np.int64)
-    _maxpool_fwd(x, y, idx, KH, KW, SH, SW, PH, PW, DH, DW, x.dtype.type(-np.inf))
+    _maxpool_fwd(x, y, idx, KH, KW, SH, SW, PH, PW, DH, DW, x.dtype.type(-np.inf), bool(relu),
+                 zero)
     return y, (idx if indices else None)
 
 
@@ -631,8 +661,9 @@ def maxpool2d_indices(argmax, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
 
 def maxpool2d_backward(gy, argmax, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
     """Scatter-add gy (N, C, OH, OW) into a zero (N, C, H, W) at ``argmax``
-    (from :func:`maxpool2d_forward`). The window geometry is unused here
-    (the GPU gather needs it)."""
+    (from :func:`maxpool2d_forward`; windows it marks as zeroed by the fused
+    ReLU send nothing). The window geometry is unused here (the GPU gather
+    needs it)."""
     gy = np.ascontiguousarray(gy)
     N, C, OH, OW = gy.shape
     gx = np.empty((N, C, H, W), dtype=gy.dtype)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .common import (batch_range, col2im_destination, gemm_to_nchw,  # noqa: F401
-                     maxpool2d_indices, nchw_to_gemm, output_array)
+                     maxpool2d_indices, nchw_to_gemm, output_array, relu_pooled)
 
 
 def _padded_extent(size, K, S, P, D, O):
@@ -103,11 +103,15 @@ def _first_offset(K, S, P, D, O):
     return np.where(start < 0, (-start + D - 1) // D, 0)
 
 
-def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, indices=True):
+def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, indices=True, relu=False):
     """Max over each window; returns (y, indices) with int64 indices into the
     H*W plane of the input, or (y, None) without ``indices``. Padding counts
     as -inf; ties go to the first maximum in row-major window order
-    (PyTorch's rule)."""
+    (PyTorch's rule). ``relu``: y = relu(maxpool(x)), and the index of a
+    window whose pick is <= 0 is -1 (no gradient)."""
+    if relu:
+        return relu_pooled(np, *maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
+                                                  indices))
     N, C, H, W = x.shape
     col = im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=-np.inf)
     col = col.reshape(N, C, KH * KW, OH, OW)

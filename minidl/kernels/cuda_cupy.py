@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 
 from .common import (batch_range, col2im_destination, gemm_to_nchw,  # noqa: F401
-                     maxpool2d_indices, nchw_to_gemm, output_array)
+                     maxpool2d_indices, nchw_to_gemm, output_array, relu_pooled)
 
 _GEOMETRY = ("int64 H, int64 W, int64 KH, int64 KW, int64 SH, int64 SW, "
              "int64 PH, int64 PW, int64 DH, int64 DW, int64 OH, int64 OW")
@@ -194,9 +194,13 @@ def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False, out=None, ba
     return img if out is None else out
 
 
-def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, indices=True):
+def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, indices=True, relu=False):
     """Max over each window: (y, int64 indices into the input's H*W plane),
-    or (y, None) without ``indices``."""
+    or (y, None) without ``indices``. ``relu``: y = relu(maxpool(x)), and the
+    index of a window whose pick is <= 0 is -1 (the gather never matches it)."""
+    if relu:
+        return relu_pooled(_cupy(), *maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH,
+                                                       OW, indices))
     cp = _cupy()
     x = cp.ascontiguousarray(x)
     N, C, H, W = x.shape

@@ -21,6 +21,7 @@ Architectures (``arch``):
 from __future__ import annotations
 
 from .. import nn
+from ..ops.conv import max_pool2d_relu
 
 ARCHS = {
     # channels of the two convs, attention MLP sizes, classifier hidden size (0 = none)
@@ -86,13 +87,22 @@ class CNNAttention(nn.Module):
         Runs each max-pool before its ReLU. ReLU is monotone, so max-pooling
         commutes with it: outputs are identical, and so are gradients (a window
         whose maximum is positive sends its gradient to the same first maximum;
-        one whose maximum is <= 0 sends none either way). The ReLU then touches
-        a quarter of the elements. ``self.features`` keeps the article's order
-        for reading, printing and state dicts.
+        one whose maximum is <= 0 sends none either way). Pooled first, the
+        ReLU is fused into the pooling kernel (``max_pool2d_relu``: no pass over
+        the pooled map, no ReLU node); a ReLU or pool swapped for another module
+        in ``self.features`` runs as that module. ``self.features`` keeps the
+        article's order for reading, printing and state dicts.
         """
         conv1, relu1, pool1, conv2, relu2, pool2 = self.features
-        x = relu1(pool1(conv1(x)))
-        return relu2(pool2(conv2(x)))
+        return _pool_relu(pool2, relu2, conv2(_pool_relu(pool1, relu1, conv1(x))))
+
+
+def _pool_relu(pool, relu, x):
+    """relu(pool(x)), as one fused op when both are the plain modules."""
+    if type(pool) is nn.MaxPool2d and type(relu) is nn.ReLU and not pool.return_indices:
+        return max_pool2d_relu(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation,
+                               pool.ceil_mode)
+    return relu(pool(x))
 
 
 def num_parameters(model: nn.Module) -> int:

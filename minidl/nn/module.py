@@ -455,6 +455,15 @@ class _ModuleSequence(Module):
                              f"{n} modules")
         return index + n if index < 0 else index
 
+    def __setitem__(self, idx, module):
+        """Replace the child at position ``idx`` (negative counts from the end),
+        keeping its name, as PyTorch's ``seq[i] = module``."""
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}: expected a Module to assign, got "
+                            f"{type(module).__name__}")
+        key = list(self._modules)[self._position("__setitem__", idx)]
+        self.add_module(key, module)
+
     def _renumber(self, modules):
         """Make ``modules`` the children "0", "1", ... in that order."""
         for key in list(self._modules):
@@ -530,11 +539,6 @@ class ModuleList(_ModuleSequence):
         if isinstance(idx, slice):
             return ModuleList(values[idx])
         return values[idx]
-
-    def __setitem__(self, idx, module):
-        key = list(self._modules)[idx]
-        self.add_module(key, module)
-
 
 class ModuleDict(Module):
     """Modules by name, registered so their parameters are found; ordered by

@@ -357,7 +357,9 @@ class ReLU(Function):
         return y
 
     def backward(self, gy):
-        return gy * (self.y > 0)
+        # PyTorch's threshold_backward: exactly 0 where y <= 0 (an inf or NaN
+        # gy there too, where a product would give NaN); a NaN y passes gy
+        return backend.get_array_module(gy).where(self.y <= 0, gy.dtype.type(0), gy)
 
 
 class Clip(Function):

@@ -77,8 +77,8 @@ from ..tensor import Function, Tensor, as_tensor
 from .shape import pad
 
 __all__ = ["Conv2dFunction", "MaxPool2dFunction", "AvgPool2dFunction",
-           "AdaptiveAvgPool2dFunction", "conv2d", "max_pool2d", "avg_pool2d",
-           "adaptive_avg_pool2d", "clear_workspace"]
+           "AdaptiveAvgPool2dFunction", "conv2d", "max_pool2d", "max_pool2d_relu",
+           "avg_pool2d", "adaptive_avg_pool2d", "clear_workspace"]
 
 
 # ---------------------------------------------------------------- helpers
@@ -487,15 +487,17 @@ def _pool_params(op, x_shape, kernel_size, stride, padding, dilation, ceil_mode)
 
 
 class MaxPool2dFunction(Function):
-    """y = max over each window. The kernels see the planes in memory order
-    (so a C-major input pools, and its gradient comes back, without a copy);
-    ``argmax`` is the kernel's record of each window's choice."""
+    """y = max over each window, or with ``relu`` relu(max over each window)
+    in the same pass. The kernels see the planes in memory order (so a C-major
+    input pools, and its gradient comes back, without a copy); ``argmax`` is
+    the kernel's record of each window's choice (and, with ``relu``, of the
+    windows whose pick the ReLU zeroed)."""
 
     def __init__(self, kernel_size, stride, padding, dilation, output_size,
-                 return_indices=False):
+                 return_indices=False, relu=False):
         self.kernel_size, self.stride = kernel_size, stride
         self.padding, self.dilation, self.output_size = padding, dilation, output_size
-        self.return_indices = return_indices
+        self.return_indices, self.relu = return_indices, relu
 
     def _geometry(self):
         return (*self.kernel_size, *self.stride, *self.padding, *self.dilation)
@@ -505,7 +507,7 @@ class MaxPool2dFunction(Function):
         planes, self.c_major = plane_major(x)
         y, self.argmax = kernels.maxpool2d_forward(
             planes, *self._geometry(), *self.output_size,
-            indices=self.needs_input_grad[0] or self.return_indices)
+            indices=self.needs_input_grad[0] or self.return_indices, relu=self.relu)
         self.x_hw = x.shape[2:]
         return _plane_view(y, self.c_major)
 
@@ -547,6 +549,21 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     if unbatched:
         y, indices = y.reshape(*y.shape[1:]), indices.reshape(*indices.shape[1:])
     return y, indices
+
+
+def max_pool2d_relu(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """``relu(max_pool2d(x, ...))`` as one op: one pass over x and none over the
+    pooled map, no ReLU node in the graph; the same values and gradients as the
+    two ops (PyTorch's: a window whose maximum is <= 0 gives 0 and passes no
+    gradient; NaN stays NaN and passes it). max_pool2d's arguments, without
+    return_indices."""
+    op = "max_pool2d_relu"
+    x = as_tensor(x)
+    x4, unbatched = _as_batched(op, x)
+    K, S, P, D, out = _pool_params(op, x4.shape, kernel_size, stride, padding, dilation,
+                                   ceil_mode)
+    y = MaxPool2dFunction(K, S, P, D, out, relu=True)(x4)
+    return y.reshape(*y.shape[1:]) if unbatched else y
 
 
 # -------------------------------------------------------------- avg_pool2d
