@@ -1,18 +1,19 @@
 """The environment the benchmarks were started with, for the PyTorch side.
 
-Importing minidl sets thread-pool variables (``OMP_WAIT_POLICY=PASSIVE``,
-``OPENBLAS_THREAD_TIMEOUT``; see ``minidl.backend``). PyTorch's own OpenMP
-runtime reads ``OMP_WAIT_POLICY`` when torch loads, and a passive wait made
-PyTorch's training step 15-40 % slower here, so a benchmark that let it leak
-would flatter minidl. Import this module before minidl; call
-:func:`restore_thread_settings` before importing torch.
+Importing minidl sets thread-pool variables (``OPENBLAS_THREAD_TIMEOUT``,
+and ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY=PASSIVE``; see ``minidl.backend``
+and ``minidl.kernels.cpu_numba``). PyTorch's own OpenMP runtime reads the
+OpenMP ones when torch loads, and a passive wait made PyTorch's training step
+15-40 % slower here, so a benchmark that let them leak would flatter minidl.
+Import this module before minidl; call :func:`restore_thread_settings` before
+importing torch.
 """
 from __future__ import annotations
 
 import os
 
 CALLER_ENV = dict(os.environ)
-THREAD_VARIABLES = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")
+THREAD_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT")
 
 
 def torch_worker_env():

@@ -23,16 +23,15 @@ import os
 import sys
 import warnings
 
-# Numba's OpenMP workers spin after each kernel by default, fighting the BLAS
-# GEMM that follows on the same cores (conv 8->16 at batch 64: 12 ms spinning,
-# 1.6-2.2 ms passive). Set before Numba is imported; a user's setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# OpenBLAS's workers, likewise, spin for 2**28 cycles (about 0.1 s) after each
-# GEMM, and the im2col or pooling kernel that follows then shares its cores
-# with them: 2**4 makes them sleep at once (A/B on 2 cores: a training step
-# 15-20 % faster, inference 1.5x). OpenBLAS reads it once, when NumPy loads
-# it, so it applies only when minidl is imported before NumPy (or when the
-# variable is set in the environment); a user's setting wins.
+# Numba's OpenMP wait policy is chosen in minidl.kernels.cpu_numba, before its
+# first parallel kernel. OpenBLAS's workers, when it runs threaded (minidl holds
+# NumPy's OpenBLAS to one thread when it can split the GEMMs itself, see
+# minidl.kernels.cpu_blas), spin for 2**28 cycles (about 0.1 s) after each GEMM,
+# and the im2col or pooling kernel that follows then shares its cores with
+# them: 2**4 makes them sleep at once (A/B on 2 cores: a training step 15-20 %
+# faster, inference 1.5x). OpenBLAS reads it once, when NumPy loads it, so it
+# applies only when minidl is imported before NumPy (or when the variable is
+# set in the environment); a user's setting wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 # Numba sizes its pool from NUMBA_NUM_THREADS alone: with only OMP_NUM_THREADS set
 # (which BLAS follows, and get_num_threads() reports), Numba's kernels would still
@@ -295,6 +294,9 @@ def set_num_threads(n: int | None = None) -> int:
         pass
     else:
         threadpoolctl.threadpool_limits(n)
+    if numba_enabled():   # the Numba kernels split the GEMMs: BLAS on one thread each
+        from .kernels import cpu_blas
+        cpu_blas.limit_blas_threads()
     return n
 
 

@@ -104,6 +104,26 @@ def test_minidl_num_threads_is_applied_at_import():
 
 
 @pytest.mark.skipif(not backend.numba_available(), reason="needs Numba")
+def test_numba_kernels_hold_numpys_blas_to_one_thread():
+    """With the GEMMs split over Numba's threads, NumPy's OpenBLAS runs one
+    thread per call, through set_num_threads too; and the OpenMP workers spin
+    briefly instead of sleeping at once (unless the user chose)."""
+    pytest.importorskip("threadpoolctl")
+    script = ("import os, minidl, numpy, threadpoolctl\n"
+              "from minidl.kernels import cpu_blas, cpu_numba\n"
+              "minidl.set_num_threads(2)\n"
+              "blas = [d['num_threads'] for d in threadpoolctl.threadpool_info()\n"
+              "        if d['user_api'] == 'blas']\n"
+              "print(cpu_blas.available(), blas, os.environ.get('GOMP_SPINCOUNT'),\n"
+              "      os.environ.get('OMP_WAIT_POLICY'))")
+    out = _python(script, OMP_WAIT_POLICY=None, GOMP_SPINCOUNT=None)
+    available = out.split()[0] == "True"
+    assert out == ("True [1] 30000 None" if available else "False [2] None PASSIVE")
+    out = _python(script, OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT=None)
+    assert out.endswith("None PASSIVE")   # the user's choice stands
+
+
+@pytest.mark.skipif(not backend.numba_available(), reason="needs Numba")
 def test_omp_num_threads_alone_sizes_numbas_pool_too():
     # Regression: OMP_NUM_THREADS=1 gave BLAS 1 thread and get_num_threads() 1, while
     # Numba's kernels still ran on every core.

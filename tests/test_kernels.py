@@ -555,3 +555,58 @@ def test_cupy_kernels_match_cpu(g, seed):
                                                                        *args)),
                                cpu_numpy.maxpool2d_backward(gy, idx, *args),
                                rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- matmul
+
+def _layouts(x):
+    """x as a row-major matrix, the transpose of one, and a strided view."""
+    wide = np.zeros((x.shape[0], 2 * x.shape[1]), x.dtype)
+    wide[:, ::2] = x
+    return [x, np.asfortranarray(x), wide[:, ::2]]
+
+
+MATMUL_SHAPES = [(64, 784, 128), (8, 10, 50176), (10, 50176, 8), (16, 73, 12544),
+                 (73, 12544, 16), (300, 40, 3), (3, 5, 2), (1, 784, 128), (128, 1, 784)]
+
+
+@pytest.mark.parametrize("kernels", MODULES)
+@pytest.mark.parametrize("M, K, N", MATMUL_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_matches_numpy(kernels, M, K, N, dtype):
+    """Every split (row blocks, column blocks, slices of a long inner dimension
+    summed, narrow column blocks for a tiny first operand, the serial small
+    case) on every operand layout, against a float64 product."""
+    rng = np.random.default_rng(M + K + N)
+    a, b = rng.standard_normal((M, K)).astype(dtype), rng.standard_normal((K, N)).astype(dtype)
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    tol = dict(rtol=1e-4, atol=1e-4 * np.sqrt(K)) if dtype == np.float32 else \
+        dict(rtol=1e-10, atol=1e-10)
+    for x in _layouts(a)[:2 if M * K > 100_000 else 3]:
+        for y in _layouts(b)[:2 if K * N > 100_000 else 3]:
+            c = kernels.matmul(x, y)
+            assert c.shape == (M, N) and c.dtype == dtype
+            np.testing.assert_allclose(c, expected, **tol)
+    out = np.full((M, 2 * N), np.nan, dtype)   # rows of unit stride, not contiguous
+    assert kernels.matmul(a, b, out=out[:, :N]) is not None
+    np.testing.assert_allclose(out[:, :N], expected, **tol)
+    assert np.isnan(out[:, N:]).all()
+
+
+@pytest.mark.skipif(not backend.numba_available(), reason="needs Numba")
+def test_threaded_matmul_falls_back_to_numpy():
+    from minidl.kernels import cpu_blas
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 64)).astype(np.float32)
+    # batched, integer, mixed dtypes, empty: NumPy's results exactly
+    for x, y in [(np.stack([a, a]), b), (a.astype(np.int64), b.astype(np.int64)),
+                 (a, b.astype(np.float64)), (a[:, :0], b[:0])]:
+        np.testing.assert_array_equal(cpu_blas.matmul(x, y), np.matmul(x, y))
+    # an output overlapping an operand: NumPy copies first, so must we
+    square = rng.standard_normal((300, 300)).astype(np.float32)
+    expected = square @ square
+    np.testing.assert_allclose(cpu_blas.matmul(square, square, out=square), expected,
+                               rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError):
+        cpu_blas.matmul(a, b, out=np.empty((3, 3), np.float32))

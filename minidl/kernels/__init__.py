@@ -1,7 +1,9 @@
-"""Raw-array kernels for convolution and pooling, one module per backend.
+"""Raw-array kernels for convolution, pooling and matrix products, one module per backend.
 
 * :mod:`.cpu_numpy` - strided views, one vectorised copy per kernel offset
-* :mod:`.cpu_numba` - ``@njit(parallel=True)`` loops, ``prange`` over N x C
+* :mod:`.cpu_numba` - ``@njit(parallel=True)`` loops, ``prange`` over N x C;
+  its ``matmul`` is :mod:`.cpu_blas`'s: a GEMM cut into one block per
+  Numba thread, each a single-threaded call to NumPy's OpenBLAS
 * :mod:`.cuda_cupy` - CuPy ``ElementwiseKernel`` s; col2im and max-pool
   backward are gathers (deterministic, no atomics)
 * :mod:`.common`    - what they share, written once against ``xp`` (the conv

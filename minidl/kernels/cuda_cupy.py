@@ -194,6 +194,11 @@ def col2im(col, H, W, SH, SW, PH, PW, DH, DW, channels_first=False, out=None, ba
     return img if out is None else out
 
 
+def matmul(a, b, out=None):
+    """``a @ b`` (cuBLAS)."""
+    return _cupy().matmul(a, b, out=out)
+
+
 def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, indices=True, relu=False):
     """Max over each window: (y, int64 indices into the input's H*W plane),
     or (y, None) without ``indices``. ``relu``: y = relu(maxpool(x)), and the

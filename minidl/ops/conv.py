@@ -203,42 +203,21 @@ def _images_per_chunk(xp, N, col_bytes_per_image):
 _COL_CHUNK_BYTES = 16 * 2**20
 
 
-def _weight_grad(xp, col, gy):
-    """(G, K, Cog) = col (G, K, M) @ gy (G, Cog, M).T, M the long N*L axis.
-
-    For a tiny output over a long M (the first conv: 10 x 8 over 50,176),
-    BLAS spends its time copying ("packing") the operands, not multiplying;
-    below 4 Ki outputs, M is cut into 8 slices multiplied as one batch and
-    summed: each slice is then small enough for OpenBLAS's unpacked
-    small-matrix kernel (0.45 -> 0.18 ms at the first conv, with 1 or 2
-    threads alike)."""
-    G, K, M = col.shape
-    Cog = gy.shape[1]
-    parts = 8
-    if xp is not np or G > 1 or K * Cog > 4096 or M < 16384 or M % parts:
-        return xp.matmul(col, gy.transpose(0, 2, 1))
-    a = col.reshape(K, parts, M // parts).transpose(1, 0, 2)      # (parts, K, M/parts)
-    b = gy.reshape(Cog, parts, M // parts).transpose(1, 2, 0)     # (parts, M/parts, Cog)
-    return xp.matmul(a, b).sum(axis=0)[None]
+def _weight_grad(kernels, xp, col, gy):
+    """(G, K, Cog) = col (G, K, M) @ gy (G, Cog, M).T, M the long N*L axis
+    (rather than gy @ col.T: BLAS then streams the big col untransposed,
+    15-40 % faster at the model's shapes)."""
+    if col.shape[0] == 1:
+        return kernels.matmul(col[0], gy[0].T)[None]
+    return xp.matmul(col, gy.transpose(0, 2, 1))
 
 
-def _conv_gemm(xp, w, col, out):
-    """out (G, Cog, M) = w (G, Cog, K) @ col (G, K, M).
-
-    BLAS first copies ("packs") col into its own layout, which for a tiny W
-    over a long M (the first conv: 8 x 10 over 50,176) costs more than the
-    multiply; cut into 8 slices of M, multiplied as one batch, each slice is
-    small enough for OpenBLAS's unpacked small-matrix kernel (1.7x faster
-    there; slower for the second conv's 16 x 73, hence the bound). Both
-    tunings are OpenBLAS's, so NumPy only."""
-    G, Cog, K = w.shape
-    M, parts = col.shape[2], 8
-    if (xp is not np or G > 1 or Cog * K > 256 or M < 16384 or M % parts
-            or not out.flags.c_contiguous):
-        return xp.matmul(w, col, out=out)
-    xp.matmul(w[0], col[0].reshape(K, parts, M // parts).transpose(1, 0, 2),
-              out=out[0].reshape(Cog, parts, M // parts).transpose(1, 0, 2))
-    return out
+def _conv_gemm(kernels, xp, w, col, out):
+    """out (G, Cog, M) = w (G, Cog, K) @ col (G, K, M)."""
+    if w.shape[0] == 1:
+        kernels.matmul(w[0], col[0], out=out[0])
+        return out
+    return xp.matmul(w, col, out=out)
 
 
 class Conv2dFunction(Function):
@@ -303,7 +282,7 @@ class Conv2dFunction(Function):
         for n0 in range(0, max(N, 1), self.nb):   # an empty batch: one empty chunk
             n1 = min(N, n0 + self.nb)
             buf, col = self._unfold(kernels, xp, x, KH, KW, OH, OW, n0, n1)
-            _conv_gemm(xp, w_g, col, y_t[:, :, n0 * L:n1 * L])
+            _conv_gemm(kernels, xp, w_g, col, y_t[:, :, n0 * L:n1 * L])
             if n1 < N:
                 _workspace.put(buf)
         self.x_shape, self.w_shape = x.shape, w.shape
@@ -365,14 +344,17 @@ class Conv2dFunction(Function):
                     col = self.col
                 # (col @ gy_t.T) rather than gy_t @ col.T: BLAS then streams the big
                 # col untransposed (15-40% faster at the model's shapes)
-                part = _weight_grad(xp, col, gy_c)   # (G, K [+1], Cog)
+                part = _weight_grad(kernels, xp, col, gy_c)   # (G, K [+1], Cog)
                 gw_t = part if gw_t is None else gw_t + part
                 if unfolded:
                     _workspace.put(buf)
             if gx is not None:
                 gbuf = _workspace.get(xp, (self.chunk_elements,), gy.dtype)
                 gcol = gbuf[:G * K * (n1 - n0) * L].reshape(G, K, (n1 - n0) * L)
-                xp.matmul(w_t, gy_c, out=gcol)
+                if G == 1:
+                    kernels.matmul(w_t[0], gy_c[0], out=gcol[0])
+                else:
+                    xp.matmul(w_t, gy_c, out=gcol)
                 kernels.col2im(gcol.reshape(C, KH, KW, n1 - n0, OH, OW), H, W, *self.stride,
                                *self.padding, *self.dilation, channels_first=True, out=gx,
                                batch=(n0, n1))
