@@ -110,6 +110,10 @@ def _external(name, address, scalar, integer):
         scalar, ptr, integer))
 
 
+# The on-disk cache keys on this file, not on the library: it holds the ILP64
+# build only (NumPy's wheels), and a 32-bit one is compiled afresh each process.
+_CACHE = _CACHE and _OPENBLAS is not None and _OPENBLAS[2] == types.int64
+
 if _OPENBLAS is not None:
     _sgemm = _external("minidl_cblas_sgemm", _OPENBLAS[0], types.float32, _OPENBLAS[2])
     _dgemm = _external("minidl_cblas_dgemm", _OPENBLAS[1], types.float64, _OPENBLAS[2])
