@@ -36,6 +36,7 @@ go idle.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -83,26 +84,40 @@ def _best_times(steps, repeat, warmup=3):
     contender's step)."""
     best = {}
     for name, step in steps.items():
-        for _ in range(warmup):
-            step()
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
+        with getattr(step, "selected", contextlib.nullcontext)():
+            for _ in range(warmup):
+                step()
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t0)
         best[name] = min(times)
     return best
 
 
 class _Kernels:
-    """Run a step with the Numba or the NumPy kernels selected."""
+    """A step run with the Numba or the NumPy kernels selected (``selected()``).
 
-    def __init__(self, step, numba):
-        self.step, self.numba = step, numba
+    The NumPy kernels run as they do for a user with ``MINIDL_NUMBA=0``: with
+    BLAS on ``threads`` threads of its own (the Numba path holds NumPy's
+    OpenBLAS to one thread per call and splits the GEMMs itself)."""
+
+    def __init__(self, step, numba, threads):
+        self.step, self.numba, self.threads = step, numba, threads
+
+    @contextlib.contextmanager
+    def selected(self):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(backend.use_numba(self.numba))
+            if not self.numba:
+                import threadpoolctl
+                stack.enter_context(threadpoolctl.threadpool_limits(self.threads,
+                                                                    user_api="blas"))
+            yield
 
     def __call__(self):
-        with backend.use_numba(self.numba):
-            self.step()
+        self.step()
 
 
 def minidl_step(case, rng):
@@ -245,8 +260,8 @@ def main(argv=None):
         rng = np.random.default_rng(0)
         steps = {}
         if backend.numba_available():
-            steps["numba_ms"] = _Kernels(minidl_step(case, rng), True)
-        steps["numpy_ms"] = _Kernels(minidl_step(case, rng), False)
+            steps["numba_ms"] = _Kernels(minidl_step(case, rng), True, threads)
+        steps["numpy_ms"] = _Kernels(minidl_step(case, rng), False, threads)
         contenders.append(steps)
     best = [{} for _ in contenders]
     try:
