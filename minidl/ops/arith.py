@@ -156,6 +156,12 @@ class PowScalar(Function):
         return gy * (a.dtype.type(c) * a ** a.dtype.type(c - 1))
 
 
+def _matmul(a, b):
+    """``a @ b`` by the backend's kernels (a 2-D product on the CPU is split
+    over Numba's threads; see :mod:`minidl.kernels.cpu_blas`)."""
+    return backend.kernels_for(backend.get_array_module(a)).matmul(a, b)
+
+
 class MatMul(Function):
     """Batched ``a @ b`` with NumPy's rules (1-D operands are vectors).
 
@@ -172,7 +178,7 @@ class MatMul(Function):
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not match: "
                              f"{ka} (last dim of the first) != {kb} (second-to-last of the second)")
         self.a, self.b = a, b
-        return a @ b
+        return _matmul(a, b)
 
     def backward(self, gy):
         a, b = self.a, self.b
@@ -185,7 +191,7 @@ class MatMul(Function):
         b2 = b[:, None] if b.ndim == 1 else b
         ga = gb = None
         if self.needs_input_grad[0]:
-            ga = gy @ b2.swapaxes(-1, -2)
+            ga = _matmul(gy, b2.swapaxes(-1, -2))
             if a.ndim == 1:
                 ga = ga[..., 0, :]
         if self.needs_input_grad[1]:
@@ -194,9 +200,9 @@ class MatMul(Function):
                 # batched product summed afterwards.
                 # rows counted, not -1: NumPy cannot infer it when k or m is 0
                 rows = math.prod(a2.shape[:-1])
-                gb = a2.reshape(rows, a2.shape[-1]).T @ gy.reshape(rows, gy.shape[-1])
+                gb = _matmul(a2.reshape(rows, a2.shape[-1]).T, gy.reshape(rows, gy.shape[-1]))
             else:
-                gb = a2.swapaxes(-1, -2) @ gy
+                gb = _matmul(a2.swapaxes(-1, -2), gy)
             if b.ndim == 1:
                 gb = gb[..., 0]
         return ga, gb
