@@ -610,3 +610,18 @@ def test_threaded_matmul_falls_back_to_numpy():
                                rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError):
         cpu_blas.matmul(a, b, out=np.empty((3, 3), np.float32))
+    # a read-only out is refused as NumPy refuses it, never written through
+    frozen = np.zeros((64, 64), np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError):
+        cpu_blas.matmul(a, b, out=frozen)
+    assert not frozen.any()
+    # byte-swapped and misaligned operands: the right values all the same
+    swapped = a.astype(a.dtype.newbyteorder())
+    np.testing.assert_allclose(cpu_blas.matmul(swapped, b.astype(swapped.dtype)), a @ b,
+                               rtol=1e-5, atol=1e-4)
+    raw = np.zeros(a.nbytes + 1, np.uint8)
+    misaligned = raw[1:].view(np.float32).reshape(a.shape)
+    misaligned[...] = a
+    assert not misaligned.flags.aligned
+    np.testing.assert_allclose(cpu_blas.matmul(misaligned, b), a @ b, rtol=1e-5, atol=1e-4)

@@ -113,6 +113,8 @@ def _external(name, address, scalar, integer):
 # The on-disk cache keys on this file, not on the library: it holds the ILP64
 # build only (NumPy's wheels), and a 32-bit one is compiled afresh each process.
 _CACHE = _CACHE and _OPENBLAS is not None and _OPENBLAS[2] == types.int64
+# Sizes and leading dimensions must fit cblas's integers.
+_INT_LIMIT = 2**62 if _OPENBLAS is None or _OPENBLAS[2] == types.int64 else 2**31
 
 if _OPENBLAS is not None:
     _sgemm = _external("minidl_cblas_sgemm", _OPENBLAS[0], types.float32, _OPENBLAS[2])
@@ -180,17 +182,20 @@ def _operand(x):
 def matmul(a, b, out=None):
     """``a @ b`` for 2-D a (M, K), b (K, N) of one float dtype, split over
     Numba's threads, into ``out`` (M, N) if given (rows of unit stride).
-    NumPy's matmul does anything else (other shapes or dtypes, empty or
-    overlapping operands, small products, no cblas, or BLAS threads raised
-    by the user since: concurrent calls would then share its pool)."""
+    NumPy's matmul does anything else (other shapes or dtypes, byte-swapped,
+    misaligned, empty or overlapping operands, a read-only ``out``, small
+    products, no cblas, or BLAS threads raised by the user since: concurrent
+    calls would then share its pool)."""
     if (_OPENBLAS is None or type(a) is not np.ndarray or type(b) is not np.ndarray
-            or a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype
+            or a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or not a.dtype.isnative
             or a.dtype.type not in (np.float32, np.float64) or a.shape[1] != b.shape[0]):
         return np.matmul(a, b, out=out)
     (M, K), N = a.shape, b.shape[1]
     threads = get_num_threads()
     if (threads == 1 or M * N * K < _PARALLEL_MIN_MACS or 0 in (M, N, K)
+            or not (a.flags.aligned and b.flags.aligned)
             or (out is not None and (out.shape != (M, N) or out.dtype != a.dtype
+                                     or not (out.flags.writeable and out.flags.aligned)
                                      or out.strides[1] != out.itemsize
                                      or out.strides[0] < N * out.itemsize
                                      or out.strides[0] % out.itemsize
@@ -202,6 +207,8 @@ def matmul(a, b, out=None):
     ldc = c.strides[0] // c.itemsize
     a, ta, lda = _operand(a)
     b, tb, ldb = _operand(b)
+    if max(M, N, K, lda, ldb, ldc) >= _INT_LIMIT:   # a 32-bit cblas cannot take them
+        return np.matmul(a, b, out=out)
     if M * N <= _TINY_OUTPUT and K >= 2 * _SLICE:
         parts = np.empty((max(threads, K // _SLICE), M, N), dtype=c.dtype)
         _gemm_partials(a, b, parts, ta, tb, lda, ldb, M, N, K)
