@@ -7,7 +7,7 @@ machine waking a sleeping worker costs from 15 us to several milliseconds
 GEMM woke OpenBLAS's worker and each kernel Numba's: the GEMMs of the
 model's attention MLP took 2-3x their one-thread time at the median, and
 20-90x in the slowest tenth of calls. With one pool, whose workers spin
-briefly between kernels (``GOMP_SPINCOUNT``, see :mod:`minidl.backend`), a
+briefly between kernels (``GOMP_SPINCOUNT``, see :mod:`.cpu_numba`), a
 product is one more parallel region: its output is cut into one block per
 thread (or its long inner dimension, for a tiny output, into partial
 products summed after) and every block is one single-threaded
