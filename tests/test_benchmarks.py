@@ -39,7 +39,7 @@ def test_profile_step_prints_a_breakdown():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "profile_step.py"),
                           "--batch", "2", "--steps", "3"], check=True, capture_output=True,
                          text=True, timeout=600).stdout
-    assert "ms per step" in out and "Conv2dFunction.forward" in out
+    assert "ms per step" in out and "ConvPoolReLU.forward" in out
     assert "engine, modules, Python" in out
 
 

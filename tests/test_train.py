@@ -49,30 +49,44 @@ def test_model_shapes_and_attention(arch):
     assert num_parameters(model) > 0
 
 
-def test_model_fuses_pool_and_relu_with_the_same_results(monkeypatch):
-    """feature_maps runs each plain MaxPool2d + ReLU pair as one fused op (no ReLU
-    node); with the ReLU swapped for another module it runs the modules as they
-    are. Both give the same logits and gradients as conv -> ReLU -> pool."""
-    from minidl.ops import conv as conv_ops
+def test_model_fuses_its_blocks_with_the_same_results(monkeypatch):
+    """feature_maps runs each plain Conv2d 3x3 + ReLU + MaxPool2d(2) block as one
+    fused op (conv_pool_relu); with the conv swapped for another module, the
+    pool and ReLU fused (max_pool2d_relu); with the ReLU swapped, the modules
+    as they are. All give the logits and gradients of conv -> ReLU -> pool."""
     from minidl.models import cnn_attention
+    from minidl.ops import conv as conv_ops
+    from minidl.ops import conv_block
+
+    class PlainConv(nn.Conv2d):
+        pass
 
     class PlainReLU(nn.ReLU):
         pass
 
     calls = []
-    monkeypatch.setattr(cnn_attention, "max_pool2d_relu",
-                        lambda *a, **k: calls.append(1) or conv_ops.max_pool2d_relu(*a, **k))
+    monkeypatch.setattr(cnn_attention, "conv_pool_relu", lambda *a: calls.append("block")
+                        or conv_block.conv_pool_relu(*a))
+    monkeypatch.setattr(cnn_attention, "max_pool2d_relu", lambda *a: calls.append("pool")
+                        or conv_ops.max_pool2d_relu(*a))
     x = minidl.rand(3, 1, 28, 28)
-    results = []
-    for swap in (False, True):
+    results, used = [], []
+    for swap in (None, "conv", "relu"):
         minidl.manual_seed(0)
         model = CNNAttention("seed").eval()
-        if swap:
+        if swap == "conv":
+            for i in (0, 3):
+                old = model.features[i]
+                model.features[i] = PlainConv(old.in_channels, old.out_channels, 3, padding=1)
+                model.features[i].load_state_dict(old.state_dict())
+        elif swap == "relu":
             model.features[1], model.features[4] = PlainReLU(), PlainReLU()
+        calls.clear()
         logits = model(x)
+        used.append(list(calls))
         logits.sum().backward()
         results.append((logits.numpy(), [p.grad.numpy() for p in model.parameters()]))
-    assert len(calls) == 2   # the fused op, twice, in the first model only
+    assert used == [["block", "block"], ["pool", "pool"], []]
     minidl.manual_seed(0)
     article_order = CNNAttention("seed").eval()
     feats = article_order.features(x)   # conv -> ReLU -> pool, as the article
@@ -297,11 +311,27 @@ def test_predict_takes_the_opaque_strokes_of_a_transparent_png(tmp_path):
 
 
 def test_pool_before_relu_is_exact():
-    """feature_maps pools before the ReLU; outputs and gradients equal the literal order."""
+    """feature_maps pools before the ReLU. On the same conv output that is exact
+    (ReLU is monotone): values and gradients equal the literal order bit for
+    bit. The whole of feature_maps (fused blocks, whose GEMMs sum in blocks of
+    images) equals the literal modules to float32 rounding."""
+    from minidl.ops.conv import max_pool2d_relu
     minidl.manual_seed(3)
     model = CNNAttention("seed")
     x = minidl.randn(6, 1, 28, 28)
     x._data[0] = -1.0                      # windows whose maximum is negative, and ties
+    conv, relu, pool = model.features[0], model.features[1], model.features[2]
+    y = conv(x).detach()
+    weights = minidl.tensor(np.linspace(-1, 1, 6 * 8 * 14 * 14, dtype=np.float32)
+                            .reshape(6, 8, 14, 14))
+    results = []
+    for run in (lambda t: max_pool2d_relu(t, 2), lambda t: pool(relu(t))):
+        t = y.detach().requires_grad_()
+        out = run(t)
+        (out * weights).sum().backward()
+        results.append((out.numpy(), t.grad.numpy()))
+    for fast, literal in zip(*results):
+        np.testing.assert_array_equal(fast, literal)
     results = []
     for run in (model.feature_maps, model.features):
         model.zero_grad()
@@ -310,4 +340,4 @@ def test_pool_before_relu_is_exact():
                              .reshape(out.shape))).sum().backward()
         results.append([out.numpy()] + [p.grad.numpy() for p in model.features.parameters()])
     for fast, literal in zip(*results):
-        np.testing.assert_array_equal(fast, literal)
+        np.testing.assert_allclose(fast, literal, rtol=1e-5, atol=1e-5)

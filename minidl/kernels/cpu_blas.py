@@ -124,13 +124,14 @@ else:   # never called: available() is False; the names keep the kernels compila
 
 
 @njit(inline="always", cache=_CACHE)
-def _gemm(c, ta, tb, m, n, k, pa, lda, pb, ldb, pc, ldc):
-    """One single-threaded C (m, n) = op(A) op(B) at raw addresses."""
+def _gemm(c, ta, tb, m, n, k, pa, lda, pb, ldb, pc, ldc, beta):
+    """One single-threaded C (m, n) = op(A) op(B) + beta C at raw addresses
+    (row-major; ``c`` only tells the dtype)."""
     if c.itemsize == 4:
-        _sgemm(ROW_MAJOR, ta, tb, m, n, k, np.float32(1), pa, lda, pb, ldb, np.float32(0),
+        _sgemm(ROW_MAJOR, ta, tb, m, n, k, np.float32(1), pa, lda, pb, ldb, np.float32(beta),
                pc, ldc)
     else:
-        _dgemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, pa, lda, pb, ldb, 0.0, pc, ldc)
+        _dgemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, pa, lda, pb, ldb, beta, pc, ldc)
 
 
 @njit(parallel=True, cache=_CACHE)
@@ -145,13 +146,13 @@ def _gemm_blocks(a, b, c, ta, tb, lda, ldb, ldc, M, N, K, tasks, by_rows):
             if r1 > r0:
                 off_a = r0 * lda if ta == NO_TRANS else r0
                 _gemm(c, ta, tb, r1 - r0, N, K, a.ctypes.data + size * off_a, lda,
-                      b.ctypes.data, ldb, c.ctypes.data + size * r0 * ldc, ldc)
+                      b.ctypes.data, ldb, c.ctypes.data + size * r0 * ldc, ldc, 0.0)
         else:
             c0, c1 = t * N // tasks, (t + 1) * N // tasks
             if c1 > c0:
                 off_b = c0 if tb == NO_TRANS else c0 * ldb
                 _gemm(c, ta, tb, M, c1 - c0, K, a.ctypes.data, lda,
-                      b.ctypes.data + size * off_b, ldb, c.ctypes.data + size * c0, ldc)
+                      b.ctypes.data + size * off_b, ldb, c.ctypes.data + size * c0, ldc, 0.0)
 
 
 @njit(parallel=True, cache=_CACHE)
@@ -163,7 +164,7 @@ def _gemm_partials(a, b, parts, ta, tb, lda, ldb, M, N, K):
         off_a = k0 if ta == NO_TRANS else k0 * lda
         off_b = k0 * ldb if tb == NO_TRANS else k0
         _gemm(parts, ta, tb, M, N, k1 - k0, a.ctypes.data + size * off_a, lda,
-              b.ctypes.data + size * off_b, ldb, parts[t].ctypes.data, N)
+              b.ctypes.data + size * off_b, ldb, parts[t].ctypes.data, N, 0.0)
 
 
 def _operand(x):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from .. import nn
 from ..ops.conv import max_pool2d_relu
+from ..ops.conv_block import conv_pool_relu
 
 ARCHS = {
     # channels of the two convs, attention MLP sizes, classifier hidden size (0 = none)
@@ -94,15 +95,29 @@ class CNNAttention(nn.Module):
         article's order for reading, printing and state dicts.
         """
         conv1, relu1, pool1, conv2, relu2, pool2 = self.features
-        return _pool_relu(pool2, relu2, conv2(_pool_relu(pool1, relu1, conv1(x))))
+        return _block(conv2, relu2, pool2, _block(conv1, relu1, pool1, x))
 
 
-def _pool_relu(pool, relu, x):
-    """relu(pool(x)), as one fused op when both are the plain modules."""
-    if type(pool) is nn.MaxPool2d and type(relu) is nn.ReLU and not pool.return_indices:
+def _block(conv, relu, pool, x):
+    """relu(pool(conv(x))): one fused op (``conv_pool_relu``) for the plain
+    3x3 'same' conv and 2x2 pool, else the pool and ReLU fused
+    (``max_pool2d_relu``) when they are the plain modules, else the three."""
+    plain = type(pool) is nn.MaxPool2d and type(relu) is nn.ReLU and not pool.return_indices
+    if (plain and type(conv) is nn.Conv2d and conv.kernel_size == (3, 3)
+            and conv.stride == (1, 1) and conv.padding in ((1, 1), "same")
+            and conv.dilation == (1, 1) and conv.groups == 1
+            and _pair(pool.kernel_size) == (2, 2) and _pair(pool.stride) == (2, 2)
+            and _pair(pool.padding) == (0, 0) and _pair(pool.dilation) == (1, 1)):
+        return conv_pool_relu(x, conv.weight, conv.bias)   # floor or ceil: even sizes only
+    x = conv(x)
+    if plain:
         return max_pool2d_relu(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation,
                                pool.ceil_mode)
     return relu(pool(x))
+
+
+def _pair(value):
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 def num_parameters(model: nn.Module) -> int:

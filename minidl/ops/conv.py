@@ -220,7 +220,19 @@ def _conv_gemm(kernels, xp, w, col, out):
     return xp.matmul(w, col, out=out)
 
 
-class Conv2dFunction(Function):
+class _ColKeepingFunction(Function):
+    """A Function whose forward may keep a workspace buffer (``self.col_buf``)
+    for its backward: the buffer goes back to the workspace when the engine
+    releases the Function (the graph is gone: nothing can read it again)."""
+
+    def release(self):
+        buf = self.__dict__.get("col_buf")
+        super().release()
+        if buf is not None:
+            _workspace.put(buf)
+
+
+class Conv2dFunction(_ColKeepingFunction):
     """y = conv2d(x, W[, b]) by im2col + one batched GEMM (see the module docstring)."""
 
     def __init__(self, stride=1, padding=0, dilation=1, groups=1):
@@ -366,11 +378,6 @@ class Conv2dFunction(Function):
         gw = None if gw_t is None else gw_t.transpose(0, 2, 1).reshape(Co, Cg, KH, KW)
         return gx, gw, gb
 
-    def release(self):
-        buf = self.__dict__.get("col_buf")
-        super().release()
-        if buf is not None:   # the graph is gone: nothing can read col again
-            _workspace.put(buf)
 
 
 def check_string_padding(op, padding, stride):

@@ -1,0 +1,107 @@
+"""The CNN block conv 3x3 'same' -> max-pool 2x2 -> ReLU in one parallel region each way.
+
+Notation as in :mod:`minidl.ops.conv`; here K1 = C*9 + 1 (the unfolded
+input with a row of ones, which carries the bias), L = H*W, and the pooled
+output is (Co, N, H/2, W/2) in C-major plane order.
+
+Forward, per block of images (one task; blocks run on Numba's threads): the
+conv GEMM for the block's columns of ``col`` into a per-thread scratch
+(Co, images*L), then the fused 2x2 max-pool + ReLU of those planes into the
+pooled output and its window codes. The conv's full output never reaches
+memory: each block's stays in the thread's cache.
+
+Backward, per block: the pooled gradient scattered into a per-thread
+scratch gy (the conv output's gradient for the block), the weight gradient's
+partial product col_block @ gy.T accumulated into the thread's own partial
+sum, and, when the input needs it, gcol = W.T @ gy into a second scratch,
+summed back into the block's input planes (col2im). One region instead of
+four (pool backward, weight gradient, gcol, col2im), no dense gradient or
+gcol array in memory.
+
+GEMMs are single-threaded cblas calls (:mod:`.cpu_blas`); the pool and
+col2im loops are :mod:`.cpu_numba`'s.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import get_thread_id, njit, prange
+
+from .cpu_blas import _CACHE, _SLICE, NO_TRANS, TRANS, _gemm
+from .cpu_numba import _col2im_same_channel, _maxpool2x2_bwd_planes, _maxpool2x2_planes
+
+
+@njit(inline="always", cache=_CACHE)
+def _block(t, tasks, N):
+    return t * N // tasks, (t + 1) * N // tasks
+
+
+@njit(parallel=True, cache=_CACHE)
+def conv_pool_forward(w, col, scratch, pooled, code, H, W, tasks, with_code, zero):
+    """pooled (Co, N, H/2, W/2) = relu(maxpool2x2(w (Co, K1) @ col (K1, N*L)));
+    code: each window's pick (| 4 where the ReLU zeroed it). scratch: one
+    (Co, block*L) buffer per thread."""
+    Co, K1 = w.shape
+    N, L, size = pooled.shape[1], H * W, col.itemsize
+    for t in prange(tasks):
+        n0, n1 = _block(t, tasks, N)
+        nb = n1 - n0
+        if nb <= 0:
+            continue
+        cols = nb * L
+        ys = scratch[get_thread_id(), :Co * cols].reshape(Co, cols)
+        _gemm(ys, NO_TRANS, NO_TRANS, Co, cols, K1, w.ctypes.data, K1,
+              col.ctypes.data + size * n0 * L, N * L, ys.ctypes.data, cols, 0.0)
+        for c in range(Co):
+            planes = ys[c].reshape(nb, H, W)
+            codes = code[c, n0:n1] if with_code else code[0, 0:1]
+            _maxpool2x2_planes(planes, pooled[c, n0:n1], codes, 0, nb, with_code, True, zero)
+
+
+@njit(parallel=True, cache=_CACHE)
+def conv_pool_backward(w, col, gpooled, code, gy_scratch, gcol_scratch, gw_parts, gx, H, W,
+                       tasks, want_gx, zero):
+    """The gradients of :func:`conv_pool_forward` from gpooled (Co, N, H/2, W/2):
+    gw_parts[thread] (K1, Co) += col @ gy.T over the thread's blocks (zeroed
+    by the caller; their sum is the weight-and-bias gradient), and, with
+    ``want_gx``, gx (C, N, H, W) (C-major planes) = col2im(W.T @ gy)."""
+    Co, K1 = w.shape
+    N, L, size = gpooled.shape[1], H * W, col.itemsize
+    K = K1 - 1
+    C = K // 9
+    for t in prange(tasks):
+        n0, n1 = _block(t, tasks, N)
+        nb = n1 - n0
+        if nb <= 0:
+            continue
+        tid = get_thread_id()
+        cols = nb * L
+        gys = gy_scratch[tid, :Co * cols].reshape(Co, cols)
+        for c in range(Co):
+            _maxpool2x2_bwd_planes(gpooled[c, n0:n1], code[c, n0:n1],
+                                   gys[c].reshape(nb, H, W), 0, nb, zero)
+        # (K1, Co) += col[:, block] (K1, cols) @ gy (Co, cols).T
+        _gemm(gw_parts, NO_TRANS, TRANS, K1, Co, cols, col.ctypes.data + size * n0 * L, N * L,
+              gys.ctypes.data, cols, gw_parts[tid].ctypes.data, Co, 1.0)
+        if want_gx:
+            gcol = gcol_scratch[tid, :K * cols].reshape(K, cols)
+            # (K, cols) = W[:, :K].T (K, Co) @ gy (Co, cols)
+            _gemm(gcol, TRANS, NO_TRANS, K, cols, Co, w.ctypes.data, K1, gys.ctypes.data, cols,
+                  gcol.ctypes.data, cols, 0.0)
+            taps = gcol.reshape(C, 3, 3, nb, H, W)
+            for c in range(C):
+                _col2im_same_channel(taps, gx[c, n0:n1].reshape(nb * L), c, 0, nb, nb, H, W,
+                                     1, 1, 1, 1, zero)
+
+
+def block_images(N, L, threads):
+    """Images per task: at most about 6 Ki conv outputs per channel (the
+    block's GEMMs are then small enough for OpenBLAS's unpacked small-matrix
+    kernels, and a thread's scratch stays in its cache), and at least one
+    block per thread."""
+    return max(1, min(-(-N // threads), _SLICE // max(1, L)))
+
+
+def scratch(threads, rows, block_cols, dtype):
+    """One flat (rows * block_cols) buffer per thread (each task views its own
+    images' part of it as a contiguous (rows, images*L) matrix)."""
+    return np.empty((threads, rows * block_cols), dtype=dtype)
