@@ -91,8 +91,17 @@ def test_inference_keeps_nothing_for_backward():
     assert y.creator is None
 
 
-def test_what_cannot_fuse_runs_the_three_ops():
-    """Odd sizes, no bias, another kernel size, the NumPy kernels: the three ops."""
+def test_what_cannot_fuse_runs_the_three_ops(monkeypatch):
+    """Odd sizes, no bias, another kernel size, an unfolded input past conv2d's
+    chunk budget (conv2d then unfolds it in chunks), the NumPy kernels: the
+    three ops."""
+    from minidl.ops import conv_block
+    x = minidl.tensor(np.ones((4, 2, 6, 6)))
+    w, b = minidl.tensor(np.ones((3, 2, 3, 3))), minidl.tensor(np.ones(3))
+    assert _fusable(x, w, b)
+    monkeypatch.setattr(conv_block, "_COL_CHUNK_BYTES", 19 * 4 * 36 * 8 - 1)
+    assert not _fusable(x, w, b)
+    monkeypatch.undo()
     rng = np.random.default_rng(2)
     x, w, b = _inputs(rng, 2, 2, 3, 6, 6)
     odd = tie_free(rng, (2, 2, 5, 6))

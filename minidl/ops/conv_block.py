@@ -17,7 +17,8 @@ import numpy as np
 from .. import backend
 from ..kernels.common import is_c_major
 from ..tensor import as_tensor
-from .conv import _ColKeepingFunction, _workspace, conv2d, max_pool2d_relu
+from .conv import (_COL_CHUNK_BYTES, _ColKeepingFunction, _workspace, conv2d,
+                   max_pool2d_relu)
 
 
 class ConvPoolReLU(_ColKeepingFunction):
@@ -80,7 +81,11 @@ def _fusable(x, weight, bias):
             and x.dtype in (np.float32, np.float64) and x.dtype == weight.dtype == bias.dtype
             and weight.shape[1:] == (x.shape[1], 3, 3) and tuple(bias.shape) == weight.shape[:1]
             and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0 and min(x.shape) > 0
-            and (x._data.flags.c_contiguous or is_c_major(x._data)))
+            and (x._data.flags.c_contiguous or is_c_major(x._data))
+            # the whole unfolded input, kept for backward, within conv2d's chunk
+            # budget; past it, conv2d unfolds the batch in chunks and is faster
+            and (x.shape[1] * 9 + 1) * x.shape[0] * x.shape[2] * x.shape[3] * x._data.itemsize
+            <= _COL_CHUNK_BYTES)
 
 
 def conv_pool_relu(x, weight, bias):
