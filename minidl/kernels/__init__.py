@@ -3,7 +3,9 @@
 * :mod:`.cpu_numpy` - strided views, one vectorised copy per kernel offset
 * :mod:`.cpu_numba` - ``@njit(parallel=True)`` loops, ``prange`` over N x C;
   its ``matmul`` is :mod:`.cpu_blas`'s: a GEMM cut into one block per
-  Numba thread, each a single-threaded call to NumPy's OpenBLAS
+  Numba thread, each a single-threaded call to NumPy's OpenBLAS;
+  :mod:`.cpu_conv_block` fuses the CNN block conv 3x3 -> max-pool 2x2 -> ReLU
+  (used by :mod:`minidl.ops.conv_block`, CPU only)
 * :mod:`.cuda_cupy` - CuPy ``ElementwiseKernel`` s; col2im and max-pool
   backward are gathers (deterministic, no atomics)
 * :mod:`.common`    - what they share, written once against ``xp`` (the conv
