@@ -47,8 +47,9 @@ def test_conv_pool_relu_gradcheck(N, C, Co, H, W, seed):
 @pytest.mark.parametrize("N, C, Co, H", [(64, 1, 8, 28), (9, 8, 16, 14), (3, 2, 5, 6)])
 def test_fused_equals_the_three_ops(layout, threads, N, C, Co, H):
     """Values and every gradient, with and without an input gradient (the
-    first conv's input is the images), on one thread and two (blocks of
-    images split differently), float32 as in training."""
+    first conv's input is the images) or a weight gradient (frozen layers),
+    on one thread and two (blocks of images split differently), float32 as in
+    training."""
     rng = np.random.default_rng(N + C)
     x, w, b = _inputs(rng, N, C, Co, H, H, np.float32)
     x = layout(x)
@@ -56,16 +57,17 @@ def test_fused_equals_the_three_ops(layout, threads, N, C, Co, H):
     before = minidl.get_num_threads()
     try:
         minidl.set_num_threads(threads)
-        for x_grad in (True, False):
+        for x_grad, w_grad in ((True, True), (False, True), (True, False)):
             outs = []
             for fn in (conv_pool_relu, _three_ops):
-                ts = [minidl.tensor(x, requires_grad=x_grad), minidl.tensor(w, requires_grad=True),
-                      minidl.tensor(b, requires_grad=True)]
+                ts = [minidl.tensor(x, requires_grad=x_grad),
+                      minidl.tensor(w, requires_grad=w_grad),
+                      minidl.tensor(b, requires_grad=w_grad)]
                 y = fn(*ts)
                 y.backward(minidl.tensor(g))
                 outs.append([y.numpy()] + [t.grad.numpy() if t.grad is not None else None
                                            for t in ts])
-            assert (outs[0][1] is None) == (not x_grad)
+            assert [o is None for o in outs[0][1:]] == [not x_grad, not w_grad, not w_grad]
             for fused, plain in zip(*outs):
                 if plain is not None:
                     np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-4)

@@ -59,11 +59,11 @@ def conv_pool_forward(w, col, scratch, pooled, code, H, W, tasks, with_code, zer
 
 @njit(parallel=True, cache=_CACHE)
 def conv_pool_backward(w, col, gpooled, code, gy_scratch, gcol_scratch, gw_parts, gx, H, W,
-                       tasks, want_gx, zero):
+                       tasks, want_gw, want_gx, zero):
     """The gradients of :func:`conv_pool_forward` from gpooled (Co, N, H/2, W/2):
-    gw_parts[thread] (K1, Co) += col @ gy.T over the thread's blocks (zeroed
-    by the caller; their sum is the weight-and-bias gradient), and, with
-    ``want_gx``, gx (C, N, H, W) (C-major planes) = col2im(W.T @ gy)."""
+    with ``want_gw``, gw_parts[thread] (K1, Co) += col @ gy.T over the thread's
+    blocks (zeroed by the caller; their sum is the weight-and-bias gradient),
+    and, with ``want_gx``, gx (C, N, H, W) (C-major planes) = col2im(W.T @ gy)."""
     Co, K1 = w.shape
     N, L, size = gpooled.shape[1], H * W, col.itemsize
     K = K1 - 1
@@ -79,9 +79,9 @@ def conv_pool_backward(w, col, gpooled, code, gy_scratch, gcol_scratch, gw_parts
         for c in range(Co):
             _maxpool2x2_bwd_planes(gpooled[c, n0:n1], code[c, n0:n1],
                                    gys[c].reshape(nb, H, W), 0, nb, zero)
-        # (K1, Co) += col[:, block] (K1, cols) @ gy (Co, cols).T
-        _gemm(gw_parts, NO_TRANS, TRANS, K1, Co, cols, col.ctypes.data + size * n0 * L, N * L,
-              gys.ctypes.data, cols, gw_parts[tid].ctypes.data, Co, 1.0)
+        if want_gw:   # (K1, Co) += col[:, block] (K1, cols) @ gy (Co, cols).T
+            _gemm(gw_parts, NO_TRANS, TRANS, K1, Co, cols, col.ctypes.data + size * n0 * L,
+                  N * L, gys.ctypes.data, cols, gw_parts[tid].ctypes.data, Co, 1.0)
         if want_gx:
             gcol = gcol_scratch[tid, :K * cols].reshape(K, cols)
             # (K, cols) = W[:, :K].T (K, Co) @ gy (Co, cols)

@@ -45,11 +45,13 @@ class ConvPoolReLU(_ColKeepingFunction):
         code = np.empty(pooled.shape if want_code else (1, 1, 1, 1), dtype=np.uint8)
         kernels.conv_pool_forward(w1, col, kernels.scratch(threads, Co, block * L, x.dtype),
                                   pooled, code, H, W, tasks, want_code, x.dtype.type(0))
-        if self.needs_input_grad[1] or self.needs_input_grad[2]:
-            self.col_buf = buf            # back to the workspace in release()
+        self.want_gw = self.needs_input_grad[1] or self.needs_input_grad[2]
+        if self.want_gw:
+            self.col_buf, self.col = buf, col   # back to the workspace in release()
         else:
             _workspace.put(buf)
-        self.col, self.w1, self.code = col, w1, code
+            self.col = np.empty((K1, 0), dtype=x.dtype)   # never read (no weight gradient)
+        self.w1, self.code = w1, code
         self.x_shape, self.block, self.tasks = x.shape, block, tasks
         return pooled.transpose(1, 0, 2, 3)
 
@@ -62,16 +64,19 @@ class ConvPoolReLU(_ColKeepingFunction):
         gpooled = np.ascontiguousarray(gy.transpose(1, 0, 2, 3))   # (Co, N, H/2, W/2)
         threads = numba.get_num_threads()
         cols = self.block * L
-        gw_parts = np.zeros((threads, K1, Co), dtype=dtype)
+        gw_parts = np.zeros((threads if self.want_gw else 1, K1, Co), dtype=dtype)
         want_gx = self.needs_input_grad[0]
         gx = np.empty((C, N, H, W) if want_gx else (1, 1, 1, 1), dtype=dtype)
         kernels.conv_pool_backward(
             self.w1, self.col, gpooled, self.code, kernels.scratch(threads, Co, cols, dtype),
             kernels.scratch(threads, C * 9 if want_gx else 1, cols, dtype), gw_parts, gx, H, W,
-            self.tasks, want_gx, dtype.type(0))
+            self.tasks, self.want_gw, want_gx, dtype.type(0))
+        gx = gx.transpose(1, 0, 2, 3) if want_gx else None
+        if not self.want_gw:
+            return gx, None, None
         gw1 = gw_parts.sum(axis=0)                       # (K1, Co)
         gw = np.ascontiguousarray(gw1[:C * 9].T).reshape(Co, C, 3, 3)
-        return (gx.transpose(1, 0, 2, 3) if want_gx else None), gw, gw1[C * 9].copy()
+        return gx, gw, gw1[C * 9].copy()
 
 
 def _fusable(x, weight, bias):
