@@ -76,7 +76,7 @@ def maxpool2d_indices(argmax, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
     return argmax
 
 
-def relu_pooled(xp, y, indices):
+def relu_pooled(y, indices):
     """The fused ReLU after a max-pool that records int64 indices: y becomes
     max(y, 0) in place (a NaN stays NaN) and each window whose pick is <= 0
     gets index -1, which the backward kernels skip (PyTorch's ReLU gradient:

@@ -38,7 +38,8 @@ import numpy as np
 from numba import njit, prange
 
 from . import cpu_blas, cpu_numpy
-from .common import batch_range, col2im_destination, is_c_major, output_array, plane_major
+from .common import (batch_range, col2im_destination, is_c_major, output_array, plane_major,
+                     relu_pooled)
 
 _CACHE = os.environ.get("MINIDL_NUMBA_CACHE", "1") != "0"
 
@@ -329,26 +330,7 @@ def _runs(C, nb):
 
 
 @njit(cache=_CACHE)
-def _relu_picks(yp, ip, zero):
-    """The fused ReLU of the general max-pool: y = max(pick, 0), and a pick
-    <= 0 gets index -1, which the backward skips (a NaN passes, as PyTorch)."""
-    OH, OW = yp.shape
-    for oh in range(OH):
-        for ow in range(OW):
-            if yp[oh, ow] <= zero:
-                yp[oh, ow] = zero
-                ip[oh, ow] = -1
-
-
-@njit(cache=_CACHE)
-def _maxpool_plane(xp, yp, ip, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf, relu, zero):
-    _maxpool_plane_scan(xp, yp, ip, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf)
-    if relu:
-        _relu_picks(yp, ip, zero)
-
-
-@njit(cache=_CACHE)
-def _maxpool_plane_scan(xp, yp, ip, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf):
+def _maxpool_plane(xp, yp, ip, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf):
     H, W = xp.shape
     OH, OW = yp.shape
     inside = (PH == 0 and PW == 0 and DH == 1 and DW == 1 and (OH - 1) * SH + KH <= H
@@ -514,13 +496,12 @@ def _maxpool2x2_bwd(gy, code, gx, chunk, zero):
 
 
 @njit(parallel=True, cache=_CACHE)
-def _maxpool_fwd(x, y, idx, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf, relu, zero):
+def _maxpool_fwd(x, y, idx, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf):
     N, C = x.shape[0], x.shape[1]
     for nc in prange(N * C):   # the plane's loops live in a plain @njit function:
         n = nc // C            # compiled inside a prange body they ran 3x slower
         c = nc - n * C
-        _maxpool_plane(x[n, c], y[n, c], idx[n, c], KH, KW, SH, SW, PH, PW, DH, DW, neg_inf,
-                       relu, zero)
+        _maxpool_plane(x[n, c], y[n, c], idx[n, c], KH, KW, SH, SW, PH, PW, DH, DW, neg_inf)
 
 
 @njit(cache=_CACHE)
@@ -658,8 +639,9 @@ def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, indices=True, r
                         if indices else code, _chunk(P, H * W), bool(indices), bool(relu), zero)
         return y, (code if indices else None)
     idx = np.empty((N, C, OH, OW), dtype=np.int64)
-    _maxpool_fwd(x, y, idx, KH, KW, SH, SW, PH, PW, DH, DW, x.dtype.type(-np.inf), bool(relu),
-                 zero)
+    _maxpool_fwd(x, y, idx, KH, KW, SH, SW, PH, PW, DH, DW, x.dtype.type(-np.inf))
+    if relu:
+        relu_pooled(y, idx)
     return y, (idx if indices else None)
 
 

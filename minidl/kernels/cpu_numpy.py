@@ -141,8 +141,8 @@ def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, indices=True, r
     (PyTorch's rule). ``relu``: y = relu(maxpool(x)), and the index of a
     window whose pick is <= 0 is -1 (no gradient)."""
     if relu:
-        return relu_pooled(np, *maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
-                                                  indices))
+        return relu_pooled(*maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
+                                              indices))
     N, C, H, W = x.shape
     col = im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=-np.inf)
     col = col.reshape(N, C, KH * KW, OH, OW)

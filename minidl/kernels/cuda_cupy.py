@@ -204,8 +204,8 @@ def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, indices=True, r
     or (y, None) without ``indices``. ``relu``: y = relu(maxpool(x)), and the
     index of a window whose pick is <= 0 is -1 (the gather never matches it)."""
     if relu:
-        return relu_pooled(_cupy(), *maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH,
-                                                       OW, indices))
+        return relu_pooled(*maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
+                                              indices))
     cp = _cupy()
     x = cp.ascontiguousarray(x)
     N, C, H, W = x.shape
