@@ -212,12 +212,13 @@ def _weight_grad(kernels, xp, col, gy):
     return xp.matmul(col, gy.transpose(0, 2, 1))
 
 
-def _conv_gemm(kernels, xp, w, col, out):
-    """out (G, Cog, M) = w (G, Cog, K) @ col (G, K, M)."""
-    if w.shape[0] == 1:
-        kernels.matmul(w[0], col[0], out=out[0])
+def _grouped_matmul(kernels, xp, a, b, out):
+    """out (G, m, n) = a (G, m, k) @ b (G, k, n): one group through the
+    backend's 2-D matmul (on the CPU, split over Numba's threads)."""
+    if a.shape[0] == 1:
+        kernels.matmul(a[0], b[0], out=out[0])
         return out
-    return xp.matmul(w, col, out=out)
+    return xp.matmul(a, b, out=out)
 
 
 class _ColKeepingFunction(Function):
@@ -294,7 +295,7 @@ class Conv2dFunction(_ColKeepingFunction):
         for n0 in range(0, max(N, 1), self.nb):   # an empty batch: one empty chunk
             n1 = min(N, n0 + self.nb)
             buf, col = self._unfold(kernels, xp, x, KH, KW, OH, OW, n0, n1)
-            _conv_gemm(kernels, xp, w_g, col, y_t[:, :, n0 * L:n1 * L])
+            _grouped_matmul(kernels, xp, w_g, col, y_t[:, :, n0 * L:n1 * L])
             if n1 < N:
                 _workspace.put(buf)
         self.x_shape, self.w_shape = x.shape, w.shape
@@ -361,10 +362,7 @@ class Conv2dFunction(_ColKeepingFunction):
             if gx is not None:
                 gbuf = _workspace.get(xp, (self.chunk_elements,), gy.dtype)
                 gcol = gbuf[:G * K * (n1 - n0) * L].reshape(G, K, (n1 - n0) * L)
-                if G == 1:
-                    kernels.matmul(w_t[0], gy_c[0], out=gcol[0])
-                else:
-                    xp.matmul(w_t, gy_c, out=gcol)
+                _grouped_matmul(kernels, xp, w_t, gy_c, gcol)
                 kernels.col2im(gcol.reshape(C, KH, KW, n1 - n0, OH, OW), H, W, *self.stride,
                                *self.padding, *self.dilation, channels_first=True, out=gx,
                                batch=(n0, n1))
