@@ -21,6 +21,7 @@ Architectures (``arch``):
 from __future__ import annotations
 
 from .. import nn
+from ..nn.layers import _pair
 from ..ops.conv import max_pool2d_relu
 from ..ops.conv_block import conv_pool_relu
 
@@ -114,10 +115,6 @@ def _block(conv, relu, pool, x):
         return max_pool2d_relu(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation,
                                pool.ceil_mode)
     return relu(pool(x))
-
-
-def _pair(value):
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 def num_parameters(model: nn.Module) -> int:
