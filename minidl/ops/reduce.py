@@ -44,13 +44,7 @@ def _unreduce(gy, in_shape, axes, keepdims):
     """Broadcast a reduced gradient back to the input's shape (a view)."""
     xp = backend.get_array_module(gy)
     if not keepdims:
-        if axes is None:
-            gy = gy.reshape((1,) * len(in_shape))
-        else:
-            shape = list(in_shape)
-            for a in axes:
-                shape[a] = 1
-            gy = gy.reshape(shape)
+        gy = gy.reshape(_kept_shape(in_shape, axes))
     return xp.broadcast_to(gy, in_shape)
 
 

@@ -297,8 +297,7 @@ def split_int_indices(key, ndim):
         elif k is None or isinstance(k, bool):   # new dims: for the second step
             rest_key.append(k)
         else:   # a slice or an array: kept for the second step, its dims kept by the first
-            width = k.ndim if getattr(k, "dtype", None) == np.bool_ else 1
-            ints_key.extend([slice(None)] * width)
+            ints_key.extend([slice(None)] * dims_used(k))
             rest_key.append(k)
     return tuple(ints_key), tuple(rest_key)
 
@@ -396,8 +395,6 @@ def flip(x, *dims):
     axes = {normalize_dim("flip", d, x.ndim) for d in dims}
     if len(axes) != len(dims):
         raise ValueError(f"flip: dims {dims} name a dim twice")
-    if x.ndim == 0:
-        return getitem(x, ())
     return getitem(x, tuple(slice(None, None, -1) if d in axes else slice(None)
                             for d in range(x.ndim)))
 
@@ -447,16 +444,16 @@ def gather(input, dim, index):
     if idx.ndim != max(x.ndim, 1) and not (x.ndim == 0 and idx.ndim == 0):
         raise ValueError(f"gather: index {tuple(idx.shape)} must have as many dims as the "
                          f"input {tuple(x.shape)}")
+    lo, hi = (int(idx.min()), int(idx.max())) if idx.size else (None, None)
     if x.ndim == 0:   # a scalar: every index must be 0, and the result has the index's shape
-        if idx.size and (int(idx.min()) != 0 or int(idx.max()) != 0):
-            raise IndexError(f"gather: index {int(idx.max()) or int(idx.min())} is out of "
-                             f"bounds for a 0-d input")
+        if idx.size and (lo != 0 or hi != 0):
+            raise IndexError(f"gather: index {hi or lo} is out of bounds for a 0-d input")
         return getitem(reshape(x, 1), xp.zeros(idx.shape, dtype=np.int64))
     if any(idx.shape[d] > x.shape[d] for d in range(x.ndim) if d != dim):
         raise ValueError(f"gather: index {tuple(idx.shape)} is larger than the input "
                          f"{tuple(x.shape)} outside dim {dim}")
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= x.shape[dim]):
-        bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
+    if idx.size and (lo < 0 or hi >= x.shape[dim]):
+        bad = lo if lo < 0 else hi
         raise IndexError(f"gather: index {bad} is out of bounds for dim {dim} of size "
                          f"{x.shape[dim]}")
     key = tuple(idx if d == dim else
