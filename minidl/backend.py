@@ -42,8 +42,8 @@ def _env_threads(var):
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-if _env_threads("OMP_NUM_THREADS") and "NUMBA_NUM_THREADS" not in os.environ:
-    os.environ["NUMBA_NUM_THREADS"] = str(_env_threads("OMP_NUM_THREADS"))
+if (_omp_threads := _env_threads("OMP_NUM_THREADS")) and "NUMBA_NUM_THREADS" not in os.environ:
+    os.environ["NUMBA_NUM_THREADS"] = str(_omp_threads)
 
 import numpy as np  # noqa: E402
 
@@ -254,8 +254,8 @@ _num_threads = None
 
 def _default_threads() -> int:
     for var in ("MINIDL_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
-        if _env_threads(var):
-            return _env_threads(var)
+        if (n := _env_threads(var)):
+            return n
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

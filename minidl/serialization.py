@@ -176,12 +176,11 @@ def _check_dtypes(header, path):
     """Refuse, by name, a well-formed file whose tensors NumPy cannot represent
     (``header`` as :func:`_read_header` checked it: each entry names a dtype)."""
     for name, entry in header.items():
-        dtype = None if name == "__metadata__" else entry["dtype"]
-        if dtype is not None and dtype not in NUMPY_DTYPES:
+        if name != "__metadata__" and entry["dtype"] not in NUMPY_DTYPES:
             raise CheckpointError(
-                f"load: {path}: tensor {name!r} has dtype {dtype}, which minidl (NumPy) does not "
-                f"support; supported dtypes are {', '.join(NUMPY_DTYPES)}. Convert it before "
-                "saving (in PyTorch, e.g. tensor.float() for BF16)")
+                f"load: {path}: tensor {name!r} has dtype {entry['dtype']}, which minidl (NumPy) "
+                f"does not support; supported dtypes are {', '.join(NUMPY_DTYPES)}. Convert it "
+                "before saving (in PyTorch, e.g. tensor.float() for BF16)")
 
 
 def _read_header(blob, path):

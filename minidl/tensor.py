@@ -160,11 +160,12 @@ def as_array(data, dtype=None, device=None):
     if dtype is not None:
         dtype = np.dtype(dtype)
         if not _is_array(data) and dtype.kind in "iu" and array.dtype.kind in "iu" and \
-                array.size and (array.min() < np.iinfo(dtype).min
-                                or array.max() > np.iinfo(dtype).max):
+                array.size:
             # Python ints out of a narrow dtype's range would wrap silently
-            bad = array.min() if array.min() < np.iinfo(dtype).min else array.max()
-            raise OverflowError(f"tensor: {int(bad)} is out of the range of {dtype}")
+            info, lo, hi = np.iinfo(dtype), int(array.min()), int(array.max())
+            if lo < info.min or hi > info.max:
+                raise OverflowError(f"tensor: {lo if lo < info.min else hi} is out of the "
+                                    f"range of {dtype}")
         array = array.astype(dtype, copy=False)
     if device is not None:
         array = backend.to_device(array, device)

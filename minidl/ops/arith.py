@@ -121,15 +121,14 @@ class Pow(Function):
 
     def backward(self, gy):
         a, b = self.a, self.b
+        xp = backend.get_array_module(a)
         ga = None
         if self.needs_input_grad[0]:
-            xp = backend.get_array_module(a)
             # b * a**(b-1) is 0 * inf at a = b = 0, where the derivative is 0 (a**0 = 1)
             with np.errstate(divide="ignore", invalid="ignore"):
                 ga = gy * xp.where(b == 0, 0, b * a ** (b - 1))
         gb = None
         if self.needs_input_grad[1]:
-            xp = backend.get_array_module(a)
             safe_log = xp.log(xp.where(a > 0, a, 1))
             gb = gy * self.y * safe_log
         return ga, gb
