@@ -227,13 +227,14 @@ class Worker(WorkerProcess):
     """The parent's handle on one worker process."""
 
     def __init__(self, framework, arch, device, init_path, threads):
-        env = dict(CALLER_ENV)
         if framework == "torch":
             # PyTorch as its users run it: the torch worker imports minidl only to
             # read the initial weights, so it must not get minidl's malloc tuning
             # nor its thread count (see caller_env and TorchRunner).
             env = torch_worker_env()
             env["MINIDL_MALLOC_TUNING"] = "0"
+        else:
+            env = dict(CALLER_ENV)
         super().__init__(framework, [sys.executable, os.path.abspath(__file__), "--worker",
                                      framework, "--arch", arch, "--device", device, "--init",
                                      init_path, "--threads", str(threads)], env)

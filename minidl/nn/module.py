@@ -540,6 +540,7 @@ class ModuleList(_ModuleSequence):
             return ModuleList(values[idx])
         return values[idx]
 
+
 class ModuleDict(Module):
     """Modules by name, registered so their parameters are found; ordered by
     insertion, as ``torch.nn.ModuleDict``. Keys are the child names, so they
