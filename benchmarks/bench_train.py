@@ -305,11 +305,22 @@ def bench_arch(arch, batch_sizes, device, windows, steps, with_torch, threads):
 
 # ----------------------------------------------------------------- main
 
-def environment(threads):
+def gpu_environment():
+    """The GPU, CuPy and CUDA versions (for --device cuda)."""
+    import cupy
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    name = props["name"]
+    return {"gpu": name.decode() if isinstance(name, bytes) else str(name),
+            "cupy": cupy.__version__, "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion()}
+
+
+def environment(threads, device="cpu"):
     info = {"date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or platform.machine(),
             "threads": threads, "python": platform.python_version(),
             "numpy": np.__version__, "minidl": minidl.__version__,
             "numba": minidl.backend.numba_enabled(), "load_average": os.getloadavg()[0]}
+    if device == "cuda":
+        info.update(gpu_environment())
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -335,6 +346,24 @@ def print_table(results):
                   f"{m.get('torch', float('nan')):>12,.0f}")
 
 
+def markdown_table(results):
+    """The README's GPU table from a ``--device cuda`` run's results."""
+    env = results["environment"]
+    lines = [f"Measured {env['date']} on {env.get('gpu', env['cpu'])} (CuPy {env.get('cupy')}, "
+             f"PyTorch {env.get('torch', 'absent')}), "
+             f"`{results['command']}`.", "",
+             "| model | measure | minidl | PyTorch | minidl / PyTorch |",
+             "|---|---|---:|---:|---:|"]
+    for r in results["archs"]:
+        rows = [(f"training, batch {b} (img/s)", e) for b, e in r["train"].items()]
+        rows.append(("inference, batch 1000 (img/s)", r["inference"]["1000"]))
+        for what, e in rows:
+            torch_rate = f"{e['torch']:,.0f}" if "torch" in e else "-"
+            ratio = f"{e['ratio']:.2f}x" if "ratio" in e else "-"
+            lines.append(f"| {r['arch']} | {what} | {e['minidl']:,.0f} | {torch_rate} | {ratio} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", choices=["seed", "default", "both"], default="both")
@@ -355,16 +384,18 @@ def main(argv=None):
 
     with_torch, torch_version = not args.no_torch, None
     if with_torch:
-        probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
-                               capture_output=True, text=True)
+        check = "" if args.device == "cpu" else "assert torch.cuda.is_available(); "
+        probe = subprocess.run([sys.executable, "-c", f"import torch; {check}"
+                                "print(torch.__version__)"], capture_output=True, text=True)
         if probe.returncode:
-            print("torch is not installed: measuring minidl alone", file=sys.stderr)
+            print(f"torch ({'with CUDA' if check else 'any build'}) is not installed: measuring "
+                  "minidl alone", file=sys.stderr)
             with_torch = False
         else:
             torch_version = probe.stdout.strip()
     archs = ["seed", "default"] if args.arch == "both" else [args.arch]
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    env = environment(threads)
+    env = environment(threads, args.device)
     if torch_version:
         env["torch"] = torch_version
     results = {"benchmark": "train", "device": args.device, "environment": env,
@@ -373,6 +404,8 @@ def main(argv=None):
                "archs": [bench_arch(arch, batches, args.device, args.windows, args.steps,
                                     with_torch, threads) for arch in archs]}
     print_table(results)
+    if args.device == "cuda":
+        print("\n" + markdown_table(results))
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:

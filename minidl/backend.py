@@ -129,8 +129,53 @@ def cuda_is_available() -> bool:
 
 
 def cupy_module():
-    """The CuPy module if it was already loaded, else None (never imports it)."""
-    return _cupy
+    """The CuPy module if minidl or the user has loaded it, else None (never
+    imports it). A CuPy array made by the user's own ``import cupy`` before
+    minidl asked for CUDA is recognised too: minidl then takes CuPy up."""
+    if _cupy is not None:
+        return _cupy
+    mod = sys.modules.get("cupy")
+    if isinstance(getattr(mod, "ndarray", None), type):
+        try:
+            return _load_cupy()
+        except DeviceError:
+            return None
+    return None
+
+
+def _cupy_array_type():
+    cp = _cupy if _cupy is not None else cupy_module()
+    return None if cp is None else cp.ndarray
+
+
+def is_cuda_array(array) -> bool:
+    """Whether ``array`` is a CuPy array (False without CuPy; never imports it)."""
+    t = _cupy_array_type()
+    return t is not None and isinstance(array, t)
+
+
+def cuda_device_index(array) -> int:
+    """The GPU a CuPy array lives on."""
+    return array.device.id
+
+
+_constants = {}
+
+
+def device_constant(xp, key, build):
+    """A device copy of the host array ``build()`` made once per (GPU, ``key``)
+    and kept: constants used every step (a Python scalar operand, a pooling
+    divisor) then cost no host-to-device copy after the first. The array is
+    shared: callers never write into it. On the CPU, ``build()`` itself."""
+    if xp is np:
+        return build()
+    full_key = (xp.cuda.runtime.getDevice(), key)
+    array = _constants.get(full_key)
+    if array is None:
+        if len(_constants) > 4096:   # bounded: keys that never repeat (NaN) cannot grow it
+            _constants.clear()
+        array = _constants[full_key] = xp.asarray(build())
+    return array
 
 
 # ----------------------------------------------------------------- dispatch
@@ -140,13 +185,14 @@ def get_array_module(*arrays):
 
     Raises DeviceError when CPU and GPU arrays are mixed.
     """
-    if _cupy is None:
+    cp_array = _cupy_array_type()
+    if cp_array is None:
         return np
     xp = None
     for a in arrays:
         if a is None or np.isscalar(a):
             continue
-        m = _cupy if isinstance(a, _cupy.ndarray) else np
+        m = _cupy if isinstance(a, cp_array) else np
         if xp is None:
             xp = m
         elif m is not xp:
@@ -156,9 +202,7 @@ def get_array_module(*arrays):
 
 def device_of(array) -> str:
     """'cpu' or 'cuda' for a raw array."""
-    if _cupy is not None and isinstance(array, _cupy.ndarray):
-        return "cuda"
-    return "cpu"
+    return "cuda" if is_cuda_array(array) else "cpu"
 
 
 class Device(str):
@@ -167,8 +211,11 @@ class Device(str):
 
     def __new__(cls, spec="cpu"):
         self = super().__new__(cls, parse_device(spec))
-        tail = str(spec).partition(":")[2]
-        self.index = int(tail) if tail.isdigit() else None
+        if isinstance(spec, Device):
+            self.index = spec.index
+        else:
+            tail = str(spec).partition(":")[2]
+            self.index = int(tail) if tail.isdigit() else None
         return self
 
     @property
@@ -185,18 +232,51 @@ def parse_device(device) -> str:
 
 
 def to_device(array, device):
-    """Return ``array`` on ``device`` ('cpu' or 'cuda'), copying only if needed."""
-    device = parse_device(device)
-    if device == "cuda":
+    """Return ``array`` on ``device`` ('cpu', 'cuda' or 'cuda:i'), copying only if
+    needed (an array on another GPU than 'cuda:i' is copied there; plain 'cuda'
+    means the current GPU, and takes an array on any GPU as it is)."""
+    if parse_device(device) == "cuda":
+        index = Device(device).index
         cp = _load_cupy()
-        return array if isinstance(array, cp.ndarray) else cp.asarray(array)
+        if isinstance(array, cp.ndarray) and (index is None or array.device.id == index):
+            return array
+        if index is not None and not 0 <= index < cp.cuda.runtime.getDeviceCount():
+            raise DeviceError(f"device 'cuda:{index}' was asked for, but only "
+                              f"{cp.cuda.runtime.getDeviceCount()} GPU(s) are visible")
+        with cp.cuda.Device(index if index is not None else cp.cuda.runtime.getDevice()):
+            if isinstance(array, cp.ndarray):
+                return array.copy()    # CuPy copies across GPUs (peer access or the host)
+            return cp.asarray(array)
     return as_numpy(array)
+
+
+_deferred = []   # [device bool flag, message]: an error found on the GPU, not yet read
+
+
+def defer_error(flag, message):
+    """Note a device-side 0-d bool ``flag`` whose truth is an IndexError(message),
+    without waiting for the GPU; flags of later steps are or-ed in (one tiny
+    kernel). :func:`raise_deferred` reads it when a value is read back anyway."""
+    if _deferred:
+        _deferred[0] = _deferred[0] | flag
+    else:
+        _deferred[:] = [flag, message]
+
+
+def raise_deferred():
+    """Raise the error :func:`defer_error` noted, if its flag is true."""
+    if _deferred:
+        flag, message = _deferred
+        _deferred.clear()
+        if bool(flag):
+            raise IndexError(message)
 
 
 def as_numpy(array):
     """A NumPy view or copy of a raw array from any device."""
-    if _cupy is not None and isinstance(array, _cupy.ndarray):
-        return _cupy.asnumpy(array)
+    if is_cuda_array(array):
+        raise_deferred()
+        return cupy_module().asnumpy(array)
     return np.asarray(array)
 
 
@@ -312,7 +392,7 @@ if os.environ.get("MINIDL_NUM_THREADS"):
 
 def scatter_add(target, key, values):
     """``target[key] += values`` in place, repeated indices accumulating."""
-    if _cupy is not None and isinstance(target, _cupy.ndarray):
+    if is_cuda_array(target):
         import cupyx
         cupyx.scatter_add(target, key, values)
     else:

@@ -120,10 +120,7 @@ def is_grad_enabled() -> bool:
 
 
 def _is_array(x) -> bool:
-    if isinstance(x, np.ndarray):
-        return True
-    cp = backend.cupy_module()
-    return cp is not None and isinstance(x, cp.ndarray)
+    return isinstance(x, np.ndarray) or backend.is_cuda_array(x)
 
 
 def as_array(data, dtype=None, device=None):
@@ -323,7 +320,7 @@ class Tensor:
         if self._data.size != 1:
             raise ValueError(f"the truth value of a tensor of shape {self.shape} is "
                              "ambiguous; use .any() or .all()")
-        return bool(self._data)
+        return bool(self.item())
 
     def any(self, dim=None, keepdim=False):
         """Whether any element (along ``dim``) is non-zero: a bool tensor."""
@@ -373,6 +370,8 @@ class Tensor:
     def item(self):
         if self._data.size != 1:
             raise ValueError(f"item(): expected a tensor of one element, got shape {self.shape}")
+        if self.device == "cuda":
+            backend.raise_deferred()
         return self._data.item()
 
     def numpy(self) -> np.ndarray:
@@ -416,8 +415,12 @@ class Tensor:
                 raise ValueError(f"to: unknown device or dtype {dtype!r}; devices are "
                                  f"{backend.DEVICES}") from None
         out = self
-        if device is not None and backend.parse_device(device) != self.device:
-            out = Tensor._wrap(backend.to_device(self._data, device))
+        if device is not None and (backend.parse_device(device) != self.device or
+                                   backend.Device(device).index is not None):
+            moved = backend.to_device(self._data, device)
+            if moved is self._data:
+                return self if dtype is None else self.to(dtype=dtype)
+            out = Tensor._wrap(moved)
             out._requires_grad = self._requires_grad and self.creator is None
         if dtype is not None and np.dtype(dtype) != out._data.dtype:
             from .ops.arith import cast

@@ -89,7 +89,9 @@ def _prepare_inputs(inputs):
             prepared.append(t)
             differentiable.append(wants)
         else:
-            prepared.append(Tensor._wrap(data if isinstance(x, Tensor) else np.asarray(data)))
+            # integer inputs (indices, targets) stay on their device, as they are
+            prepared.append(Tensor._wrap(data if isinstance(x, Tensor) or
+                                         backend.is_cuda_array(data) else np.asarray(data)))
             differentiable.append(False)
     return prepared, differentiable
 

@@ -6,6 +6,8 @@ keep this file small.
 """
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -14,7 +16,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import minidl.backend
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cupy_standin  # noqa: E402
+
+# Without the real CuPy, the strict stand-in plays it, so every gpu test runs
+# (on the CPU: see tests/cupy_standin and the README's "GPU tests without a GPU").
+CUPY_STANDIN = cupy_standin.install()
+
+import minidl.backend  # noqa: E402
 
 # Small, deterministic runs: the whole suite must stay fast on 2 cores, and a
 # CI failure must reproduce. Tests raise max_examples where it pays.
@@ -36,6 +45,16 @@ with warnings.catch_warnings():
 def pytest_runtest_setup(item):
     if item.get_closest_marker("gpu") and not minidl.backend.cuda_is_available():
         pytest.skip("needs CuPy and a CUDA GPU")
+
+
+@pytest.fixture
+def cupy_counters():
+    """The stand-in's counters (device -> host transfers, kernel launches), reset;
+    skips with the real CuPy, which has none."""
+    if not CUPY_STANDIN:
+        pytest.skip("counts transfers only through the CuPy stand-in")
+    cupy_standin.reset_counters()
+    return cupy_standin
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

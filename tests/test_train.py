@@ -32,7 +32,7 @@ def mnist_small(tmp_path_factory):
 
 def _config(tmp_path, **kw):
     base = dict(arch="seed", epochs=1, batch_size=64, out=str(tmp_path / "run"),
-                progress=False, seed=0)
+                progress=False, seed=0, device="cpu")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -281,7 +281,9 @@ def test_predict_reads_a_png(tmp_path, mnist_small):
     trainer.fit()
     test_x, test_y = mnist_small[2], mnist_small[3]
     with minidl.no_grad():
-        logits = trainer.model.eval()(minidl.Tensor(images_to_float(test_x[:50])))
+        # the model's own device (TrainConfig.device defaults to "auto": the GPU if any)
+        logits = trainer.model.eval()(minidl.Tensor(images_to_float(test_x[:50]),
+                                                    device=trainer.device))
         predicted = logits.argmax(axis=1).numpy()
     i = int(np.flatnonzero(predicted == test_y[:50])[0])   # a digit the model gets right
     png = tmp_path / "digit.png"

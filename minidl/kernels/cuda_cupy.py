@@ -21,6 +21,22 @@ _GEOMETRY = ("int64 H, int64 W, int64 KH, int64 KW, int64 SH, int64 SW, "
              "int64 PH, int64 PW, int64 DH, int64 DW, int64 OH, int64 OW")
 
 
+# One thread per output element of a pooling window: its (nc, oh, ow), its
+# first tap at or past row/col 0 (h0, w0), and the rows/cols it ends before.
+_POOL_WINDOW = """
+        long long t = i;
+        const long long ow = t % OW; t /= OW;
+        const long long oh = t % OH;
+        const long long nc = t / OH;
+        long long h0 = oh * SH - PH;
+        long long w0 = ow * SW - PW;
+        const long long h1 = min(h0 + (KH - 1) * DH + 1, H);
+        const long long w1 = min(w0 + (KW - 1) * DW + 1, W);
+        while (h0 < 0) h0 += DH;
+        while (w0 < 0) w0 += DW;
+"""
+
+
 def _cupy():
     import cupy
     return cupy
@@ -94,23 +110,13 @@ def _maxpool_fwd_kernel():
     return _cupy().ElementwiseKernel(
         "raw T x, " + _GEOMETRY,
         "T y, int64 idx",
-        """
-        long long t = i;
-        const long long ow = t % OW; t /= OW;
-        const long long oh = t % OH;
-        const long long nc = t / OH;
-        long long h0 = oh * SH - PH;
-        long long w0 = ow * SW - PW;
-        const long long h1 = min(h0 + (KH - 1) * DH + 1, H);
-        const long long w1 = min(w0 + (KW - 1) * DW + 1, W);
-        while (h0 < 0) h0 += DH;
-        while (w0 < 0) w0 += DW;
-        const T* plane = &x[nc * H * W];
+        _POOL_WINDOW + """
+        const long long plane = nc * H * W;
         long long best_i = h0 * W + w0;
-        T best = -CUDART_INF;
+        T best = -CUDART_INF;   /* CuPy's own math_constants.h defines it */
         for (long long hh = h0; hh < h1; hh += DH) {
             for (long long ww = w0; ww < w1; ww += DW) {
-                const T v = plane[hh * W + ww];
+                const T v = x[plane + hh * W + ww];
                 if (v > best || isnan(v)) {
                     best = v;
                     best_i = hh * W + ww;
@@ -120,8 +126,7 @@ def _maxpool_fwd_kernel():
         y = best;
         idx = best_i;
         """,
-        "minidl_maxpool2d_fwd",
-        preamble="#include <math_constants.h>")
+        "minidl_maxpool2d_fwd")
 
 
 @functools.lru_cache(maxsize=None)
@@ -155,6 +160,34 @@ def _maxpool_bwd_kernel():
         gx = acc;
         """,
         "minidl_maxpool2d_bwd")
+
+
+@functools.lru_cache(maxsize=None)
+def _maxpool_bwd_stray_kernel():
+    # A window wholly in the padding picks no pixel of its own: like PyTorch,
+    # the forward records its first tap at or past row/col 0, which may lie
+    # outside the window (or alias another row), so the gather above never
+    # visits it. One thread per such window adds its gradient there.
+    return _cupy().ElementwiseKernel(
+        "raw T gy, raw int64 idx, " + _GEOMETRY,
+        "raw T gx",
+        _POOL_WINDOW + """
+        const long long k = idx[i];
+        if ((h0 >= h1 || w0 >= w1) && k >= 0 && k < H * W)
+            atomicAdd(&gx[nc * H * W + k], gy[i]);
+        """,
+        "minidl_maxpool2d_bwd_stray")
+
+
+@functools.lru_cache(maxsize=None)
+def _has_empty_window(size, K, S, P, D, O):
+    """Whether some window along one axis has no tap inside the input."""
+    for o in range(O):
+        start = o * S - P
+        first = -(-max(-start, 0) // D)   # the first tap at or past 0
+        if first >= K or start + first * D >= size:
+            return True
+    return False
 
 
 def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad_value=0.0, channels_first=False,
@@ -227,4 +260,7 @@ def maxpool2d_backward(gy, argmax, H, W, KH, KW, SH, SW, PH, PW, DH, DW):
     N, C, OH, OW = gy.shape
     gx = cp.empty((N, C, H, W), dtype=gy.dtype)
     _maxpool_bwd_kernel()(gy, argmax, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, gx)
+    if _has_empty_window(H, KH, SH, PH, DH, OH) or _has_empty_window(W, KW, SW, PW, DW, OW):
+        _maxpool_bwd_stray_kernel()(gy, argmax, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, gx,
+                                    size=gy.size)
     return gx

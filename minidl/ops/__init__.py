@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import operator
 
+import numpy as np
+
 from .. import backend
 from ..tensor import Tensor, is_grad_enabled, raw
 from . import arith, reduce, shape
@@ -106,14 +108,28 @@ def _scaled_inplace(ufunc_name, op):
     return method
 
 
+def _on_device_of(self, value):
+    """``value`` (a tensor, array, list or number) as something ``self``'s array
+    takes in an assignment: arrays of the other device are copied over, as
+    PyTorch's ``t[k] = v`` and ``copy_`` do (CuPy refuses NumPy arrays there)."""
+    value = raw(value)
+    if isinstance(value, (list, tuple)):
+        value = np.asarray(value)
+    if getattr(value, "ndim", None) is not None and not np.isscalar(value) and \
+            backend.device_of(value) != self.device:
+        value = backend.to_device(value, self.device)
+    return value
+
+
 def _setitem(self, key, value):
     _check_inplace("__setitem__", self, value)
     key = shape.raw_key(key)
+    value = _on_device_of(self, value)
     split = shape.split_int_indices(key, self.ndim)
     if split is not None:   # PyTorch's order: the ints first (a view), then the rest
-        self._data[split[0]][split[1]] = raw(value)
+        self._data[split[0]][split[1]] = value
         return
-    self._data[key] = raw(value)
+    self._data[key] = value
 
 
 def _zero_(self):
@@ -126,13 +142,14 @@ def _fill_(self, value):
     _check_inplace("fill_", self)
     if getattr(value, "ndim", 0):
         raise ValueError(f"fill_: expects a number or a 0-d tensor, got shape {value.shape}")
-    self._data[...] = raw(value)
+    self._data[...] = _on_device_of(self, value)
     return self
 
 
 def _copy_(self, source):
+    """PyTorch's ``copy_``: source's values (broadcast to self's shape), from any device."""
     _check_inplace("copy_", self, source)
-    self._data[...] = raw(source)
+    self._data[...] = _on_device_of(self, source)
     return self
 
 

@@ -34,7 +34,15 @@ def as_float(array):
 
 
 def constant_like(value, ref: Tensor) -> Tensor:
-    """Wrap a non-tensor operand on ``ref``'s device, in ``ref``'s float dtype."""
+    """Wrap a non-tensor operand on ``ref``'s device, in ``ref``'s float dtype.
+
+    On the GPU a number becomes a cached 0-d device array (made once per value
+    and dtype), not a host array copied over for every op."""
+    if ref.device == "cuda" and isinstance(value, (int, float, bool, np.generic)):
+        host = constant_like(np.asarray(value), Tensor._wrap(np.empty(0, ref._data.dtype)))
+        xp = backend.get_array_module(ref._data)
+        return Tensor._wrap(backend.device_constant(
+            xp, ("scalar", host._data.dtype.str, host._data.item()), lambda: host._data))
     array = value if isinstance(value, (np.ndarray,)) or backend.device_of(value) == "cuda" \
         else np.asarray(value)
     ref_dtype = ref._data.dtype
@@ -460,7 +468,16 @@ def where(condition, a, b):
     """Elements of ``a`` where ``condition`` is true, else of ``b`` (broadcasting)."""
     cond = as_array(condition)
     a, b = operands(a, b)
+    _check_mask_device("where", cond, a)
     return Where(cond.astype(bool, copy=False))(a, b)
+
+
+def _check_mask_device(op, mask, x):
+    """A condition or mask must live where the tensors do (CuPy would refuse a
+    NumPy mask with a message naming neither the op nor the devices)."""
+    if backend.device_of(mask) != x.device:
+        raise backend.DeviceError(f"{op}: the mask is on '{backend.device_of(mask)}' but the "
+                                  f"tensor is on '{x.device}'; move it with .to({x.device!r})")
 
 
 def masked_fill(input, mask, value):
@@ -479,6 +496,7 @@ def masked_fill(input, mask, value):
     if not fits:
         raise ValueError(f"masked_fill: the mask's shape {tuple(m.shape)} does not broadcast "
                          f"to the input's {tuple(x.shape)}")
+    _check_mask_device("masked_fill", m, x)
     if isinstance(value, Tensor):
         if value.ndim != 0:
             raise ValueError(f"masked_fill: value must be a number or a 0-d tensor, got a "

@@ -576,10 +576,15 @@ class AvgPool2dFunction(Function):
                                                   self.output_size)
         if self.divisor_override:
             return dtype.type(self.divisor_override)
-        rows = _window_counts(H, KH, SH, PH, OH, self.count_include_pad)
-        cols = _window_counts(W, KW, SW, PW, OW, self.count_include_pad)
-        div = np.maximum(rows[:, None] * cols[None, :], 1).astype(dtype)
-        return xp.asarray(div)
+
+        def build():
+            rows = _window_counts(H, KH, SH, PH, OH, self.count_include_pad)
+            cols = _window_counts(W, KW, SW, PW, OW, self.count_include_pad)
+            return np.maximum(rows[:, None] * cols[None, :], 1).astype(dtype)
+        # on the GPU, copied over once per geometry, not on every call
+        return backend.device_constant(xp, ("avg_pool2d", H, W, self.kernel_size, self.stride,
+                                            self.padding, self.output_size,
+                                            self.count_include_pad, np.dtype(dtype).str), build)
 
     def forward(self, x):
         xp = backend.get_array_module(x)
