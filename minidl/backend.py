@@ -77,6 +77,7 @@ def _tune_glibc_malloc():
 _tune_glibc_malloc()
 
 _cupy = None            # the cupy module once imported and checked
+_MODULES = sys.modules  # "cupy" in it: someone imported CuPy (a dict lookup, no attribute)
 _cuda_error = None      # why CUDA is unusable, once known
 _use_numba = os.environ.get("MINIDL_NUMBA", "1") != "0"
 _numba_ok = None        # whether numba imports (checked lazily)
@@ -134,8 +135,8 @@ def cupy_module():
     minidl asked for CUDA is recognised too: minidl then takes CuPy up."""
     if _cupy is not None:
         return _cupy
-    mod = sys.modules.get("cupy")
-    if isinstance(getattr(mod, "ndarray", None), type):
+    mod = _MODULES.get("cupy")
+    if mod is not None and _cuda_error is None and isinstance(getattr(mod, "ndarray", None), type):
         try:
             return _load_cupy()
         except DeviceError:
@@ -144,19 +145,22 @@ def cupy_module():
 
 
 def _cupy_array_type():
-    cp = _cupy if _cupy is not None else cupy_module()
+    """CuPy's ndarray class, or None while nobody has imported CuPy (the CPU
+    path's cost: one dict lookup)."""
+    if _cupy is not None:
+        return _cupy.ndarray
+    if "cupy" not in _MODULES:
+        return None
+    cp = cupy_module()
     return None if cp is None else cp.ndarray
 
 
 def is_cuda_array(array) -> bool:
     """Whether ``array`` is a CuPy array (False without CuPy; never imports it)."""
+    if _cupy is not None:
+        return isinstance(array, _cupy.ndarray)
     t = _cupy_array_type()
     return t is not None and isinstance(array, t)
-
-
-def cuda_device_index(array) -> int:
-    """The GPU a CuPy array lives on."""
-    return array.device.id
 
 
 _constants = {}
@@ -185,6 +189,8 @@ def get_array_module(*arrays):
 
     Raises DeviceError when CPU and GPU arrays are mixed.
     """
+    if _cupy is None and "cupy" not in _MODULES:    # the CPU path
+        return np
     cp_array = _cupy_array_type()
     if cp_array is None:
         return np
@@ -202,6 +208,8 @@ def get_array_module(*arrays):
 
 def device_of(array) -> str:
     """'cpu' or 'cuda' for a raw array."""
+    if _cupy is None and "cupy" not in _MODULES:
+        return "cpu"
     return "cuda" if is_cuda_array(array) else "cpu"
 
 

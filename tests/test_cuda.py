@@ -313,6 +313,33 @@ def test_each_op_on_cuda_matches_cpu(name):
         np.testing.assert_allclose(gg, gc, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("make_opt", [
+    lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    lambda p: optim.Adam(p, lr=1e-2, amsgrad=True),
+    lambda p: optim.AdamW(p, lr=1e-2, weight_decay=0.1)], ids=["sgd", "adam", "adamw"])
+def test_model_and_optimizer_on_cuda_match_cpu(make_opt):
+    # The article's model (its fused conv blocks take the unfused path on the GPU),
+    # three steps in float64, eval mode (no dropout: the GPU draws other masks).
+    from minidl.models import CNNAttention
+    minidl.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((4, 1, 28, 28)), rng.integers(0, 10, 4)
+    weights = {}
+    for device in ("cpu", "cuda"):
+        minidl.manual_seed(0)
+        model = CNNAttention("seed").to(np.float64).to(device).eval()
+        opt = make_opt(model.parameters())
+        xt, yt = minidl.tensor(x, device=device), minidl.tensor(y, device=device)
+        for _ in range(3):
+            loss = F.cross_entropy(model(xt), yt)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        weights[device] = {k: v.numpy() for k, v in model.state_dict().items()}
+    for k, w in weights["cpu"].items():
+        np.testing.assert_allclose(weights["cuda"][k], w, rtol=1e-9, atol=1e-12, err_msg=k)
+
+
 def test_module_state_dict_and_dropout_on_cuda(tmp_path):
     model = nn.Sequential(nn.Linear(5, 4), nn.Dropout(0.5), nn.ReLU()).to("cuda")
     out = model(minidl.randn(3, 5, device="cuda"))

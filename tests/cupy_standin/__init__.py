@@ -94,6 +94,14 @@ def _dev(x):
     return x
 
 
+def _operand(x):
+    """An operand of a ufunc or operator: CuPy takes its arrays and scalars,
+    not NumPy arrays, lists or tuples."""
+    if isinstance(x, (_np.ndarray, list, tuple)):
+        raise _unsupported(x)
+    return _dev(x)
+
+
 def _wrap(r):
     if isinstance(r, _np.ndarray):
         return ndarray._of(r)
@@ -305,13 +313,11 @@ ndarray.nonzero = lambda self: (_d2h("ndarray.nonzero() (its size)"),
 
 def _binary(name, reflected=False):
     def op(self, other):
-        if isinstance(other, _np.ndarray):
-            raise _unsupported(other)
         if getattr(other, "__array_priority__", 0) > ndarray.__array_priority__ \
                 and not isinstance(other, ndarray):
             return NotImplemented
         _launch()
-        other = _dev(other)
+        other = _operand(other)
         a = getattr(self._a, name)(other)
         return NotImplemented if a is NotImplemented else _wrap(a)
     op.__name__ = name
@@ -362,7 +368,7 @@ class _Ufunc:
         _launch()
         out = kwargs.get("out")
         kwargs = {k: _dev(v) for k, v in kwargs.items()}
-        r = self._np(*_dev(args), **kwargs)
+        r = self._np(*[_operand(a) for a in args], **kwargs)
         return out if out is not None else _wrap(r)
 
     def __repr__(self):
