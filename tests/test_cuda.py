@@ -8,6 +8,7 @@ transfers or launches need the stand-in (fixture ``cupy_counters``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -29,6 +30,13 @@ TESTS = os.path.join(ROOT, "tests")
 def _cupy():
     import cupy
     return cupy
+
+
+def _no_transfers():
+    """Inside, a device -> host transfer is an error (on the stand-in; real CuPy
+    has no such switch)."""
+    forbid = getattr(_cupy(), "forbid_transfers", None)
+    return forbid() if forbid is not None else contextlib.nullcontext()
 
 
 # ------------------------------------------------------------ the stand-in
@@ -149,6 +157,11 @@ def test_max_pool_kernels_match_cpu_on_every_small_geometry():
                         np.testing.assert_allclose(
                             cp.asnumpy(cuda_cupy.maxpool2d_backward(cp.asarray(gy), idxg, *bwd)),
                             cpu_numpy.maxpool2d_backward(gy, idx, *bwd), rtol=1e-12, atol=1e-12)
+                        # the ReLU fused into the kernel, as the CPU's relu_pooled gives it
+                        y, idx = cpu_numpy.maxpool2d_forward(x, *geo, relu=True)
+                        yg, idxg = cuda_cupy.maxpool2d_forward(cp.asarray(x), *geo, relu=True)
+                        np.testing.assert_array_equal(cp.asnumpy(yg), y)
+                        np.testing.assert_array_equal(cp.asnumpy(idxg), idx)
                         checked += 1
     assert checked > 20
 
@@ -303,10 +316,12 @@ def test_each_op_on_cuda_matches_cpu(name):
     for device in ("cpu", "cuda"):
         inputs = [minidl.tensor(a, requires_grad=True).to(device) for a in arrays]
         inputs = [t.detach().requires_grad_() for t in inputs]
-        out = fn(*inputs)
+        g = minidl.tensor(np.random.default_rng(1).standard_normal(fn(*inputs).shape),
+                          device=device)
+        with _no_transfers():     # no op waits for the GPU, forward or backward
+            out = fn(*inputs)
+            out.backward(g)
         assert out.device == device
-        g = np.random.default_rng(1).standard_normal(out.shape)
-        out.backward(minidl.tensor(g, device=device))
         results[device] = (out.numpy(), [t.grad.numpy() for t in inputs])
     np.testing.assert_allclose(results["cuda"][0], results["cpu"][0], rtol=1e-10, atol=1e-12)
     for gc, gg in zip(results["cpu"][1], results["cuda"][1]):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 
 from .common import (batch_range, col2im_destination, gemm_to_nchw,  # noqa: F401
-                     maxpool2d_indices, nchw_to_gemm, output_array, relu_pooled)
+                     maxpool2d_indices, nchw_to_gemm, output_array)
 
 _GEOMETRY = ("int64 H, int64 W, int64 KH, int64 KW, int64 SH, int64 SW, "
              "int64 PH, int64 PW, int64 DH, int64 DW, int64 OH, int64 OW")
@@ -108,7 +108,7 @@ def _maxpool_fwd_kernel():
     # PyTorch's loop: start from -inf at the first in-bounds pixel and take
     # strictly greater values (the first maximum wins) or NaN.
     return _cupy().ElementwiseKernel(
-        "raw T x, " + _GEOMETRY,
+        "raw T x, " + _GEOMETRY + ", bool relu",
         "T y, int64 idx",
         _POOL_WINDOW + """
         const long long plane = nc * H * W;
@@ -122,6 +122,10 @@ def _maxpool_fwd_kernel():
                     best_i = hh * W + ww;
                 }
             }
+        }
+        if (relu && best <= 0) {   /* the fused ReLU: no gradient where it gives 0 */
+            best = 0;
+            best_i = -1;
         }
         y = best;
         idx = best_i;
@@ -235,16 +239,15 @@ def matmul(a, b, out=None):
 def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, indices=True, relu=False):
     """Max over each window: (y, int64 indices into the input's H*W plane),
     or (y, None) without ``indices``. ``relu``: y = relu(maxpool(x)), and the
-    index of a window whose pick is <= 0 is -1 (the gather never matches it)."""
-    if relu:
-        return relu_pooled(*maxpool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
-                                              indices))
+    index of a window whose pick is <= 0 is -1 (the gather never matches it),
+    in the same kernel (:func:`.common.relu_pooled`'s boolean mask would make
+    CuPy wait for the GPU to count it)."""
     cp = _cupy()
     x = cp.ascontiguousarray(x)
     N, C, H, W = x.shape
     y = cp.empty((N, C, OH, OW), dtype=x.dtype)
     idx = cp.empty((N, C, OH, OW), dtype=cp.int64)
-    _maxpool_fwd_kernel()(x, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, y, idx)
+    _maxpool_fwd_kernel()(x, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, bool(relu), y, idx)
     return y, (idx if indices else None)
 
 

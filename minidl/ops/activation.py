@@ -40,7 +40,7 @@ class Softmax(Function):
         y = x - finite_max(x, (self.axis,), xp)
         xp.exp(y, out=y)
         s = y.sum(axis=self.axis, keepdims=True)
-        s[s == 0] = 1  # fully masked rows: 0 / 1 = 0
+        s += s == 0  # fully masked rows: 0 / 1 = 0 (no boolean mask: CuPy would sync on it)
         y /= s
         self.y = y
         return y
@@ -65,7 +65,7 @@ class LogSoftmax(Function):
         y = x - finite_max(x, (self.axis,), xp)
         e = xp.exp(y)
         s = e.sum(axis=self.axis, keepdims=True)
-        s[s == 0] = 1  # fully masked rows stay -inf, without a log(0) warning
+        s += s == 0  # fully masked rows stay -inf, without a log(0) warning
         y -= xp.log(s)
         self.y = y
         return y

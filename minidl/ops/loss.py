@@ -155,7 +155,7 @@ class CrossEntropy(Function):
         z = z - finite_max(z, (1,), xp)              # (M, C), ours
         p = xp.exp(z)
         s = p.sum(axis=1, keepdims=True)
-        s[s == 0] = 1                                # a row of -inf (padding): p = 0, no 0/0
+        s += s == 0                                  # a row of -inf (padding): p = 0, no 0/0
         p /= s
         log_s = xp.log(s)[:, 0]                      # logp = z - log_s
         w, eps = self.weight, self.eps

@@ -213,6 +213,7 @@ class ndarray:
 
     # indexing
     def __getitem__(self, key):
+        _check_mask(key)
         r = self._a[_index(key)]
         if not _np.may_share_memory(r, self._a):   # advanced indexing: a gather kernel
             _launch()
@@ -223,6 +224,7 @@ class ndarray:
             if value.shape != ():
                 raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
             value = value.item()
+        _check_mask(key)
         _launch()
         self._a[_index(key)] = _dev(value)
 
@@ -273,6 +275,16 @@ def _reader(name, convert):
 for _name, _convert in (("bool", bool), ("float", float), ("int", int), ("complex", complex),
                         ("index", operator.index), ("repr", repr), ("str", str)):
     setattr(ndarray, f"__{_name}__", _reader(_name, _convert))
+
+
+def _check_mask(key):
+    """CuPy's boolean-mask indexing, read or write, counts the mask's true
+    elements on the host (``int(mask_scanned[-1])`` in _prepare_mask_indexing_single):
+    a device -> host transfer."""
+    keys = key if isinstance(key, tuple) else (key,)
+    if _b.any(getattr(k, "dtype", None) == _np.bool_ and getattr(k, "ndim", 0) > 0
+              for k in keys):
+        _d2h("boolean-mask indexing (CuPy counts the mask on the host)")
 
 
 def _index(key):
@@ -338,11 +350,14 @@ for _name in ("neg", "pos", "abs", "invert"):
 
 # ------------------------------------------------------- module functions
 
+_FUNCTION_KWARGS = {"copyto": ("where",)}   # where CuPy takes what it mostly lacks
+
+
 def _function(name, np_func=None):
     np_func = np_func or getattr(_np, name)
 
     def fn(*args, **kwargs):
-        _check_kwargs(name, kwargs)
+        _check_kwargs(name, kwargs, _FUNCTION_KWARGS.get(name, ()))
         _launch()
         out = kwargs.get("out")
         kwargs = {k: _dev(v) for k, v in kwargs.items()}
