@@ -372,13 +372,17 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="threads for both frameworks (default: minidl's, i.e. the cores)")
     p.add_argument("--windows", type=int, default=7, help="timed windows per framework")
-    p.add_argument("--steps", type=int, default=30, help="training steps per window")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps per window (default 30 on the CPU, 200 on the GPU, "
+                        "whose steps take a few milliseconds)")
     p.add_argument("--no-torch", action="store_true", help="minidl alone")
     p.add_argument("--json", help="write the results to this file")
     p.add_argument("--worker", choices=["minidl", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--init", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     threads = args.threads or minidl.get_num_threads()
+    if args.steps is None:
+        args.steps = 30 if args.device == "cpu" else 200
     if args.worker:
         return worker(args.worker, args.arch, args.device, args.init, threads)
 

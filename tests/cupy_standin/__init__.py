@@ -74,7 +74,7 @@ def _launch(n=1):
 
 # ------------------------------------------------------------- ndarray
 
-_NO_KWARGS = frozenset({"where", "initial", "like", "device", "subok", "equal_nan_", "copy"})
+_NO_KWARGS = frozenset({"where", "initial", "like", "device", "subok", "copy"})
 _IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to "
              "construct a NumPy array explicitly.")
 

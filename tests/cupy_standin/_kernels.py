@@ -151,16 +151,18 @@ def compile_source(source, name):
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     lib = os.path.join(_CACHE, f"{name}_{digest}.so")
     if not os.path.exists(lib):
-        src = lib[:-3] + ".c"
+        tmp = f"{lib}.{os.getpid()}.tmp"     # parallel processes never share a file
+        src = tmp + ".c"
         with open(src, "w") as f:
             f.write(source)
-        tmp = f"{lib}.{os.getpid()}.tmp"
         out = subprocess.run([CC, "-O1", "-std=c11", "-shared", "-fPIC", "-Wall", "-Werror",
                               "-Wno-unused-variable", "-Wno-unused-function", "-o", tmp, src,
                               "-lm"], capture_output=True, text=True)
         if out.returncode != 0:
-            raise RuntimeError(f"ElementwiseKernel {name!r} does not compile:\n{out.stderr}")
+            raise RuntimeError(f"ElementwiseKernel {name!r} does not compile ({src}):\n"
+                               f"{out.stderr}")
         os.replace(tmp, lib)
+        os.unlink(src)
     return ctypes.CDLL(lib)
 
 
