@@ -317,7 +317,7 @@ for _name in ("reshape", "transpose", "ravel", "swapaxes", "squeeze", "diagonal"
     setattr(ndarray, _name, _method(_name, launches=0))
 for _name in ("flatten", "sum", "mean", "max", "min", "argmax", "argmin", "prod", "var", "std",
               "cumsum", "clip", "any", "all", "dot", "take", "repeat", "round", "sort",
-              "argsort", "conj", "nonzero", "trace", "cumprod", "ptp", "partition"):
+              "argsort", "conj", "nonzero", "trace", "cumprod", "partition"):
     setattr(ndarray, _name, _method(_name))
 ndarray.nonzero = lambda self: (_d2h("ndarray.nonzero() (its size)"),
                                 _wrap(self._a.nonzero()))[1]
@@ -397,11 +397,11 @@ logaddexp equal not_equal less less_equal greater greater_equal logical_and logi
 logical_not logical_xor bitwise_and bitwise_or bitwise_xor invert isnan isinf isfinite floor
 ceil trunc rint fmod remainder mod signbit copysign hypot""".split()
 _FUNCTIONS = """where broadcast_to reshape concatenate stack tile pad moveaxis expand_dims
-transpose swapaxes squeeze flip repeat take take_along_axis put_along_axis sum mean amax amin
+transpose swapaxes squeeze flip repeat take take_along_axis sum mean amax amin
 max min argmax argmin prod var std cumsum all any dot matmul tensordot einsum outer tril triu
-tri zeros_like ones_like empty_like full_like copyto argsort sort count_nonzero around round
+tri zeros_like ones_like empty_like full_like copyto argsort sort count_nonzero around
 clip diag broadcast_arrays atleast_1d atleast_2d shape ndim size result_type can_cast
-array_equal allclose isclose linspace logspace""".split()
+array_equal allclose isclose linspace logspace may_share_memory shares_memory""".split()
 
 for _name in _UFUNCS:
     globals()[_name] = _Ufunc(_name)
