@@ -406,3 +406,22 @@ def test_bench_train_runs_with_device_cuda(tmp_path):
     data = json.loads(out.read_text())
     assert data["device"] == "cuda" and data["archs"][0]["train"]["4"]["minidl"] > 0
     assert "gpu" in data["environment"] and "| seed | training, batch 4 (img/s) |" in result.stdout
+
+
+def test_minidl_cuda_speaks_torch_cuda(cupy_counters, monkeypatch):
+    import minidl.cuda
+    monkeypatch.setattr(cupy_counters, "_device_count", [2])
+    monkeypatch.setattr(cupy_counters, "_current", [0])
+    assert minidl.cuda.is_available() and minidl.cuda.device_count() == 2
+    minidl.cuda.set_device("cuda:1")
+    assert minidl.cuda.current_device() == 1
+    assert minidl.ones(2, device="cuda")._data.device.id == 1     # 'cuda': the current GPU
+    minidl.cuda.set_device(0)
+    minidl.cuda.set_device(minidl.device("cuda:1"))
+    assert minidl.cuda.current_device() == 1
+    minidl.cuda.set_device(0)
+    with pytest.raises(backend.DeviceError, match="GPU 3 was asked for, but 2"):
+        minidl.cuda.set_device(3)
+    with pytest.raises(ValueError, match="expected a GPU index"):
+        minidl.cuda.set_device("cpu")
+    minidl.cuda.synchronize()
