@@ -122,22 +122,23 @@ def _unrows(g, shape):
     return g.reshape(N, math.prod(shape[2:]), C).transpose(0, 2, 1).reshape(shape)
 
 
-
-def check_targets(op, xp, t, t_safe, valid, C, also=""):
-    """Class targets must be in 0..C-1: ``(t_safe, valid)`` as given. On the CPU
+def check_targets(op, xp, t_safe, C, also=""):
+    """Class targets (ignored rows already 0) must be in 0..C-1: ``t_safe`` as
+    given. On the CPU
     an IndexError names the first bad one at once; on the GPU that check would
     wait for the device every step, so it is deferred (as PyTorch's CUDA assert
     is): the out-of-range rows read class 0, and the IndexError comes when a
     value is next read back (``.item()``, ``.numpy()``, printing)."""
     in_range = (t_safe >= 0) & (t_safe < C)
     message = f"{op}: a target is out of range for {C} classes (expected 0..{C - 1}{also})"
-    if xp.__name__ == "numpy":
+    if xp is np:
         if not in_range.all():
-            bad = t[valid & ~in_range]
+            bad = t_safe[~in_range]
             raise IndexError(message.replace("a target", f"target {int(bad[0])}"))
-        return t_safe, valid
-    backend.defer_error((valid & ~in_range).any(), message + "; found on the GPU after the fact")
-    return xp.where(in_range, t_safe, 0), valid
+        return t_safe
+    backend.defer_error(~in_range.all(), message + "; found on the GPU after the fact")
+    return xp.where(in_range, t_safe, 0)
+
 
 class CrossEntropy(Function):
     """Inputs: the logits, and the probability targets when they need a gradient
@@ -176,8 +177,8 @@ class CrossEntropy(Function):
             t = target.reshape(-1)
             valid = t != self.ignore_index
             t_safe = xp.where(valid, t, 0)
-            t_safe, valid = check_targets("cross_entropy", xp, t, t_safe, valid, C,
-                                          f" or ignore_index={self.ignore_index}")
+            t_safe = check_targets("cross_entropy", xp, t_safe, C,
+                                   f" or ignore_index={self.ignore_index}")
             rows = xp.arange(t.shape[0])
             wt = valid.astype(dtype) if w is None else w[t_safe] * valid
             c_nll = wt * (1 - eps)                   # coefficient of -logp[i, t_i]
@@ -293,7 +294,7 @@ class NLLLoss(Function):
         t = self.target.reshape(-1)
         valid = t != self.ignore_index
         t_safe = xp.where(valid, t, 0)
-        t_safe, valid = check_targets("nll_loss", xp, t, t_safe, valid, C)
+        t_safe = check_targets("nll_loss", xp, t_safe, C)
         rows = xp.arange(t.shape[0])
         wt = valid.astype(dtype) if self.weight is None else self.weight[t_safe] * valid
         loss = -wt * xp.where(valid, z[rows, t_safe], dtype.type(0))   # as cross_entropy's
