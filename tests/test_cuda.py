@@ -9,6 +9,7 @@ transfers or launches need the stand-in (fixture ``cupy_counters``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
@@ -133,37 +134,42 @@ def test_max_pool_backward_keeps_the_gradient_of_a_window_in_the_padding():
     np.testing.assert_array_equal(xc.grad.numpy().ravel(), [0, 10])
 
 
+def _axis_geometries():
+    """(size, K, S, P, D, O) along one axis: size <= 4, K, S <= 3, D <= 2, P <= K // 2."""
+    out = []
+    for size, K, S, D in itertools.product((1, 2, 3, 4), (1, 2, 3), (1, 2, 3), (1, 2)):
+        for P in range(K // 2 + 1):
+            O = (size + 2 * P - D * (K - 1) - 1) // S + 1
+            if O >= 1:
+                out.append((size, K, S, P, D, O))
+    return out
+
+
 def test_max_pool_kernels_match_cpu_on_every_small_geometry():
-    # Defect 3, swept: every geometry with H, W <= 3, K <= 2, S <= 2, P <= K // 2, D <= 2
+    # Defect 3, swept: every axis geometry above along H (W plain) and along W
+    # (H plain), and 60 random pairs; indices, gradients and the fused ReLU.
     from minidl.kernels import cuda_cupy
     cp = _cupy()
     rng = np.random.default_rng(0)
-    checked = 0
-    for H in (1, 2, 3):
-        for K in (1, 2):
-            for S in (1, 2):
-                for D in (1, 2):
-                    for P in range(K // 2 + 1):
-                        O = (H + 2 * P - D * (K - 1) - 1) // S + 1
-                        if O < 1:
-                            continue
-                        geo = (K, 1, S, 1, P, 0, D, 1, O, H)
-                        x = rng.permutation(np.linspace(-1, 1, 2 * H * H)).reshape(1, 2, H, H)
-                        y, idx = cpu_numpy.maxpool2d_forward(x, *geo)
-                        yg, idxg = cuda_cupy.maxpool2d_forward(cp.asarray(x), *geo)
-                        np.testing.assert_array_equal(cp.asnumpy(idxg), idx)
-                        gy = rng.standard_normal(y.shape)
-                        bwd = (H, H, K, 1, S, 1, P, 0, D, 1)
-                        np.testing.assert_allclose(
-                            cp.asnumpy(cuda_cupy.maxpool2d_backward(cp.asarray(gy), idxg, *bwd)),
-                            cpu_numpy.maxpool2d_backward(gy, idx, *bwd), rtol=1e-12, atol=1e-12)
-                        # the ReLU fused into the kernel, as the CPU's relu_pooled gives it
-                        y, idx = cpu_numpy.maxpool2d_forward(x, *geo, relu=True)
-                        yg, idxg = cuda_cupy.maxpool2d_forward(cp.asarray(x), *geo, relu=True)
-                        np.testing.assert_array_equal(cp.asnumpy(yg), y)
-                        np.testing.assert_array_equal(cp.asnumpy(idxg), idx)
-                        checked += 1
-    assert checked > 20
+    axes = _axis_geometries()
+    plain = [(s, 1, 1, 0, 1, s) for s in (1, 3)]
+    pairs = [(a, b) for a in axes for b in plain] + [(b, a) for a in axes for b in plain]
+    pairs += [(axes[i], axes[j]) for i, j in rng.integers(0, len(axes), (60, 2))]
+    for (H, KH, SH, PH, DH, OH), (W, KW, SW, PW, DW, OW) in pairs:
+        geo = (KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
+        x = rng.permutation(np.linspace(-1, 1, 2 * H * W)).reshape(1, 2, H, W)
+        for relu in (False, True):
+            y, idx = cpu_numpy.maxpool2d_forward(x, *geo, relu=relu)
+            yg, idxg = cuda_cupy.maxpool2d_forward(cp.asarray(x), *geo, relu=relu)
+            np.testing.assert_array_equal(cp.asnumpy(yg), y)
+            np.testing.assert_array_equal(cp.asnumpy(idxg), idx)
+            gy = rng.standard_normal(y.shape)
+            bwd = (H, W, KH, KW, SH, SW, PH, PW, DH, DW)
+            np.testing.assert_allclose(
+                cp.asnumpy(cuda_cupy.maxpool2d_backward(cp.asarray(gy), idxg, *bwd)),
+                cpu_numpy.maxpool2d_backward(gy, idx, *bwd), rtol=1e-12, atol=1e-12,
+                err_msg=str((H, W, geo, relu)))
+    assert len(pairs) > 400
 
 
 def test_gradcheck_takes_integer_inputs_on_the_device():
