@@ -717,12 +717,14 @@ cupyx.scipy.special.erf = _erf
 
 
 def install():
-    """Register the stand-in as ``cupy``/``cupyx`` when the real CuPy is absent.
-    Returns True when installed (False: the real CuPy is there)."""
+    """Register the stand-in as ``cupy``/``cupyx`` when the real CuPy is absent
+    and a C compiler is at hand (for the kernels). Returns True when installed
+    (False: the real CuPy is there, or no compiler: the gpu tests then skip)."""
     import importlib.util
+    import shutil
     if sys.modules.get("cupy") is sys.modules[__name__]:
         return True
-    if importlib.util.find_spec("cupy") is not None:
+    if importlib.util.find_spec("cupy") is not None or shutil.which(_kernels.CC) is None:
         return False
     me = sys.modules[__name__]
     for name, mod in {"cupy": me, "cupy.cuda": cuda, "cupy.cuda.runtime": cuda.runtime,
