@@ -8,6 +8,7 @@ initialisers in :mod:`.init`; ``clip_grad_norm_`` in :mod:`.utils`.
 from __future__ import annotations
 
 from . import functional, init, utils
+from . import parallel
 from .attention import AttentionPool2d, ChannelAttention, MultiheadAttention
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, Dropout, Flatten, GELU, Identity,
                      LeakyReLU, Linear, MaxPool2d, ReLU, Sigmoid, SiLU, Softmax, Tanh)
@@ -20,4 +21,5 @@ __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Lin
            "Sigmoid", "Tanh", "Softmax", "Dropout", "Flatten", "Identity", "LayerNorm",
            "BatchNorm1d", "BatchNorm2d", "MultiheadAttention", "ChannelAttention",
            "AttentionPool2d", "CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss",
-           "functional", "init", "utils"]
+           "functional", "init", "utils",
+           "parallel"]
