@@ -272,11 +272,14 @@ _NCCL_OPS = {ReduceOp.SUM: "NCCL_SUM", ReduceOp.MAX: "NCCL_MAX", ReduceOp.MIN: "
 
 
 def _nccl_module():
-    from cupy.cuda import nccl
-    if not getattr(nccl, "available", True):
-        raise RuntimeError("minidl.distributed: collectives of CUDA tensors need NCCL, which "
-                           "this CuPy build lacks (pip install nvidia-nccl-cu12, or move the "
-                           "tensors to the CPU)")
+    try:
+        from cupy.cuda import nccl
+    except ImportError:
+        nccl = None
+    if not getattr(nccl, "available", nccl is not None):
+        raise RuntimeError("minidl.distributed: collectives of CUDA tensors run in NCCL, which "
+                           "this CuPy cannot load (pip install nvidia-nccl-cu12, or train on the "
+                           "CPU)")
     return nccl
 
 

@@ -3,8 +3,8 @@ tests/distributed_worker.py CASE OUT``); ``train`` is also imported by the test
 itself, which runs it in one process as the reference.
 
 Cases: ``checks`` (threads, random streams, then the training runs, each
-rank writing its results to OUT/rank<r>.npz), ``raise`` (rank 1 raises
-while rank 0 waits in a collective).
+rank writing its results to OUT/rank<r>.npz), ``gpu`` (one training on each
+rank's GPU), ``raise`` (rank 1 raises while rank 0 waits in a collective).
 """
 from __future__ import annotations
 
@@ -45,17 +45,18 @@ def data():
             rng.integers(0, 3, SAMPLES))
 
 
-def train(batch_size, epochs=2, accumulate=1, spare_on_rank0_only=False):
+def train(batch_size, epochs=2, accumulate=1, spare_on_rank0_only=False, device="cpu"):
     """Train Net with DDP under the current world; returns its final weights.
 
     ``batch_size`` is per rank; ``accumulate`` micro-batches go into each step
     (all but the last under ``no_sync``)."""
     minidl.manual_seed(3)
-    model = DistributedDataParallel(Net())
+    model = DistributedDataParallel(Net().to(device))
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x, y = data()
     sampler = DistributedSampler(TensorDataset(x, y), seed=11)
-    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, sampler=sampler)
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, sampler=sampler,
+                        device=device)
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         batches = list(loader)
@@ -114,6 +115,12 @@ def checks(out):
         json.dump(report, f)
 
 
+def gpu(out):
+    """The ``equal`` training on this rank's GPU (NCCL reduces the gradients)."""
+    weights = train(batch_size=4, device="cuda")
+    np.savez(os.path.join(out, f"rank{distributed.rank()}.npz"), **weights)
+
+
 def fail(out):
     distributed.init()
     if distributed.rank() == 1:
@@ -124,4 +131,4 @@ def fail(out):
 
 if __name__ == "__main__":
     case, out = sys.argv[1:3]
-    {"checks": checks, "raise": fail}[case](out)
+    {"checks": checks, "raise": fail, "gpu": gpu}[case](out)

@@ -137,6 +137,38 @@ def test_an_exception_on_one_rank_ends_every_rank(tmp_path):
     assert not (tmp_path / "rank0-went-on").exists()
 
 
+# ------------------------------------------------------------------ GPUs
+
+@pytest.mark.gpu
+def test_nccl_collectives_on_one_gpu():
+    cupy = minidl.backend.xp_for("cuda")
+    nccl = distributed._nccl_module()
+    comm = nccl.NcclCommunicator(1, nccl.get_unique_id(), 0)
+    for dtype in (np.float32, np.float64, np.int64):
+        a = cupy.arange(5, dtype=dtype) - 2
+        distributed._nccl_all_reduce(comm, a, distributed.ReduceOp.SUM)
+        distributed._nccl_all_reduce(comm, a, distributed.ReduceOp.MAX)
+        distributed._nccl_broadcast(comm, a, 0)
+        cupy.cuda.get_current_stream().synchronize()
+        np.testing.assert_array_equal(cupy.asnumpy(a), np.arange(5, dtype=dtype) - 2)
+    with pytest.raises(TypeError, match="NCCL collectives take"):
+        distributed._nccl_all_reduce(comm, cupy.zeros(2, dtype=bool), distributed.ReduceOp.SUM)
+
+
+@needs_mpi
+@pytest.mark.gpu
+def test_two_ranks_on_two_gpus_reduce_with_nccl(tmp_path):
+    cupy = minidl.backend.xp_for("cuda")
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs (NCCL refuses two ranks on one GPU)")
+    done = run_ranks(2, "gpu", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    weights = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)]
+    for name, value in distributed_worker.train(batch_size=8).items():
+        np.testing.assert_array_equal(weights[0][name], weights[1][name])
+        np.testing.assert_allclose(weights[0][name], value, rtol=1e-4, atol=1e-5)
+
+
 # ------------------------------------------------------- one process
 
 def test_one_process_without_a_launcher():
@@ -264,3 +296,33 @@ def test_dataloader_takes_a_sampler():
     np.testing.assert_array_equal(got, x[sampler.indices()])
     with pytest.raises(ValueError, match="sampler= and shuffle=True exclude each other"):
         DataLoader(TensorDataset(x), sampler=sampler, shuffle=True)
+
+
+# -------------------------------------------------------------- benchmark
+
+@needs_mpi
+def test_bench_distributed_runs_on_a_tiny_setting(tmp_path):
+    out = tmp_path / "distributed.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_distributed.py"),
+                    "--arch", "seed", "--batch-size", "4", "--steps", "1", "--warmup", "1",
+                    "--windows", "1", "--mpiexec", mpiexec(), "--json", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["2x1"]["images_per_s"] > 0 and result["1x2"]["images_per_s"] > 0
+    assert result["reduced_bytes"] == 4 * (result["parameters"] + 12)   # + a flag per tensor
+    assert [row["machines"] for row in result["estimate"]] == [2, 8, 64, 2, 8, 64]
+
+
+def test_ring_allreduce_cost_model():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import bench_distributed
+    finally:
+        sys.path.pop(0)
+    # 2 machines: one step each way, half the buffer per step, plus the latencies
+    assert bench_distributed.ring_allreduce_s(2, 8e6, 8e9, 1e-5) == pytest.approx(
+        2 * (1e-5 + 4e6 / 1e9))
+    assert bench_distributed.ring_allreduce_s(1, 8e6, 8e9, 1e-5) == 0
+    # many machines: each sends about twice the buffer in all
+    assert bench_distributed.ring_allreduce_s(1000, 8e6, 8e9, 0) == pytest.approx(
+        2 * 8e6 / 1e9, rel=2e-3)
