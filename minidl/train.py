@@ -33,7 +33,8 @@ Ctrl-C saves ``interrupted.safetensors`` before the KeyboardInterrupt goes on.
 
 Distributed training hooks (overridable methods, no-ops in one process):
 :attr:`Trainer.is_main` (only that process prints and writes),
-:meth:`Trainer.reduce` (sums the epoch's totals across processes) and
+:meth:`Trainer.reduce` (sums the epoch's totals across processes),
+:meth:`Trainer.after_backward` (where gradients are averaged) and
 :meth:`Trainer.on_epoch_start` (calls ``set_epoch`` on the loader or its
 sampler, as ``DistributedSampler`` needs).
 """
@@ -208,6 +209,10 @@ class Trainer:
         """Sum an epoch's totals (float64 vector) over the processes of a run."""
         return totals
 
+    def after_backward(self) -> None:
+        """Between backward and the optimizer's step (where a distributed run
+        averages the gradients across processes)."""
+
     def on_epoch_start(self, epoch: int) -> None:
         """Before each epoch (0-based): tell a sampler which epoch it is."""
         for owner in (self.train_loader, getattr(self.train_loader, "sampler", None)):
@@ -275,6 +280,7 @@ class Trainer:
             loss, parts = loss
         opt.zero_grad()
         loss.backward()
+        self.after_backward()
         opt.step()
         if self.scheduler is not None and self.scheduler_step == "batch":
             self.scheduler.step()
