@@ -67,7 +67,7 @@ def worker(args):
     # time the parts of the gradient averaging: the wait for the slower rank
     # (a barrier first), the allreduce, and the rest (copies in and out)
     times = {"wait": 0.0, "allreduce": 0.0, "average": 0.0}
-    reduce, average = distributed.all_reduce, model._average_gradients
+    reduce, average = distributed.all_reduce, model.average_gradients
 
     def timed_reduce(buffer, *rest):
         start = time.perf_counter()
@@ -83,7 +83,7 @@ def worker(args):
         times["average"] += time.perf_counter() - start
 
     distributed.all_reduce = timed_reduce
-    object.__setattr__(model, "_average_gradients", timed_average)
+    object.__setattr__(model, "average_gradients", timed_average)
 
     def step():
         loss = F.cross_entropy(model(x), y)

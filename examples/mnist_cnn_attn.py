@@ -28,8 +28,8 @@ import math  # noqa: E402
 import numpy as np  # noqa: E402
 
 from minidl import optim  # noqa: E402
-from minidl.data import (Compose, DataLoader, Normalize, RandomShift,  # noqa: E402
-                         TensorDataset, ToFloat)
+from minidl.data import (Compose, DataLoader, DistributedSampler, Normalize,  # noqa: E402
+                         RandomShift, TensorDataset, ToFloat)
 from minidl.models import CNNAttention, num_parameters  # noqa: E402
 from minidl.nn import functional as F  # noqa: E402
 from minidl.train import (Trainer, TrainingDiverged, read_checkpoint,  # noqa: E402
@@ -76,6 +76,9 @@ class TrainConfig:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.batch_size % minidl.distributed.world_size():
+            raise ValueError(f"batch size {self.batch_size} (the global batch) does not split "
+                             f"evenly over {minidl.distributed.world_size()} processes")
         if not 0 < self.lr < math.inf:
             raise ValueError(f"learning rate must be positive and finite, got {self.lr}")
         if not 0 <= self.momentum < 1:
@@ -126,7 +129,10 @@ def accuracy(logits, labels):
 
 def evaluate(model, images, labels, batch_size=1000, device="cpu"):
     """{"test_loss": mean loss, "test_acc": accuracy in %} of ``model`` on uint8
-    images; sums stay on the device until the end."""
+    images; sums stay on the device until the end. Under ``mpiexec -n N`` each
+    rank takes every N-th image, and the sums are added up over the ranks."""
+    rank, ranks = minidl.distributed.rank(), minidl.distributed.world_size()
+    images, labels, n = images[rank::ranks], labels[rank::ranks], len(images)
     total_loss = correct = 0
     for start in range(0, len(images), batch_size):
         x = minidl.Tensor(images_to_float(images[start:start + batch_size]), device=device)
@@ -134,9 +140,9 @@ def evaluate(model, images, labels, batch_size=1000, device="cpu"):
         logits = model(x)
         total_loss = total_loss + F.cross_entropy(logits, y, reduction="sum")
         correct = correct + (logits.argmax(dim=1) == y).float().sum()
-    n = max(len(images), 1)
-    return {"test_loss": float(total_loss.item()) / n if len(images) else 0.0,
-            "test_acc": 100.0 * float(correct.item()) / n if len(images) else 0.0}
+    sums = minidl.distributed.all_reduce(np.array(   # 0 where a rank had no images
+        [float(v.item()) if isinstance(v, minidl.Tensor) else 0.0 for v in (total_loss, correct)]))
+    return {"test_loss": sums[0] / n if n else 0.0, "test_acc": 100.0 * sums[1] / n if n else 0.0}
 
 
 def make_trainer(config: TrainConfig, data=None, log=print):
@@ -153,8 +159,12 @@ def make_trainer(config: TrainConfig, data=None, log=print):
     # Shift before normalising, so the pixels shifted in are background (0).
     augment = [RandomShift(config.shift)] if config.shift else []
     transform = Compose([ToFloat(), *augment, Normalize(MNIST_MEAN, MNIST_STD)])
-    loader = DataLoader(TensorDataset(train_x, train_y, transform=transform),
-                        batch_size=config.batch_size, shuffle=True, device=device)
+    dataset = TensorDataset(train_x, train_y, transform=transform)
+    # Under mpiexec -n N: N ranks of batch_size / N images, each a share of one shuffle
+    ranks = minidl.distributed.world_size()
+    sampler = DistributedSampler(dataset, seed=config.seed) if ranks > 1 else None
+    loader = DataLoader(dataset, batch_size=config.batch_size // ranks, shuffle=sampler is None,
+                        sampler=sampler, device=device)
     total = config.epochs * len(loader)
     scheduler = (optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
                  if config.schedule == "cosine" else
@@ -179,7 +189,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def fail(message, code=2):
     print(f"mnist_cnn_attn.py: error: {message}", file=sys.stderr)
-    sys.exit(code)
+    minidl.distributed.abort(code)   # sys.exit, ending every rank under mpiexec
 
 
 def build_train_parser():
@@ -187,7 +197,8 @@ def build_train_parser():
     p = OneLineParser(prog="mnist_cnn_attn.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help=f"images per step (default {d.batch_size})")
+                   help=f"images per step, over all processes (under mpiexec -n N, each "
+                   f"takes 1/N of them; default {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     p.add_argument("--momentum", type=float, default=d.momentum,
                    help=f"SGD momentum (default {d.momentum})")
@@ -241,8 +252,10 @@ def train(argv):
     except (ValueError, FileNotFoundError, OSError, minidl.backend.DeviceError) as exc:
         fail(str(exc), 1)
     device = resolve_device(config.device)
-    print(f"CNNAttention(arch={config.arch!r}): {num_parameters(trainer.model):,} parameters, "
-          f"device {device}, {len(data[0]):,} training images")
+    ranks = minidl.distributed.world_size()
+    trainer.log(f"CNNAttention(arch={config.arch!r}): {num_parameters(trainer.model):,} "
+                f"parameters, device {device}, {len(data[0]):,} training images" +
+                (f", {ranks} processes of batch {config.batch_size // ranks}" if ranks > 1 else ""))
     try:
         trainer.fit()
     except TrainingDiverged as exc:
@@ -251,6 +264,8 @@ def train(argv):
         fail(f"cannot write the run's files to {config.out}/: {exc}", 1)
     except KeyboardInterrupt:
         sys.exit(130)
+    if not trainer.is_main:
+        return
     if not args.no_plots:
         plot_attention(trainer.model, data[2], data[3], os.path.join(config.out, "attention.png"))
     print(f"Wrote {config.out}/: checkpoint.safetensors, model.safetensors, metrics.json, "

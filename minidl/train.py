@@ -37,6 +37,15 @@ Distributed training hooks (overridable methods, no-ops in one process):
 :meth:`Trainer.after_backward` (where gradients are averaged) and
 :meth:`Trainer.on_epoch_start` (calls ``set_epoch`` on the loader or its
 sampler, as ``DistributedSampler`` needs).
+
+Under ``mpiexec -n N`` (:mod:`minidl.distributed`) they do so by themselves:
+rank 0 alone prints, shows progress and writes files; the gradients are
+averaged over the ranks after each backward (the model is not wrapped, so
+its checkpoints are those of one process), the epoch's totals summed; a
+resume is read by rank 0 and sent to the others. The checkpoint holds every
+rank's random state and the world size: a resume with another world size is
+refused. The training loader must give each rank its share
+(``sampler=DistributedSampler(dataset)``).
 """
 from __future__ import annotations
 
@@ -51,7 +60,7 @@ import time
 
 import numpy as np
 
-from . import backend
+from . import backend, distributed
 from .fileio import atomic_write_bytes
 from .random import get_rng_state, set_rng_state
 from .serialization import CheckpointError, load, save
@@ -199,19 +208,39 @@ class Trainer:
         self.epoch = 0            # epochs completed
         self.history = []
         self.checkpoint_path = os.path.join(out, "checkpoint.safetensors")
+        self._replicas = None
+        if distributed.world_size() > 1:
+            self._join_ranks()
         if self.is_main:
             _check_writable(out)
         if resume:
             self.restore(self.checkpoint_path)
 
     # ------------------------------------------------ distributed hooks
+    def _join_ranks(self):
+        """Set up a run of several processes (see the module docstring)."""
+        from .data import DataLoader
+        from .nn.parallel import DistributedDataParallel
+        n = distributed.world_size()
+        if isinstance(self.train_loader, DataLoader) and self.train_loader.sampler is None:
+            raise ValueError(
+                f"this run has {n} processes but the training loader gives each of them the "
+                "whole dataset: build it with sampler=minidl.data.DistributedSampler(dataset)")
+        self.is_main = distributed.is_main()
+        self.settings["world_size"] = n
+        if not isinstance(self.model, DistributedDataParallel):   # which averages by itself
+            # rank 0's weights to every rank, and the averaging of the gradients
+            self._replicas = DistributedDataParallel(self.model)
+
     def reduce(self, totals: np.ndarray) -> np.ndarray:
         """Sum an epoch's totals (float64 vector) over the processes of a run."""
-        return totals
+        return distributed.all_reduce(np.array(totals, dtype=np.float64))
 
     def after_backward(self) -> None:
         """Between backward and the optimizer's step (where a distributed run
         averages the gradients across processes)."""
+        if self._replicas is not None:
+            self._replicas.average_gradients()
 
     def on_epoch_start(self, epoch: int) -> None:
         """Before each epoch (0-based): tell a sampler which epoch it is."""
@@ -226,10 +255,12 @@ class Trainer:
             self._log(message)
 
     # ------------------------------------------------------- checkpoints
-    def state(self):
+    def state(self, rng=None):
+        """The checkpoint's contents; ``rng``: the random state to record
+        (default: this process's)."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else {},
-                "epoch": self.epoch, "rng": get_rng_state(), "history": self.history,
+                "epoch": self.epoch, "rng": rng or get_rng_state(), "history": self.history,
                 "config": self.settings}
 
     def save_checkpoint(self, path=None):
@@ -237,18 +268,50 @@ class Trainer:
         epoch checkpoint also refreshes ``model.safetensors``, which thus
         always holds the weights of the last finished epoch."""
         path = path or self.checkpoint_path
+        rng = None
+        if path == self.checkpoint_path and distributed.world_size() > 1:
+            # every rank's streams (dropout, augmentation), gathered where all
+            # ranks are: the end of an epoch (not Ctrl-C's save, which may
+            # find them elsewhere)
+            ranks = [None] * distributed.world_size()
+            distributed.all_gather_object(ranks, get_rng_state())
+            rng = {**ranks[0], "ranks": ranks}
         if not self.is_main:
             return path
-        save(self.state(), path)
+        save(self.state(rng), path)
         if path == self.checkpoint_path:
             save(self.model.state_dict(), os.path.join(self.out, "model.safetensors"))
         return path
 
+    def _read_checkpoint(self, path):
+        """The checkpoint to resume from; in a run of several processes rank 0
+        reads it and sends it (or its error) to the others, each of which then
+        takes its own random state from it."""
+        found = [None]
+        if self.is_main:
+            try:
+                if not os.path.exists(path):
+                    raise FileNotFoundError(
+                        f"--resume: no checkpoint at {path}; train without --resume first (or "
+                        "point --out at the run to continue)")
+                found[0] = read_checkpoint(path, "--resume", self.CHECKPOINT_KEYS)
+            except Exception as exc:   # noqa: BLE001 (raised below, on every rank)
+                found[0] = exc
+        distributed.broadcast_object_list(found)
+        if isinstance(found[0], Exception):
+            raise found[0]
+        state, n = found[0], distributed.world_size()
+        if state["config"].get("world_size", 1) != n:
+            raise ValueError(
+                f"--resume: the checkpoint {path} belongs to a run of "
+                f"{state['config'].get('world_size', 1)} processes, this one has {n}: resume "
+                "with as many (the data's split follows them), or start a new run")
+        ranks = state["rng"].get("ranks") or [state["rng"]]
+        state["rng"] = ranks[distributed.rank()]
+        return state
+
     def restore(self, path):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}; train without "
-                                    "--resume first (or point --out at the run to continue)")
-        state = read_checkpoint(path, "--resume", self.CHECKPOINT_KEYS)
+        state = self._read_checkpoint(path)
         saved = state["config"]   # read_checkpoint made sure it is there
         # (checkpoints of older versions recorded fewer settings: those are compared)
         differ = [f"{key}={saved[key]!r} (this run: {value!r})"

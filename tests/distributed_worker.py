@@ -4,7 +4,9 @@ itself, which runs it in one process as the reference.
 
 Cases: ``checks`` (threads, random streams, then the training runs, each
 rank writing its results to OUT/rank<r>.npz), ``gpu`` (one training on each
-rank's GPU), ``raise`` (rank 1 raises while rank 0 waits in a collective).
+rank's GPU), ``example MODE`` (the example's trainer: ``straight``, ``stop``
+after epoch 1, ``resume``), ``raise`` (rank 1 raises while rank 0 waits in a
+collective).
 """
 from __future__ import annotations
 
@@ -105,6 +107,13 @@ def checks(out):
     report["max_strided"] = strided.tolist()
     objects = [{"rank": rank}] if rank == 0 else [None]
     report["object"] = distributed.broadcast_object_list(objects)[0]
+    from minidl.train import Trainer
+    try:   # a loader that gives every rank the whole dataset is refused
+        Trainer(nn.Linear(2, 2), optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1),
+                F.mse_loss, DataLoader(TensorDataset(np.zeros((4, 2), np.float32)), batch_size=2),
+                epochs=1, out=os.path.join(out, "unsharded"))
+    except ValueError as exc:
+        report["unsharded"] = str(exc)
     distributed.barrier()
     results = {"equal": train(batch_size=4), "accumulate": train(batch_size=2, accumulate=2),
                "unused": train(batch_size=4, epochs=1, spare_on_rank0_only=True)}
@@ -121,6 +130,46 @@ def gpu(out):
     np.savez(os.path.join(out, f"rank{distributed.rank()}.npz"), **weights)
 
 
+class _Stop(Exception):
+    pass
+
+
+def example(out):
+    """The example's trainer (seed arch, dropout and shifts on) in OUT/straight
+    or OUT/broken, on
+    MNIST prepared in OUT/data; ``stop`` ends every rank after epoch 1 (its
+    checkpoint written), ``resume`` continues from there. Rank 1 records every
+    file it opens for writing under the run's folder into OUT/rank1-writes-MODE.json."""
+    mode = sys.argv[3]
+    run = os.path.join(out, mode if mode == "straight" else "broken")
+    writes = []
+    if distributed.rank() == 1:
+        def audit(event, args):
+            if event == "open" and str(args[0]).startswith(run) and \
+                    args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                writes.append(str(args[0]))
+        sys.addaudithook(audit)
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                    "examples"))
+    import mnist_cnn_attn as recipe
+    config = recipe.TrainConfig(arch="seed", epochs=2, batch_size=32, out=run, progress=False,
+                                resume=mode == "resume")
+    data = recipe.load_mnist(os.path.join(out, "data"), 256, 64, download=False)
+    trainer = recipe.make_trainer(config, data, log=lambda line: None)
+    if mode == "stop":
+        def stop(epoch):
+            if epoch == 1:
+                raise _Stop
+        trainer.on_epoch_start = stop
+    try:
+        trainer.fit()
+    except _Stop:
+        pass
+    if distributed.rank() == 1:
+        with open(os.path.join(out, f"rank1-writes-{mode}.json"), "w") as f:
+            json.dump(writes, f)
+
+
 def fail(out):
     distributed.init()
     if distributed.rank() == 1:
@@ -131,4 +180,4 @@ def fail(out):
 
 if __name__ == "__main__":
     case, out = sys.argv[1:3]
-    {"checks": checks, "raise": fail, "gpu": gpu}[case](out)
+    {"checks": checks, "raise": fail, "gpu": gpu, "example": example}[case](out)

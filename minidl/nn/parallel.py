@@ -76,7 +76,7 @@ class DistributedDataParallel(Module):
                 for b in self.module.buffers():
                     distributed.broadcast(b, src=0)
             if self._sync and is_grad_enabled() and self._params:
-                queue_callback(self._average_gradients)
+                queue_callback(self.average_gradients)
         return self.module(*args, **kwargs)
 
     @contextlib.contextmanager
@@ -96,8 +96,12 @@ class DistributedDataParallel(Module):
             object.__setattr__(self, "_flat", flat)
         return flat
 
-    def _average_gradients(self):
-        """One allreduce of [grad_0 / N, ..., grad_k / N, has_grad_0, ..., has_grad_k]."""
+    def average_gradients(self):
+        """Average the gradients over the ranks now: what the end of backward
+        calls after a forward through the wrapper; call it yourself after a
+        backward that bypassed it (``minidl.train.Trainer`` does).
+
+        One allreduce of [grad_0 / N, ..., grad_k / N, has_grad_0, ..., has_grad_k]."""
         params = self._params
         xp = backend.get_array_module(params[0]._data)
         dtype = np.result_type(*[p._data.dtype for p in params])
