@@ -266,17 +266,18 @@ def test_a_launcher_without_mpi4py_says_what_to_install(monkeypatch):
 
 def test_ddp_on_one_process_is_the_module():
     minidl.manual_seed(0)
-    net = nn.Linear(3, 2)
+    net = nn.Sequential(nn.Linear(3, 2))
     ddp = DistributedDataParallel(net)
     x = minidl.randn(4, 3)
     np.testing.assert_array_equal(ddp(x).numpy(), net(x).numpy())
-    assert list(ddp.state_dict()) == ["module.weight", "module.bias"]
+    assert list(ddp.state_dict()) == ["module.0.weight", "module.0.bias"]
+    assert ddp.module is net and net[0]._path == "0"   # its layers keep their names
     ddp(x).sum().backward()
-    grad = net.weight.grad.numpy().copy()
-    net.bias.grad = None
+    grad = net[0].weight.grad.numpy().copy()
+    net[0].bias.grad = None
     ddp.average_gradients()   # over one rank: unchanged, and None stays None
-    np.testing.assert_array_equal(net.weight.grad.numpy(), grad)
-    assert net.bias.grad is None
+    np.testing.assert_array_equal(net[0].weight.grad.numpy(), grad)
+    assert net[0].bias.grad is None
     with pytest.raises(TypeError, match="expected an nn.Module"):
         DistributedDataParallel(lambda x: x)
 

@@ -44,7 +44,9 @@ class DistributedDataParallel(Module):
         if not isinstance(module, Module):
             raise TypeError(f"DistributedDataParallel: expected an nn.Module, got "
                             f"{type(module).__name__}")
-        self.module = module
+        # registered without renaming its layers: their error messages keep
+        # the bare model's paths ('classifier.1', not 'module.classifier.1')
+        self._modules["module"] = module
         self.broadcast_buffers = bool(broadcast_buffers)
         object.__setattr__(self, "_params",
                            [p for p in module.parameters() if p.requires_grad])
