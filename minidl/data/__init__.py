@@ -12,10 +12,12 @@ from .files import DataError, default_root
 from .idx import IDXError, read_idx, write_idx
 from .mnist import MNIST, FashionMNIST
 from .transforms import Compose, Normalize, RandomShift, ToFloat
+from .detection import MNISTDetection, coco_detections, coco_map
 
 __all__ = [
     "DataLoader", "Dataset", "TensorDataset", "Subset", "random_split", "default_collate",
     "MNIST", "FashionMNIST", "Compose", "Normalize", "RandomShift", "ToFloat",
     "DataError", "IDXError", "read_idx", "write_idx", "default_root",
+    "MNISTDetection", "coco_detections", "coco_map",
     "DistributedSampler",
 ]
