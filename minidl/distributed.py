@@ -166,9 +166,7 @@ def _select_gpu():
 def _abort_on_exception(kind, value, traceback):
     """sys.excepthook under N > 1: report, then end every rank (MPI_Abort)."""
     _previous_excepthook(kind, value, traceback)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    _comm.Abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
+    abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
 
 
 def abort(code: int = 1):
@@ -179,6 +177,9 @@ def abort(code: int = 1):
     if _comm is None:
         sys.exit(code)
     _comm.Abort(code)
+    # MPICH's MPI_Abort returns once it has asked the launcher to end the job;
+    # this rank must not go on meanwhile (into a collective with the others)
+    os._exit(code)
 
 
 # ------------------------------------------------------------ collectives

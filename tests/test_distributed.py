@@ -196,6 +196,12 @@ def test_example_under_two_ranks_prints_once(example_root, tmp_path):
                              env={**os.environ, "PYTHONPATH": ROOT})
     assert resumed.returncode == 1
     assert "belongs to a run of 2 processes, this one has 1" in resumed.stderr
+    # an error on rank 0 alone (it alone makes the run's folder) ends both ranks
+    (tmp_path / "a-file").write_text("")
+    unwritable = run_ranks(2, *common, "--out", str(tmp_path / "a-file" / "run"),
+                           script=EXAMPLE, timeout=120)
+    assert unwritable.returncode == 1
+    assert unwritable.stderr.count("mnist_cnn_attn.py: error:") == 1, unwritable.stderr
     uneven = run_ranks(2, *common, "--batch-size", "33", "--out", str(tmp_path / "odd"),
                        script=EXAMPLE, timeout=120)
     assert uneven.returncode != 0
