@@ -119,18 +119,17 @@ def worker(args):
 
 # ------------------------------------------------------------------ driver
 
-def run_window(args, ranks):
-    """One window in fresh processes; rank 0's JSON result."""
+def run_window(args, ranks, threads=None):
+    """One window in fresh processes (``threads`` per rank: minidl's choice when
+    None); rank 0's JSON result."""
     script = [sys.executable, os.path.abspath(__file__), "--worker", "--arch", args.arch,
               "--batch-size", str(args.batch_size), "--steps", str(args.steps),
               "--warmup", str(args.warmup)]
     env = {k: v for k, v in os.environ.items()
            if k not in ("MINIDL_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS")}
-    if ranks == 1:
-        env["MINIDL_NUM_THREADS"] = str(args.threads)
-        cmd = script
-    else:   # minidl.distributed gives each rank its share of the cores
-        cmd = [args.mpiexec, "-n", str(ranks), *script]
+    if threads is not None:   # else minidl.distributed gives each rank its share of the cores
+        env["MINIDL_NUM_THREADS"] = str(threads)
+    cmd = script if ranks == 1 else [args.mpiexec, "-n", str(ranks), *script]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if done.returncode != 0:
         raise SystemExit(f"bench_distributed.py: the {ranks}-rank window failed:\n{done.stderr}")
@@ -164,6 +163,7 @@ def estimate(compute_ms, copies_ms, nbytes):
 
 def report(result):
     one, two = result["1x%d" % result["threads"]], result["2x1"]
+    over = result.get("2x%d" % result["threads"])
     lines = [
         f"arch {result['arch']}, global batch {result['batch_size']}, "
         f"{result['parameters']:,} parameters ({result['reduced_bytes']:,} bytes reduced "
@@ -174,6 +174,9 @@ def report(result):
         "|---|---:|---:|---:|---:|---:|---:|",
         f"| 1 process x {result['threads']} threads | {one['images_per_s']:,.0f} | "
         f"{one['step_ms']:.2f} | | | | |",
+        *([f"| 2 ranks x {result['threads']} threads each (no share of the cores) | "
+           f"{over['images_per_s']:,.0f} | {over['step_ms']:.2f} | {over['wait_ms']:.2f} | "
+           f"{over['allreduce_ms']:.3f} | {over['copies_ms']:.3f} | |"] if over else []),
         f"| 2 ranks x 1 thread | {two['images_per_s']:,.0f} | {two['step_ms']:.2f} | "
         f"{two['wait_ms']:.2f} | {two['allreduce_ms']:.3f} | {two['copies_ms']:.3f} | "
         f"{100 * (two['wait_ms'] + two['allreduce_ms'] + two['copies_ms']) / two['step_ms']:.1f} % |",
@@ -202,6 +205,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=30, help="timed steps per window")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--windows", type=int, default=3, help="windows per layout (alternated)")
+    p.add_argument("--oversubscribed", action="store_true",
+                   help="also 2 ranks of --threads threads each (what each rank would start "
+                   "without minidl's share of the cores)")
     p.add_argument("--mpiexec", default=None, help="default: the one beside this Python")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -212,20 +218,24 @@ def main(argv=None):
     args.mpiexec = args.mpiexec or (beside if os.path.exists(beside) else shutil.which("mpiexec"))
     if args.mpiexec is None:
         raise SystemExit("bench_distributed.py: no mpiexec: pip install 'minidl[distributed]'")
-    windows = {1: [], 2: []}
+    # (ranks, threads per rank): None = minidl's share of the cores
+    layouts = [(1, args.threads), (2, None)] + ([(2, args.threads)] if args.oversubscribed else [])
+    windows = {layout: [] for layout in layouts}
     for _ in range(args.windows):
-        for ranks in (1, 2):
-            windows[ranks].append(run_window(args, ranks))
-    one, two = medians(windows[1]), medians(windows[2])
-    nbytes = windows[2][0]["reduced_bytes"]
+        for layout in layouts:
+            windows[layout].append(run_window(args, *layout))
+    one, two = medians(windows[1, args.threads]), medians(windows[2, None])
+    nbytes = windows[2, None][0]["reduced_bytes"]
     result = {"arch": args.arch, "batch_size": args.batch_size, "threads": args.threads,
               "steps": args.steps, "windows": args.windows,
-              "parameters": windows[2][0]["parameters"], "reduced_bytes": nbytes,
+              "parameters": windows[2, None][0]["parameters"], "reduced_bytes": nbytes,
               f"1x{args.threads}": one, "2x1": two,
               "compute_ms": two["step_ms"] - two["wait_ms"] - two["allreduce_ms"] -
               two["copies_ms"],
               "local_gb_per_s": nbytes / (two["allreduce_ms"] * 1e-3) / 1e9,
               "networks": [{"name": n, "bits_per_s": b, "latency_s": a} for n, b, a in NETWORKS]}
+    if args.oversubscribed:
+        result[f"2x{args.threads}"] = medians(windows[2, args.threads])
     result["estimate"] = estimate(result["compute_ms"], two["copies_ms"], nbytes)
     print(report(result))
     if args.json:

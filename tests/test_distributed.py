@@ -377,10 +377,13 @@ def test_bench_distributed_runs_on_a_tiny_setting(tmp_path):
     out = tmp_path / "distributed.json"
     subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_distributed.py"),
                     "--arch", "seed", "--batch-size", "4", "--steps", "1", "--warmup", "1",
-                    "--windows", "1", "--mpiexec", mpiexec(), "--json", str(out)],
+                    "--windows", "1", "--oversubscribed", "--mpiexec", mpiexec(),
+                    "--json", str(out)],
                    check=True, capture_output=True, timeout=300)
     result = json.loads(out.read_text())
-    assert result["2x1"]["images_per_s"] > 0 and result["1x2"]["images_per_s"] > 0
+    for layout in ("1x2", "2x1", "2x2"):
+        assert result[layout]["images_per_s"] > 0, layout
+    assert (result["1x2"]["threads_per_rank"], result["2x2"]["threads_per_rank"]) == (2, 2)
     assert result["reduced_bytes"] == 4 * (result["parameters"] + 12)   # + a flag per tensor
     assert [row["machines"] for row in result["estimate"]] == [2, 8, 64, 2, 8, 64]
 
