@@ -45,6 +45,22 @@ class _GradMode(threading.local):
 _grad_mode = _GradMode()
 
 
+class _BackwardCallbacks(threading.local):
+    def __init__(self):
+        self.queue = []
+
+
+_backward_callbacks = _BackwardCallbacks()
+
+
+def queue_callback(callback) -> None:
+    """Run ``callback()`` once when this thread's next ``backward()`` ends (PyTorch's
+    engine ``queue_callback``): how DistributedDataParallel averages the gradients
+    once all of them exist. A callback already queued is not queued twice."""
+    if callback not in _backward_callbacks.queue:
+        _backward_callbacks.queue.append(callback)
+
+
 class _SetGradMode(contextlib.ContextDecorator):
     """Context manager and decorator that sets grad mode to ``_mode`` inside."""
 
@@ -509,6 +525,9 @@ class Tensor:
             grad = grad.astype(self._data.dtype, copy=False)
             owned = False
         run_backward(self, grad, retain_graph, owned)
+        callbacks, _backward_callbacks.queue = _backward_callbacks.queue, []
+        for callback in callbacks:
+            callback()
 
 
 def sum_to(array, shape):

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import backend
 from .dataset import default_collate
-from .rng import default_generator, make_generator, using
+from .rng import default_generator, make_generator, rank_generator, using
 
 
 class DataLoader:
@@ -29,17 +29,23 @@ class DataLoader:
     ``device`` when given ('cpu' or 'cuda'). ``collate_fn(samples)``, when
     given, receives the list of samples of a batch (the per-sample path).
     With neither ``generator`` nor ``seed`` the order comes from the
-    framework generator (``minidl.manual_seed``).
+    framework generator (``minidl.manual_seed``). ``sampler``, an iterable of
+    indices with a length (``DistributedSampler``), gives the order instead of
+    ``shuffle``.
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False,
-                 generator=None, seed=None, collate_fn=None, device=None,
+                 generator=None, seed=None, collate_fn=None, device=None, sampler=None,
                  as_tensor=True, prefetch=False):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size}")
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
+        if sampler is not None and self.shuffle:
+            raise ValueError("DataLoader: sampler= and shuffle=True exclude each other (the "
+                             "sampler gives the order; DistributedSampler shuffles itself)")
+        self.sampler = sampler
         self.drop_last = bool(drop_last)
         self.generator = make_generator(generator, seed, "DataLoader")
         self.collate_fn = collate_fn
@@ -48,14 +54,19 @@ class DataLoader:
         self.prefetch = bool(prefetch)
 
     def __len__(self):
-        n, b = len(self.dataset), self.batch_size
+        n, b = len(self.dataset if self.sampler is None else self.sampler), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
     def __iter__(self):
         rng = self.generator or default_generator()
-        n = len(self.dataset)
-        order = rng.permutation(n) if self.shuffle else np.arange(n)
-        augment = np.random.default_rng(rng.integers(2**63))
+        if self.sampler is not None:
+            order = np.fromiter(self.sampler, dtype=np.int64)
+        else:
+            order = rng.permutation(len(self.dataset)) if self.shuffle else \
+                np.arange(len(self.dataset))
+        n = len(order)
+        # per rank in a data-parallel run (the same generator on one process)
+        augment = np.random.default_rng((self.generator or rank_generator()).integers(2**63))
         stop = len(self) * self.batch_size
         batches = (self._batch(order[i:min(i + self.batch_size, n)], augment)
                    for i in range(0, stop, self.batch_size))

@@ -4,7 +4,9 @@
 * inside a DataLoader batch, random transforms draw from the loader's
   per-epoch augmentation stream (set thread-locally by :func:`using`), so a
   seeded run gives the same batches with or without background prefetch;
-* otherwise the framework generator that ``minidl.manual_seed`` seeds.
+* otherwise the framework generator that ``minidl.manual_seed`` seeds: the
+  shared one for orders, the per-rank one for augmentation (the same
+  generator on one process; see :mod:`minidl.random`).
 """
 from __future__ import annotations
 
@@ -16,13 +18,22 @@ import numpy as np
 _local = threading.local()
 
 
-def default_generator() -> np.random.Generator:
-    """The framework generator (``minidl.random.default_generator()``)."""
+def _framework(name) -> np.random.Generator:
     try:
-        from ..random import default_generator as framework
+        from .. import random
     except ImportError:  # minidl.random not there: an unseeded stream
         return np.random.default_rng()
-    return framework()
+    return getattr(random, name)()
+
+
+def default_generator() -> np.random.Generator:
+    """The framework generator (``minidl.random.default_generator()``)."""
+    return _framework("default_generator")
+
+
+def rank_generator() -> np.random.Generator:
+    """The framework's per-rank stream (``minidl.random.rank_generator()``)."""
+    return _framework("rank_generator")
 
 
 def make_generator(generator=None, seed=None, where="") -> np.random.Generator | None:
@@ -38,8 +49,8 @@ def make_generator(generator=None, seed=None, where="") -> np.random.Generator |
 
 
 def current_generator() -> np.random.Generator:
-    """The loader's augmentation stream inside a batch, else the default."""
-    return getattr(_local, "generator", None) or default_generator()
+    """The loader's augmentation stream inside a batch, else the rank stream."""
+    return getattr(_local, "generator", None) or rank_generator()
 
 
 @contextlib.contextmanager

@@ -8,10 +8,12 @@ initialisers in :mod:`.init`; ``clip_grad_norm_`` in :mod:`.utils`.
 from __future__ import annotations
 
 from . import functional, init, utils
+from . import parallel
 from .attention import AttentionPool2d, ChannelAttention, MultiheadAttention
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, Dropout, Flatten, GELU, Identity,
                      LeakyReLU, Linear, MaxPool2d, ReLU, Sigmoid, SiLU, Softmax, Tanh)
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
+from .losses import L1Loss
 from .module import Module, ModuleDict, ModuleList, Parameter, Sequential
 from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
 
@@ -20,4 +22,6 @@ __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Lin
            "Sigmoid", "Tanh", "Softmax", "Dropout", "Flatten", "Identity", "LayerNorm",
            "BatchNorm1d", "BatchNorm2d", "MultiheadAttention", "ChannelAttention",
            "AttentionPool2d", "CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss",
-           "functional", "init", "utils"]
+           "functional", "init", "utils",
+           "L1Loss",
+           "parallel"]

@@ -262,7 +262,7 @@ class Dropout(Function):
     def forward(self, x):
         xp = backend.get_array_module(x)
         dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float32)
-        keep = generator_for(xp).random(x.shape, dtype=dtype) >= dtype.type(self.p)
+        keep = generator_for(xp, per_rank=True).random(x.shape, dtype=dtype) >= dtype.type(self.p)
         # One array holds the mask and the 1/(1-p) scale: y = x * m, gx = gy * m.
         mask = keep.astype(dtype)
         mask *= dtype.type(1.0 / (1.0 - self.p))
@@ -276,7 +276,8 @@ class Dropout(Function):
 def dropout(x, p=0.5, training=True, inplace=False):
     """Inverted dropout: zero each element with probability ``p`` and scale the
     rest by 1/(1-p) while ``training``; the identity otherwise. Draws come from
-    minidl's generator (``minidl.manual_seed``)."""
+    minidl's generator (``minidl.manual_seed``), the rank's own stream in a
+    data-parallel run (``minidl.random.rank_generator``)."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
     x = as_tensor(x)
