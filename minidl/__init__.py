@@ -42,5 +42,32 @@ float, double, long, int, bool = (np.dtype(t) for t in (  # noqa: A001
     np.float32, np.float64, np.int64, np.int32, np.bool_))
 device = backend.Device
 
+# PyTorch's spellings of what minidl has (issue 20), and the error for what it lacks
+from . import accelerator, utils  # noqa: E402
+from .half import float16  # noqa: E402
+from .ops import argsort, multinomial, sort, topk  # noqa: E402
+from .ops.activation import log_softmax, softmax  # noqa: E402
+from . import half as _half  # noqa: E402
+from . import _missing  # noqa: E402
+
+half = float16
+_half.install()
+
+
+def is_tensor(obj):
+    """Whether ``obj`` is a minidl Tensor, as ``torch.is_tensor``."""
+    return isinstance(obj, Tensor)
+
+
+def numel(input):
+    """The number of elements of ``input``, as ``torch.numel``."""
+    return input.numel()
+
+
+def __getattr__(name):
+    if name == "bfloat16":   # ml_dtypes' dtype, or the error that says how to get it
+        return _half.check_bfloat16()
+    return _missing.module_getattr("minidl", globals())(name)
+
 
 __version__ = "0.1.0"

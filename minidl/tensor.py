@@ -26,6 +26,8 @@ import weakref
 import numpy as np
 
 from . import backend
+from .half import HALF_DTYPES
+from .half import unsupported as half_unsupported
 
 
 class _GradMode(threading.local):
@@ -540,10 +542,15 @@ class Function:
     inputs = None
     generation = 0
     needs_input_grad = ()
+    supports_half = False   # float16/bfloat16 inputs: only ops that move or cast data
 
     def __call__(self, *inputs):
         tensors = [x if isinstance(x, Tensor) else Tensor._wrap(as_array(x)) for x in inputs]
         arrays = [t._data for t in tensors]
+        if not self.supports_half:
+            for a in arrays:
+                if a.dtype in HALF_DTYPES:
+                    raise half_unsupported(self, a.dtype)
         if backend.cupy_module() is not None:
             self._check_devices(tensors)
         record = _grad_mode.enabled and any(t.requires_grad for t in tensors)

@@ -7,13 +7,17 @@ standard files (see :mod:`minidl.data.mnist`); transforms work on batches.
 """
 from .dataloader import DataLoader
 from .dataset import Dataset, Subset, TensorDataset, default_collate, random_split
+from .dataset import ConcatDataset
 from .files import DataError, default_root
 from .idx import IDXError, read_idx, write_idx
 from .mnist import MNIST, FashionMNIST
 from .transforms import Compose, Normalize, RandomShift, ToFloat
+from .transforms import ToTensor
+from .dataloader import get_worker_info
 
 __all__ = [
     "DataLoader", "Dataset", "TensorDataset", "Subset", "random_split", "default_collate",
     "MNIST", "FashionMNIST", "Compose", "Normalize", "RandomShift", "ToFloat",
     "DataError", "IDXError", "read_idx", "write_idx", "default_root",
+    "ConcatDataset", "ToTensor", "get_worker_info",
 ]

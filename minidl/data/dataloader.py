@@ -8,11 +8,21 @@ and a wrap in :class:`minidl.Tensor`. With ``prefetch=True`` a background
 thread builds the next batch while the caller works on this one; results
 are the same as without it, since the random transforms draw from the
 epoch's own stream (see :mod:`minidl.data.rng`).
+
+With ``num_workers > 0`` batches are built in that many worker processes,
+``prefetch_factor`` batches ahead per worker, and come back in order (as
+PyTorch's). Each batch's random transforms then draw from a stream of its
+own, seeded by the epoch's seed and the batch's index, so results do not
+depend on the number of workers or their timing (they differ from the
+``num_workers=0`` stream, as they do in PyTorch). Each worker also seeds
+NumPy's global generator and minidl's with ``base_seed + worker_id``.
 """
 from __future__ import annotations
 
+import multiprocessing
 import queue
 import threading
+import traceback
 
 import numpy as np
 
@@ -34,9 +44,26 @@ class DataLoader:
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False,
                  generator=None, seed=None, collate_fn=None, device=None,
-                 as_tensor=True, prefetch=False):
+                 as_tensor=True, prefetch=False, num_workers=0, pin_memory=False,
+                 worker_init_fn=None, prefetch_factor=None, persistent_workers=False,
+                 timeout=0, multiprocessing_context=None):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size}")
+        if isinstance(num_workers, bool) or int(num_workers) != num_workers or num_workers < 0:
+            raise ValueError(f"DataLoader: num_workers must be a non-negative int, "
+                             f"got {num_workers!r}")
+        if prefetch_factor is not None and (num_workers == 0 or int(prefetch_factor) < 1):
+            raise ValueError(f"DataLoader: prefetch_factor={prefetch_factor!r} needs "
+                             "num_workers > 0 and must be a positive int")
+        if timeout < 0:
+            raise ValueError(f"DataLoader: timeout must be >= 0, got {timeout}")
+        # persistent_workers is accepted for PyTorch's signature: workers start
+        # with each epoch's iterator either way (the batches are the same)
+        self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
+        self.worker_init_fn, self.timeout = worker_init_fn, float(timeout)
+        self.prefetch_factor = 2 if prefetch_factor is None else int(prefetch_factor)
+        self.persistent_workers = bool(persistent_workers)
+        self.multiprocessing_context = multiprocessing_context
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -55,21 +82,28 @@ class DataLoader:
         rng = self.generator or default_generator()
         n = len(self.dataset)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
-        augment = np.random.default_rng(rng.integers(2**63))
+        seed = rng.integers(2**63)
+        augment = np.random.default_rng(seed)
         stop = len(self) * self.batch_size
+        if self.num_workers > 0:
+            indices = [order[i:min(i + self.batch_size, n)]
+                       for i in range(0, stop, self.batch_size)]
+            return _WorkerIterator(self, indices, int(seed))
         batches = (self._batch(order[i:min(i + self.batch_size, n)], augment)
                    for i in range(0, stop, self.batch_size))
         return _prefetched(batches) if self.prefetch else batches
 
     def _batch(self, indices, augment):
+        return self._convert(self._fetch(indices, augment))
+
+    def _fetch(self, indices, augment):
+        """The raw batch at ``indices``, random transforms drawing from ``augment``."""
         with using(augment):
             fetch = getattr(self.dataset, "__getitems__", None)
             if fetch is not None and self.collate_fn is None:
-                batch = fetch(indices)
-            else:
-                samples = [self.dataset[int(i)] for i in indices]
-                batch = (self.collate_fn or default_collate)(samples)
-        return self._convert(batch)
+                return fetch(indices)
+            samples = [self.dataset[int(i)] for i in indices]
+            return (self.collate_fn or default_collate)(samples)
 
     def _convert(self, value):
         if isinstance(value, tuple):
@@ -83,6 +117,8 @@ class DataLoader:
         from ..tensor import Tensor
         if isinstance(value, Tensor):
             value = value._data
+        if self.pin_memory:
+            value = _pinned(value)
         if self.device is not None:
             value = backend.to_device(value, self.device)
         return Tensor(value) if self.as_tensor else value
@@ -90,7 +126,158 @@ class DataLoader:
     def __repr__(self):
         return (f"DataLoader({type(self.dataset).__name__} of {len(self.dataset)}, "
                 f"batch_size={self.batch_size}, shuffle={self.shuffle}, "
-                f"drop_last={self.drop_last}, prefetch={self.prefetch})")
+                f"drop_last={self.drop_last}, prefetch={self.prefetch}, "
+                f"num_workers={self.num_workers})")
+
+
+def _pinned(array):
+    """``array`` in page-locked host memory when CUDA is usable (faster copies to
+    the GPU), as PyTorch's ``pin_memory``; without CUDA, ``array`` itself."""
+    if not isinstance(array, np.ndarray) or not backend.cuda_is_available():
+        return array
+    import cupyx
+    out = cupyx.empty_pinned(array.shape, array.dtype)
+    out[...] = array
+    return out
+
+
+class WorkerInfo:
+    """What :func:`get_worker_info` returns inside a worker: ``id``,
+    ``num_workers``, ``seed`` and ``dataset`` (this process's copy)."""
+
+    def __init__(self, id, num_workers, seed, dataset):
+        self.id, self.num_workers, self.seed, self.dataset = id, num_workers, seed, dataset
+
+    def __repr__(self):
+        return f"WorkerInfo(id={self.id}, num_workers={self.num_workers}, seed={self.seed})"
+
+
+_worker_info = None
+
+
+def get_worker_info():
+    """The :class:`WorkerInfo` of this DataLoader worker process; None in the main process."""
+    return _worker_info
+
+
+def _worker_loop(loader, worker_id, base_seed, epoch_seed, tasks, results):
+    """A worker process: build the batches whose indices arrive on ``tasks``."""
+    global _worker_info
+    from .. import random as framework_random
+    seed = (base_seed + worker_id) % 2**63
+    np.random.seed(seed % 2**32)
+    framework_random.manual_seed(seed)
+    _worker_info = WorkerInfo(worker_id, loader.num_workers, seed, loader.dataset)
+    try:
+        if loader.worker_init_fn is not None:
+            loader.worker_init_fn(worker_id)
+    except BaseException:
+        results.put((None, None, f"worker_init_fn in worker {worker_id}:\n"
+                     + traceback.format_exc()))
+        return
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        index, indices = task
+        try:
+            batch = loader._fetch(indices, np.random.default_rng([epoch_seed, index]))
+            results.put((index, batch, None))
+        except BaseException:
+            results.put((index, None, f"batch {index} in worker {worker_id}:\n"
+                         + traceback.format_exc()))
+
+
+class WorkerError(RuntimeError):
+    """A DataLoader worker failed; the message holds the worker's traceback."""
+
+
+class _WorkerIterator:
+    """Batches built by ``loader.num_workers`` processes, yielded in order.
+
+    At most ``prefetch_factor * num_workers`` batches are asked for ahead of
+    the one being consumed. Exhaustion, ``close()``, an error or garbage
+    collection stop the workers (a polite ``None`` each, then terminate)."""
+
+    workers = None   # until started: close() and __del__ have nothing to stop
+
+    def __init__(self, loader, indices, epoch_seed):
+        self.loader, self.indices = loader, indices
+        ctx = loader.multiprocessing_context
+        ctx = multiprocessing.get_context(ctx) if isinstance(ctx, (str, type(None))) else ctx
+        base_seed = int(np.random.default_rng(epoch_seed).integers(2**63))
+        self.tasks = [ctx.Queue() for _ in range(loader.num_workers)]
+        self.results = ctx.Queue()
+        self.workers = []
+        for w in range(loader.num_workers):
+            p = ctx.Process(target=_worker_loop, daemon=True, name=f"minidl-worker-{w}",
+                            args=(loader, w, base_seed, epoch_seed, self.tasks[w], self.results))
+            p.start()
+            self.workers.append(p)
+        self.sent = self.next = 0
+        self.ready = {}
+        for _ in range(loader.prefetch_factor * loader.num_workers):
+            self._send()
+
+    def _send(self):
+        if self.sent < len(self.indices):
+            self.tasks[self.sent % len(self.tasks)].put((self.sent, self.indices[self.sent]))
+            self.sent += 1
+
+    def __iter__(self):
+        return self
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __next__(self):
+        if self.workers is None or self.next >= len(self.indices):
+            self.close()
+            raise StopIteration
+        while self.next not in self.ready:
+            self.ready.update([self._receive()])
+        batch = self.ready.pop(self.next)
+        self.next += 1
+        self._send()
+        return self.loader._convert(batch)
+
+    def _receive(self):
+        timeout = self.loader.timeout or None
+        while True:
+            try:
+                index, batch, error = self.results.get(timeout=timeout or 1.0)
+                break
+            except queue.Empty:
+                dead = [p for p in self.workers if not p.is_alive()]
+                if dead or timeout:
+                    self.close()
+                    why = (f"worker {dead[0].name} (pid {dead[0].pid}) exited unexpectedly "
+                           f"with code {dead[0].exitcode}" if dead else
+                           f"no batch came within timeout={self.loader.timeout} s")
+                    raise WorkerError(f"DataLoader: {why}") from None
+        if error is not None:
+            self.close()
+            raise WorkerError(f"DataLoader: a worker raised in {error}")
+        return index, batch
+
+    def close(self):
+        """Stop the workers: a ``None`` each, a short join, then terminate."""
+        if self.workers is None:
+            return
+        for q in self.tasks:
+            q.put(None)
+        for p in self.workers:
+            p.join(timeout=1.0)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+        for q in self.tasks + [self.results]:
+            q.close()
+            q.cancel_join_thread()
+        self.workers = None
+
+    def __del__(self):
+        self.close()
 
 
 _DONE = object()

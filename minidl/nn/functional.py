@@ -14,15 +14,22 @@ from ..ops.linear import linear
 from ..ops.loss import (binary_cross_entropy_with_logits, cross_entropy, mse_loss, nll_loss)
 from ..ops.norm import batch_norm, layer_norm
 from ..ops.shape import flatten, one_hot, pad
+from ..ops.bce import binary_cross_entropy, dropout2d
+from ..ops.inplace import apply_inplace
 
 
 def relu(input, inplace=False):
-    """max(input, 0), with ``torch.nn.functional.relu``'s signature.
-
-    ``inplace=True`` is accepted so PyTorch code runs, but the result is always
-    a new tensor and ``input`` is left unchanged: minidl has no in-place
-    autograd ops. Use the returned value (``x = F.relu(x, inplace=True)``)."""
+    """max(input, 0), with ``torch.nn.functional.relu``'s signature;
+    ``inplace=True`` changes ``input`` and returns it, as PyTorch's (see
+    :mod:`minidl.ops.inplace`)."""
+    if inplace:
+        return apply_inplace("relu", _arith.relu, input)
     return _arith.relu(input)
+
+
+def relu_(input):
+    """``relu(input, inplace=True)``."""
+    return apply_inplace("relu_", _arith.relu, input)
 
 
 __all__ = ["relu", "leaky_relu", "silu", "sigmoid", "tanh", "gelu", "softmax", "log_softmax",
@@ -30,3 +37,9 @@ __all__ = ["relu", "leaky_relu", "silu", "sigmoid", "tanh", "gelu", "softmax", "
            "flatten", "one_hot", "cross_entropy", "nll_loss", "mse_loss",
            "binary_cross_entropy_with_logits", "layer_norm", "batch_norm",
            "scaled_dot_product_attention"]
+__all__ += ["relu_", "binary_cross_entropy", "dropout2d"]
+
+
+from .._missing import module_getattr as _module_getattr  # noqa: E402
+
+__getattr__ = _module_getattr("minidl.nn.functional", globals())
