@@ -43,7 +43,7 @@ float, double, long, int, bool = (np.dtype(t) for t in (  # noqa: A001
 device = backend.Device
 
 # PyTorch's spellings of what minidl has (issue 20), and the error for what it lacks
-from . import accelerator, utils  # noqa: E402
+from . import accelerator, onnx, utils  # noqa: E402
 from .half import float16  # noqa: E402
 from .ops import argsort, multinomial, sort, topk  # noqa: E402
 from .ops.activation import log_softmax, softmax  # noqa: E402

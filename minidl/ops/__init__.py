@@ -215,7 +215,7 @@ def _install_tensor_methods():
 _install_tensor_methods()
 
 # sorting and in-place random fills live in their own modules
-from .sort import argsort, multinomial, sort, topk  # noqa: E402
+from .sorting import argsort, multinomial, sort, topk  # noqa: E402
 from . import random_fill as _random_fill  # noqa: E402
 
 _random_fill.install(Tensor)
