@@ -80,6 +80,9 @@ def _encode(obj, path, tensors):
 
 
 def _decode(node, tensors, path):
+    if not isinstance(node, dict):
+        raise CheckpointError(f"load: {path} has corrupt minidl metadata: expected an entry "
+                              f"(a JSON object), found {type(node).__name__} {node!r:.80}")
     if "__tensor__" in node:
         array = tensors[node["__tensor__"]]
         if "shape" in node:
@@ -147,17 +150,31 @@ def load(path, map_location=None, weights_only=True):
         raise CheckpointError(f"load: {path} is not a valid safetensors file (truncated or "
                               f"corrupt?): {exc}") from None
     metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"load: {path} is damaged: its __metadata__ is not a JSON object")
     if "minidl" not in metadata:
         return {k: Tensor._wrap(v) for k, v in tensors.items()}
     try:
         skeleton = json.loads(metadata["minidl"])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"load: {path} has corrupt minidl metadata: {exc}") from None
+    except (json.JSONDecodeError, TypeError, RecursionError) as exc:
+        raise CheckpointError(f"load: {path} has corrupt minidl metadata: "
+                              f"{_describe(exc)}") from None
     try:
         return _decode(skeleton, tensors, path)
     except KeyError as exc:
         raise CheckpointError(f"load: {path} names a tensor {exc} that it does not "
                               "contain") from None
+    except (AttributeError, TypeError, ValueError, RecursionError) as exc:
+        # tampered metadata: entries of the wrong type, shapes that do not fit the
+        # stored tensor, nesting deeper than Python's stack
+        raise CheckpointError(f"load: {path} has corrupt minidl metadata (the structure "
+                              f"does not describe the stored tensors): {_describe(exc)}") from None
+
+
+def _describe(exc):
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _map_tensors(obj, fn):
@@ -195,7 +212,7 @@ def _read_header(blob, path):
                               "format such as a pickle/.pt file)")
     try:
         header = json.loads(blob[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"load: {path} is not a safetensors checkpoint (its header is not "
                               "JSON)") from None
     if not isinstance(header, dict):
