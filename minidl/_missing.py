@@ -17,7 +17,6 @@ HINTS = {
         "einsum": "write the product with matmul, permute/transpose and sum",
         "autocast": "minidl computes in float32/float64; half tensors are for storage "
                     "(x.half(), x.float())",
-        "distributed": "minidl has no distributed package",
         "backends": "thread and kernel settings are in minidl.backend (set_num_threads, "
                     "use_numba)",
         "Generator": "minidl draws from numpy.random.Generator objects: pass "
@@ -38,8 +37,6 @@ HINTS = {
         "RNN": "minidl has no recurrent layers; MultiheadAttention is the sequence layer",
         "GroupNorm": "use LayerNorm or BatchNorm2d",
         "BCELossWithLogits": "the name is BCEWithLogitsLoss",
-        "DataParallel": "minidl runs one process on one device",
-        "parallel": "minidl runs one process on one device",
     },
     "minidl.nn.functional": {
         "conv1d": "minidl has conv2d: use a (1, k) kernel on x.unsqueeze(2)",

@@ -378,3 +378,24 @@ def test_missing_pytorch_names_say_so_and_point_to_the_nearest_feature():
         F.leaky_rel
     assert not hasattr(minidl, "compile") and hasattr(minidl, "no_grad")
     assert minidl.is_tensor(minidl.zeros(1)) and minidl.numel(minidl.zeros(2, 3)) == 6
+
+
+def test_module_to_bfloat16_and_back():
+    pytest.importorskip("ml_dtypes")
+    m = nn.Linear(3, 2)
+    w = m.weight.numpy().copy()
+    m.to(minidl.bfloat16)
+    assert m.weight.dtype == minidl.bfloat16
+    m.to(minidl.float32)
+    assert m.weight.dtype == np.float32
+    np.testing.assert_allclose(m.weight.numpy(), w, rtol=1e-2)
+
+
+def test_cuda_spellings_without_a_gpu():
+    if minidl.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert minidl.cuda.device_count() == 0
+    minidl.cuda.manual_seed_all(3)
+    minidl.cuda.synchronize()
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        minidl.cuda.current_device()
