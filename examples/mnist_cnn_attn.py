@@ -22,15 +22,152 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import minidl
 
+import dataclasses  # noqa: E402
+import math  # noqa: E402
+
 import numpy as np  # noqa: E402
 
-from minidl.models import CNNAttention, num_parameters
-from minidl.nn import functional as F
-from minidl.data import Normalize
-from minidl.train import (MNIST_MEAN, MNIST_STD, TrainConfig, TrainingDiverged, Trainer,
-                          images_to_float, read_checkpoint)
+from minidl import optim  # noqa: E402
+from minidl.data import (Compose, DataLoader, Normalize, RandomShift,  # noqa: E402
+                         TensorDataset, ToFloat)
+from minidl.models import CNNAttention, num_parameters  # noqa: E402
+from minidl.nn import functional as F  # noqa: E402
+from minidl.train import (Trainer, TrainingDiverged, read_checkpoint,  # noqa: E402
+                          resolve_device)
 
 DEFAULT_OUT = os.path.join("runs", "mnist_cnn_attn")
+
+
+# ------------------------------------------------------------ the recipe
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The classifier's recipe: the article's SGD (lr 0.01, momentum 0.9) and
+    cross-entropy, a cosine schedule stepped per batch, random shifts."""
+    arch: str = "default"
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"          # "cosine" (per batch, to 0) or "constant"
+    shift: int = 2                    # random-shift augmentation, pixels (0: off)
+    seed: int = 0
+    device: str = "auto"
+    data_dir: str | None = None
+    train_limit: int | None = None    # use the first N training images (smoke runs)
+    test_limit: int | None = None
+    out: str = DEFAULT_OUT
+    resume: bool = False
+    progress: bool = True
+    plots: bool = False               # curves.png at the end (needs matplotlib)
+    eval_batch_size: int = 1000
+
+    # The settings a resumed run must share with its checkpoint: each shapes
+    # the run (the cosine schedule's length is epochs x steps per epoch, and
+    # the optimizer's and scheduler's saved states carry lr, momentum and
+    # weight decay), so a resume with another value would silently train a
+    # different run than either setting asks for.
+    RUN_SETTINGS = ("arch", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+                    "schedule", "shift", "seed", "train_limit")
+
+    def validate(self):
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"learning rate must be positive and finite, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight decay must be non-negative and finite, got "
+                             f"{self.weight_decay}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval batch size must be at least 1, got {self.eval_batch_size}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"unknown schedule {self.schedule!r}: expected 'cosine' or "
+                             "'constant'")
+        if self.shift < 0:
+            raise ValueError(f"shift must be >= 0 pixels, got {self.shift}")
+        for name in ("train_limit", "test_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {value}")
+        from minidl.models.cnn_attention import ARCHS
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}: expected one of {sorted(ARCHS)}")
+        resolve_device(self.device)
+
+
+# MNIST's pixel mean and standard deviation (of k/255 values over the training set).
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def images_to_float(images):
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28), scaled to [0, 1] then
+    normalised with MNIST's mean and std: the model's input."""
+    return Normalize(MNIST_MEAN, MNIST_STD)(ToFloat()(images))
+
+
+def load_mnist(data_dir=None, train_limit=None, test_limit=None, download=True):
+    """(train images, train labels, test images, test labels): uint8 (N, 28, 28), int64."""
+    from minidl.data import MNIST
+    train = MNIST(root=data_dir, train=True, download=download)
+    test = MNIST(root=data_dir, train=False, download=download)
+    return (train.images[:train_limit], train.labels[:train_limit],
+            test.images[:test_limit], test.labels[:test_limit])
+
+
+def accuracy(logits, labels):
+    """Percent of the batch classified right (a device scalar)."""
+    return (logits.argmax(dim=1) == labels).float().mean() * 100
+
+
+def evaluate(model, images, labels, batch_size=1000, device="cpu"):
+    """{"test_loss": mean loss, "test_acc": accuracy in %} of ``model`` on uint8
+    images; sums stay on the device until the end."""
+    total_loss = correct = 0
+    for start in range(0, len(images), batch_size):
+        x = minidl.Tensor(images_to_float(images[start:start + batch_size]), device=device)
+        y = minidl.Tensor(labels[start:start + batch_size], device=device)
+        logits = model(x)
+        total_loss = total_loss + F.cross_entropy(logits, y, reduction="sum")
+        correct = correct + (logits.argmax(dim=1) == y).float().sum()
+    n = max(len(images), 1)
+    return {"test_loss": float(total_loss.item()) / n if len(images) else 0.0,
+            "test_acc": 100.0 * float(correct.item()) / n if len(images) else 0.0}
+
+
+def make_trainer(config: TrainConfig, data=None, log=print):
+    """The framework's Trainer, set up with this recipe; ``data`` as
+    :func:`load_mnist` returns it (loaded per ``config`` when None)."""
+    config.validate()
+    device = resolve_device(config.device)
+    minidl.manual_seed(config.seed)
+    train_x, train_y, test_x, test_y = data if data is not None else \
+        load_mnist(config.data_dir, config.train_limit, config.test_limit)
+    model = CNNAttention(config.arch).to(device)
+    optimizer = optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay)
+    # Shift before normalising, so the pixels shifted in are background (0).
+    augment = [RandomShift(config.shift)] if config.shift else []
+    transform = Compose([ToFloat(), *augment, Normalize(MNIST_MEAN, MNIST_STD)])
+    loader = DataLoader(TensorDataset(train_x, train_y, transform=transform),
+                        batch_size=config.batch_size, shuffle=True, device=device)
+    total = config.epochs * len(loader)
+    scheduler = (optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+                 if config.schedule == "cosine" else
+                 optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
+    return Trainer(
+        model, optimizer, F.cross_entropy, loader, epochs=config.epochs, out=config.out,
+        scheduler=scheduler, metrics={"acc": accuracy},
+        evaluate=lambda m: evaluate(m, test_x, test_y, config.eval_batch_size, device),
+        settings={key: getattr(config, key) for key in config.RUN_SETTINGS},
+        resume=config.resume, progress=config.progress, plots=config.plots,
+        title="CNN+Attention on MNIST", log=log,
+        final_line=lambda history: "Test Accuracy: {:.2f} %".format(
+            history[-1]["test_acc"] if history else float("nan")))
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -89,7 +226,8 @@ def train(argv):
                          lr=args.lr, momentum=args.momentum, device=args.device,
                          data_dir=args.data_dir, seed=args.seed, train_limit=args.train_limit,
                          test_limit=args.test_limit, shift=args.shift, out=args.out,
-                         resume=args.resume, progress=not args.no_progress)
+                         resume=args.resume, progress=not args.no_progress,
+                         plots=not args.no_plots)
     try:
         config.validate()
     except (ValueError, minidl.backend.DeviceError) as exc:
@@ -98,13 +236,15 @@ def train(argv):
         # say so now, not after the whole training run
         fail("the plots need matplotlib: pip install -e '.[examples]' (or pass --no-plots)")
     try:
-        trainer = Trainer(config)
+        data = load_mnist(config.data_dir, config.train_limit, config.test_limit)
+        trainer = make_trainer(config, data)
     except (ValueError, FileNotFoundError, OSError, minidl.backend.DeviceError) as exc:
         fail(str(exc), 1)
+    device = resolve_device(config.device)
     print(f"CNNAttention(arch={config.arch!r}): {num_parameters(trainer.model):,} parameters, "
-          f"device {trainer.device}, {len(trainer.train_x):,} training images")
+          f"device {device}, {len(data[0]):,} training images")
     try:
-        history = trainer.fit()
+        trainer.fit()
     except TrainingDiverged as exc:
         fail(str(exc), 1)
     except OSError as exc:   # a full disk, or the output folder gone mid-run
@@ -112,9 +252,7 @@ def train(argv):
     except KeyboardInterrupt:
         sys.exit(130)
     if not args.no_plots:
-        plot_curves(history, os.path.join(config.out, "curves.png"))
-        plot_attention(trainer.model, trainer.test_x, trainer.test_y,
-                       os.path.join(config.out, "attention.png"))
+        plot_attention(trainer.model, data[2], data[3], os.path.join(config.out, "attention.png"))
     print(f"Wrote {config.out}/: checkpoint.safetensors, model.safetensors, metrics.json, "
           f"metrics.csv" + ("" if args.no_plots else ", curves.png, attention.png"))
 
@@ -124,26 +262,6 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
-
-
-def plot_curves(history, path):
-    plt = _pyplot()
-    epochs = [h["epoch"] for h in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
-    left.plot(epochs, [h["test_loss"] for h in history], "o-", label="test loss")
-    left.set_xlabel("epoch")
-    left.set_ylabel("cross-entropy")
-    left.legend()
-    right.plot(epochs, [h["train_acc"] for h in history], "o-", label="train accuracy")
-    right.plot(epochs, [h["test_acc"] for h in history], "o-", label="test accuracy")
-    right.set_xlabel("epoch")
-    right.set_ylabel("%")
-    right.legend()
-    fig.suptitle("CNN+Attention on MNIST")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def attention_maps(model, images):

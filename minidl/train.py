@@ -1,24 +1,46 @@
-"""The trainer: SGD with momentum and cross-entropy on MNIST, resumable.
+"""The trainer: one resumable training loop for any model, loss and data.
 
-One :func:`fit` call trains a :class:`~minidl.models.CNNAttention` as the
-article does (SGD, lr 0.01, momentum 0.9, cross-entropy) with a cosine
-learning-rate schedule stepped per batch, evaluates on the test set after
-each epoch (under ``no_grad`` and ``eval()``), and writes to ``config.out``:
+A :class:`Trainer` is given what makes a task - the model, the optimizer, a
+loss function, the training loader, and optionally a learning-rate scheduler,
+running metrics and an evaluation - and does what every task needs the same
+way::
+
+    trainer = Trainer(model, optimizer, F.cross_entropy, train_loader,
+                      epochs=5, out="runs/mine", scheduler=scheduler,
+                      metrics={"acc": accuracy}, evaluate=evaluate_on_test_set)
+    history = trainer.fit()
+
+Per batch ``(inputs, targets)``: ``outputs = model(inputs)`` (or
+``forward(model, inputs, targets)``), ``loss_fn(outputs, targets)`` gives the
+loss (or ``(loss, {name: part})``, parts reported beside it), backward, the
+optimizer's step and the scheduler's (per batch, or per epoch). The loss, its
+parts and the metrics stay on the device: they are read once per ``log_every``
+steps (one host synchronisation), which is also where a NaN or infinite loss is
+noticed; :class:`TrainingDiverged` then names the exact step.
+
+After each epoch: ``evaluate(model)`` under ``no_grad`` and ``eval()`` (a dict
+of numbers), one history row, and these files in ``out``:
 
 * ``checkpoint.safetensors`` - model, optimizer, scheduler, epoch, RNG state,
-  history; written atomically after every epoch, so ``resume=True`` continues
-  a run and ends with exactly the weights an uninterrupted run would have;
+  history and ``settings``; written atomically, so ``resume=True`` continues a
+  run and ends with exactly the weights an uninterrupted run would have, and
+  refuses a checkpoint whose settings differ;
 * ``model.safetensors`` - the weights alone (loadable by ``safetensors.torch``);
-* ``metrics.json`` / ``metrics.csv`` - one row per epoch.
+* ``metrics.json`` / ``metrics.csv`` - the history, one row per epoch;
+* ``curves.png`` (``plots=True``, at the end) - losses and the other metrics.
 
-A NaN or infinite loss stops training with :class:`TrainingDiverged`, naming
-the step and the last good checkpoint; Ctrl-C saves ``interrupted.safetensors``
-before the KeyboardInterrupt goes on.
+Ctrl-C saves ``interrupted.safetensors`` before the KeyboardInterrupt goes on.
+
+Distributed training hooks (overridable methods, no-ops in one process):
+:attr:`Trainer.is_main` (only that process prints and writes),
+:meth:`Trainer.reduce` (sums the epoch's totals across processes),
+:meth:`Trainer.after_backward` (where gradients are averaged) and
+:meth:`Trainer.on_epoch_start` (calls ``set_epoch`` on the loader or its
+sampler, as ``DistributedSampler`` needs).
 """
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -29,63 +51,11 @@ import time
 
 import numpy as np
 
-from . import backend, optim
-from .data import Compose, DataLoader, Normalize, RandomShift, TensorDataset, ToFloat
+from . import backend
 from .fileio import atomic_write_bytes
-from .models import CNNAttention
-from .nn import functional as F
-from .random import get_rng_state, manual_seed, set_rng_state
+from .random import get_rng_state, set_rng_state
 from .serialization import CheckpointError, load, save
 from .tensor import Tensor, no_grad
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    arch: str = "default"
-    epochs: int = 6
-    batch_size: int = 64
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "cosine"          # "cosine" (per batch, to 0) or "constant"
-    shift: int = 2                    # random-shift augmentation, pixels (0: off)
-    seed: int = 0
-    device: str = "auto"
-    data_dir: str | None = None
-    train_limit: int | None = None    # use the first N training images (smoke runs)
-    test_limit: int | None = None
-    out: str = "runs/mnist_cnn_attn"
-    resume: bool = False
-    progress: bool = True
-    eval_batch_size: int = 1000
-
-    def validate(self):
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
-        if not 0 < self.lr < math.inf:
-            raise ValueError(f"learning rate must be positive and finite, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not 0 <= self.weight_decay < math.inf:
-            raise ValueError(f"weight decay must be non-negative and finite, got "
-                             f"{self.weight_decay}")
-        if self.eval_batch_size < 1:
-            raise ValueError(f"eval batch size must be at least 1, got {self.eval_batch_size}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"unknown schedule {self.schedule!r}: expected 'cosine' or "
-                             "'constant'")
-        if self.shift < 0:
-            raise ValueError(f"shift must be >= 0 pixels, got {self.shift}")
-        for name in ("train_limit", "test_limit"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {value}")
-        from .models.cnn_attention import ARCHS
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r}: expected one of {sorted(ARCHS)}")
-        resolve_device(self.device)
 
 
 class TrainingDiverged(RuntimeError):
@@ -93,6 +63,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU and CuPy are there, else 'cpu'; checks 'cpu'/'cuda'."""
     if device == "auto":
         return "cuda" if backend.cuda_is_available() else "cpu"
     if device not in ("cpu", "cuda"):
@@ -102,51 +73,45 @@ def resolve_device(device: str) -> str:
     return device
 
 
-# MNIST's pixel mean and standard deviation (of k/255 values over the training set).
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-
-
-def images_to_float(images):
-    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28), scaled to [0, 1] then
-    normalised with MNIST's mean and std: the model's input."""
-    return Normalize(MNIST_MEAN, MNIST_STD)(ToFloat()(images))
-
-
-def load_mnist(data_dir=None, train_limit=None, test_limit=None, download=True):
-    """(train images, train labels, test images, test labels): uint8 (N, 28, 28), int64."""
-    from .data import MNIST
-    train = MNIST(root=data_dir, train=True, download=download)
-    test = MNIST(root=data_dir, train=False, download=download)
-    return (train.images[:train_limit], train.labels[:train_limit],
-            test.images[:test_limit], test.labels[:test_limit])
-
-
-def evaluate(model, images, labels, batch_size=1000, device="cpu"):
-    """(mean loss, accuracy in %) of ``model`` on uint8 images, under no_grad and eval()."""
-    was_training = model.training
-    model.eval()
-    total_loss, correct = 0.0, 0
-    with no_grad():
-        for start in range(0, len(images), batch_size):
-            x = Tensor(images_to_float(images[start:start + batch_size]), device=device)
-            y = Tensor(labels[start:start + batch_size], device=device)
-            logits = model(x)
-            total_loss += float(F.cross_entropy(logits, y, reduction="sum").item())
-            correct += int((logits.argmax(axis=1)._data == y._data).sum())
-    model.train(was_training)
-    n = max(len(images), 1)
-    return total_loss / n, 100.0 * correct / n
-
-
 def write_metrics(out, history):
+    """``history`` (a list of dicts) as ``out/metrics.json`` and ``out/metrics.csv``."""
     atomic_write_bytes(os.path.join(out, "metrics.json"),
                        (json.dumps(history, indent=2) + "\n").encode())
     if history:
+        fields = list(dict.fromkeys(key for row in history for key in row))
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+        writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(history)
         atomic_write_bytes(os.path.join(out, "metrics.csv"), buffer.getvalue().encode())
+
+
+# History columns that are bookkeeping, not curves.
+_NOT_PLOTTED = ("epoch", "lr", "seconds", "images_per_s")
+
+
+def plot_history(history, path, title=None):
+    """Losses (keys ending in ``loss``) on the left, every other metric on the
+    right, per epoch; needs matplotlib (the examples extra)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = [k for k in dict.fromkeys(k for row in history for k in row)
+            if k not in _NOT_PLOTTED]
+    groups = [[k for k in keys if k.endswith("loss")], [k for k in keys if not k.endswith("loss")]]
+    groups = [g for g in groups if g]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        for key in group:
+            rows = [r for r in history if isinstance(r.get(key), (int, float))]
+            ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], "o-", label=key)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _check_writable(out):
@@ -173,61 +138,110 @@ def read_checkpoint(path, op, keys):
     return state
 
 
-class Trainer:
-    """Owns the model, optimizer, scheduler and data of one training run."""
+def _raw(value):
+    return value._data if isinstance(value, Tensor) else value
 
-    def __init__(self, config: TrainConfig, data=None, log=print):
-        config.validate()
-        self.config, self.log = config, log
-        self.device = resolve_device(config.device)
-        manual_seed(config.seed)
-        self.train_x, self.train_y, self.test_x, self.test_y = data if data is not None else \
-            load_mnist(config.data_dir, config.train_limit, config.test_limit)
-        self.model = CNNAttention(config.arch).to(self.device)
-        self.optimizer = optim.SGD(self.model.parameters(), lr=config.lr,
-                                   momentum=config.momentum, weight_decay=config.weight_decay)
-        # Shift before normalising, so the pixels shifted in are background (0).
-        augment = [RandomShift(config.shift)] if config.shift else []
-        transform = Compose([ToFloat(), *augment, Normalize(MNIST_MEAN, MNIST_STD)])
-        self.loader = DataLoader(
-            TensorDataset(self.train_x, self.train_y, transform=transform),
-            batch_size=config.batch_size, shuffle=True, device=self.device)
-        self.steps_per_epoch = len(self.loader)
-        total = config.epochs * self.steps_per_epoch
-        self.scheduler = (optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
-                          if config.schedule == "cosine" else
-                          optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0))
+
+def _default_epoch_line(row):
+    return "Epoch: {} \tTraining Loss: {:.6f}".format(row["epoch"], row["train_loss"])
+
+
+class Trainer:
+    """Trains ``model`` with ``optimizer`` on ``train_loader``; see the module docstring.
+
+    Arguments past ``train_loader`` (keyword only):
+
+    * ``epochs``, ``out`` - how long, and the run's folder;
+    * ``scheduler`` / ``scheduler_step`` - an lr scheduler, stepped per
+      ``"batch"`` (default) or per ``"epoch"``;
+    * ``metrics`` - ``{name: fn(outputs, targets)}``, each a batch mean (a
+      scalar tensor); averaged over the epoch as ``train_<name>``;
+    * ``evaluate`` - ``fn(model) -> {name: number}``, after every
+      ``eval_every`` epochs and after the last; a non-finite value stops
+      the run as diverged;
+    * ``forward`` - ``fn(model, inputs, targets) -> outputs`` when the model
+      needs more than the inputs while training;
+    * ``settings`` - a dict saved in the checkpoint; a resume must match it;
+    * ``resume``, ``progress`` (tqdm bars), ``log_every`` (steps between
+      reads of the running values), ``plots`` (``curves.png``), ``title``;
+    * ``log`` - where lines go (default ``print``); ``epoch_line(row)`` and
+      ``final_line(history)`` format the line after each epoch and the last
+      one (default: the article's ``Epoch: 1 \\tTraining Loss: ...``; none).
+    """
+
+    CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "config")
+    is_main = True   # a distributed run: True on rank 0 only
+
+    def __init__(self, model, optimizer, loss_fn, train_loader, *, epochs, out,
+                 scheduler=None, scheduler_step="batch", metrics=None, evaluate=None,
+                 eval_every=1, forward=None, settings=None, resume=False, progress=True,
+                 log_every=20, plots=False, title=None, log=print, epoch_line=None,
+                 final_line=None):
+        if int(epochs) != epochs or epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {epochs}")
+        if scheduler_step not in ("batch", "epoch"):
+            raise ValueError(f"scheduler_step must be 'batch' or 'epoch', got {scheduler_step!r}")
+        if int(log_every) != log_every or log_every < 1:
+            raise ValueError(f"log_every must be a positive int, got {log_every}")
+        if int(eval_every) != eval_every or eval_every < 1:
+            raise ValueError(f"eval_every must be a positive int, got {eval_every}")
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.train_loader, self.scheduler = train_loader, scheduler
+        self.scheduler_step, self.metrics = scheduler_step, dict(metrics or {})
+        self.evaluate_fn, self.eval_every, self.forward = evaluate, int(eval_every), forward
+        self.epochs, self.out = int(epochs), out
+        self.settings = dict(settings or {})
+        self.progress, self.log_every, self.plots, self.title = progress, int(log_every), \
+            plots, title
+        self._log = log
+        self.epoch_line = epoch_line or _default_epoch_line
+        self.final_line = final_line
         self.epoch = 0            # epochs completed
         self.history = []
-        _check_writable(config.out)
-        self.checkpoint_path = os.path.join(config.out, "checkpoint.safetensors")
-        if config.resume:
+        self.checkpoint_path = os.path.join(out, "checkpoint.safetensors")
+        if self.is_main:
+            _check_writable(out)
+        if resume:
             self.restore(self.checkpoint_path)
 
-    # ------------------------------------------------------- checkpoints
-    # The settings a resumed run must share with its checkpoint: each shapes
-    # the run (the cosine schedule's length is epochs x steps per epoch, and
-    # the optimizer's and scheduler's saved states carry lr, momentum and
-    # weight decay), so a resume with another value would silently train a
-    # different run than either setting asks for.
-    RUN_SETTINGS = ("arch", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-                    "schedule", "shift", "seed", "train_limit")
-    CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "config")
+    # ------------------------------------------------ distributed hooks
+    def reduce(self, totals: np.ndarray) -> np.ndarray:
+        """Sum an epoch's totals (float64 vector) over the processes of a run."""
+        return totals
 
+    def after_backward(self) -> None:
+        """Between backward and the optimizer's step (where a distributed run
+        averages the gradients across processes)."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Before each epoch (0-based): tell a sampler which epoch it is."""
+        for owner in (self.train_loader, getattr(self.train_loader, "sampler", None)):
+            set_epoch = getattr(owner, "set_epoch", None)
+            if set_epoch is not None:
+                set_epoch(epoch)
+                return
+
+    def log(self, message):
+        if self.is_main:
+            self._log(message)
+
+    # ------------------------------------------------------- checkpoints
     def state(self):
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
-                "rng": get_rng_state(), "history": self.history,
-                "config": {key: getattr(self.config, key) for key in self.RUN_SETTINGS}}
+                "scheduler": self.scheduler.state_dict() if self.scheduler else {},
+                "epoch": self.epoch, "rng": get_rng_state(), "history": self.history,
+                "config": self.settings}
 
     def save_checkpoint(self, path=None):
         """Write the full state to ``path`` (default: the epoch checkpoint); the
         epoch checkpoint also refreshes ``model.safetensors``, which thus
         always holds the weights of the last finished epoch."""
         path = path or self.checkpoint_path
+        if not self.is_main:
+            return path
         save(self.state(), path)
         if path == self.checkpoint_path:
-            save(self.model.state_dict(), os.path.join(self.config.out, "model.safetensors"))
+            save(self.model.state_dict(), os.path.join(self.out, "model.safetensors"))
         return path
 
     def restore(self, path):
@@ -237,9 +251,9 @@ class Trainer:
         state = read_checkpoint(path, "--resume", self.CHECKPOINT_KEYS)
         saved = state["config"]   # read_checkpoint made sure it is there
         # (checkpoints of older versions recorded fewer settings: those are compared)
-        differ = [f"{key}={saved[key]!r} (this run: {getattr(self.config, key)!r})"
-                  for key in self.RUN_SETTINGS
-                  if key in saved and saved[key] != getattr(self.config, key)]
+        differ = [f"{key}={saved[key]!r} (this run: {value!r})"
+                  for key, value in self.settings.items()
+                  if key in saved and saved[key] != value]
         if differ:
             raise ValueError(
                 f"--resume: the checkpoint {path} belongs to a run with other settings: "
@@ -247,82 +261,143 @@ class Trainer:
                 "(another --out, or without --resume)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
         self.history = list(state.get("history", []))
         self.log(f"Resumed from {path} after epoch {self.epoch}")
 
     # ---------------------------------------------------------- training
-    def train_epoch(self):
-        cfg, model, opt = self.config, self.model, self.optimizer
-        model.train()
-        bar = _progress(self.steps_per_epoch, f"epoch {self.epoch + 1}/{cfg.epochs}",
-                        cfg.progress)
-        loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-        for step, (x, y) in enumerate(self.loader):
-            # Overflow is caught below as a non-finite loss, with a message that says
-            # where; NumPy's own warnings would only come first and say less.
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                opt.zero_grad()
-                loss.backward()
-            value = float(loss.item())
-            if not math.isfinite(value):
-                raise self._diverged(
-                    f"the loss became {value} at epoch {self.epoch + 1}, step {step + 1} "
-                    f"(global step {self.epoch * self.steps_per_epoch + step + 1})")
-            opt.step()
+    def _step(self, inputs, targets):
+        """One optimisation step; returns the loss, its parts and the metrics
+        as one device vector (no host synchronisation)."""
+        model, opt = self.model, self.optimizer
+        outputs = self.forward(model, inputs, targets) if self.forward else model(inputs)
+        loss = self.loss_fn(outputs, targets)
+        parts = {}
+        if isinstance(loss, tuple):
+            loss, parts = loss
+        opt.zero_grad()
+        loss.backward()
+        self.after_backward()
+        opt.step()
+        if self.scheduler is not None and self.scheduler_step == "batch":
             self.scheduler.step()
-            n = len(y._data)
-            loss_sum += value * n
-            correct += int((logits._data.argmax(axis=1) == y._data).sum())
-            seen += n
+        with no_grad():
+            values = [_raw(loss)] + [_raw(v) for v in parts.values()] + \
+                     [_raw(fn(outputs, targets)) for fn in self.metrics.values()]
+        xp = backend.get_array_module(values[0])
+        return list(parts), xp.stack([xp.asarray(v, dtype=xp.float32).reshape(()) for v in values])
+
+    def train_epoch(self):
+        """One pass over the loader; returns ({train_<name>: mean}, seconds, samples)."""
+        self.model.train()
+        self.on_epoch_start(self.epoch)
+        steps = len(self.train_loader)
+        bar = _progress(steps, f"epoch {self.epoch + 1}/{self.epochs}",
+                        self.progress and self.is_main)
+        pending, sizes = [], []      # device vectors and batch sizes since the last read
+        totals, seen, names = None, 0, None
+        start = time.perf_counter()
+        for step, (inputs, targets) in enumerate(self.train_loader):
+            # Overflow shows as a non-finite loss, caught below with a message that
+            # says where; NumPy's own warnings would come first and say less.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                part_names, values = self._step(inputs, targets)
+            pending.append(values)
+            sizes.append(len(inputs))
+            if len(pending) < self.log_every and step != steps - 1:
+                continue
+            rows = backend.as_numpy(backend.get_array_module(values).stack(pending))
+            bad = np.flatnonzero(~np.isfinite(rows[:, 0]))
+            if len(bad):
+                at = step - len(pending) + 1 + int(bad[0])
+                raise self._diverged(
+                    f"the loss became {rows[bad[0], 0]} at epoch {self.epoch + 1}, step "
+                    f"{at + 1} (global step {self.epoch * steps + at + 1})")
+            weighted = (rows.astype(np.float64) * np.asarray(sizes, np.float64)[:, None]).sum(0)
+            totals = weighted if totals is None else totals + weighted
+            seen += sum(sizes)
+            names = ["loss", *part_names, *self.metrics]
             if bar is not None:
-                bar.update(1)
-                if step % 20 == 0 or step == self.steps_per_epoch - 1:
-                    rate = seen / max(time.perf_counter() - start, 1e-9)
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
-                                    acc=f"{100 * correct / seen:.2f}%", img_s=f"{rate:,.0f}")
+                bar.update(len(pending))
+                rate = seen / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix({**{n: f"{v / seen:.4g}" for n, v in zip(names, totals)},
+                                 "img_s": f"{rate:,.0f}"})
+            pending, sizes = [], []
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - start
-        return loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), seconds, seen
+        if totals is None:
+            raise ValueError("the training loader gave no batches")
+        reduced = self.reduce(np.append(totals, seen))
+        means = {f"train_{n}": float(v / reduced[-1]) for n, v in zip(names, reduced[:-1])}
+        return means, seconds, int(reduced[-1])
+
+    def evaluate(self):
+        """``evaluate(model)`` under no_grad and eval(); {} without one."""
+        if self.evaluate_fn is None:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with no_grad(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                return dict(self.evaluate_fn(self.model))
+        finally:
+            self.model.train(was_training)
 
     def _diverged(self, what):
         last = self.checkpoint_path if self.epoch else "none (no epoch finished)"
         return TrainingDiverged(f"{what}; last good checkpoint: {last}. Try a lower "
                                 "learning rate.")
 
+    def _check_finite(self, results):
+        for name, value in results.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self._diverged(
+                    f"the {name.replace('_', ' ')} became {value} after epoch {self.epoch + 1}: "
+                    "the weights are no longer finite; this epoch is not saved")
+        for name, p in self.model.named_parameters():
+            xp = backend.get_array_module(p._data)
+            if not bool(xp.isfinite(p._data).all()):
+                raise self._diverged(
+                    f"the parameter {name} is no longer finite after epoch {self.epoch + 1}; "
+                    "this epoch is not saved")
+
     def fit(self):
-        cfg = self.config
+        """Train the remaining epochs; returns the history (a list of dicts)."""
         try:
-            while self.epoch < cfg.epochs:
-                train_loss, train_acc, seconds, seen = self.train_epoch()
-                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                    test_loss, test_acc = evaluate(self.model, self.test_x, self.test_y,
-                                                   cfg.eval_batch_size, self.device)
-                if not math.isfinite(test_loss):   # the epoch's last updates blew up
-                    raise self._diverged(
-                        f"the test loss became {test_loss} after epoch {self.epoch + 1}: the "
-                        f"weights are no longer finite; this epoch is not saved")
+            while self.epoch < self.epochs:
+                means, seconds, seen = self.train_epoch()
+                last = self.epoch + 1 == self.epochs
+                results = self.evaluate() if last or (self.epoch + 1) % self.eval_every == 0 \
+                    else {}
+                self._check_finite(results)
+                if self.scheduler is not None and self.scheduler_step == "epoch":
+                    self.scheduler.step()
                 self.epoch += 1
-                self.history.append({
-                    "epoch": self.epoch, "train_loss": round(train_loss, 6),
-                    "train_acc": round(train_acc, 4), "test_loss": round(test_loss, 6),
-                    "test_acc": round(test_acc, 4), "lr": self.optimizer.param_groups[0]["lr"],
-                    "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)})
+                row = {"epoch": self.epoch}
+                row.update({k: round(v, 6) for k, v in means.items()})
+                row.update({k: round(v, 6) if isinstance(v, float) else v
+                            for k, v in results.items()})
+                row.update({"lr": self.optimizer.param_groups[0]["lr"],
+                            "seconds": round(seconds, 3),
+                            "images_per_s": round(seen / seconds, 1)})
+                self.history.append(row)
                 self.save_checkpoint()
-                write_metrics(cfg.out, self.history)
-                self.log("Epoch: {} \tTraining Loss: {:.6f}".format(self.epoch, train_loss))
+                if self.is_main:
+                    write_metrics(self.out, self.history)
+                self.log(self.epoch_line(row))
         except KeyboardInterrupt:
-            path = self.save_checkpoint(os.path.join(cfg.out, "interrupted.safetensors"))
+            path = self.save_checkpoint(os.path.join(self.out, "interrupted.safetensors"))
             self.log(f"\nInterrupted: state saved to {path} (the last finished epoch is in "
                      f"{self.checkpoint_path}; --resume continues from there)")
             raise
-        final = self.history[-1]["test_acc"] if self.history else float("nan")
-        self.log("Test Accuracy: {:.2f} %".format(final))
+        if self.plots and self.is_main and self.history:
+            plot_history(self.history, os.path.join(self.out, "curves.png"), self.title)
+        if self.final_line is not None:
+            self.log(self.final_line(self.history))
         return self.history
 
 
@@ -335,9 +410,3 @@ def _progress(total, desc, enabled):
         return None
     return tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr,
                 dynamic_ncols=True)
-
-
-def fit(config: TrainConfig, data=None, log=print):
-    """Train per ``config``; returns (trainer, history)."""
-    trainer = Trainer(config, data=data, log=log)
-    return trainer, trainer.fit()

@@ -9,10 +9,18 @@ import pytest
 import minidl
 from minidl import nn
 from minidl.models import ARCHS, CNNAttention, num_parameters
-from minidl.train import TrainConfig, TrainingDiverged, Trainer, images_to_float, load_mnist
+from minidl.train import TrainingDiverged
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "mnist_cnn_attn.py")
+sys.path.insert(0, os.path.dirname(EXAMPLE))
+try:
+    import mnist_cnn_attn as example
+finally:
+    sys.path.pop(0)
+TrainConfig, images_to_float, load_mnist = (example.TrainConfig, example.images_to_float,
+                                            example.load_mnist)
+Trainer = example.make_trainer   # the framework's Trainer, set up with the example's recipe
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +124,7 @@ def test_smoke_training_reaches_85_percent(tmp_path, mnist_small):
     assert logs[0].startswith("Epoch: 1 \tTraining Loss: ")
     assert logs[-1].startswith("Test Accuracy: ") and logs[-1].endswith(" %")
     for name in ("checkpoint.safetensors", "model.safetensors", "metrics.json", "metrics.csv"):
-        assert os.path.exists(os.path.join(trainer.config.out, name)), name
+        assert os.path.exists(os.path.join(trainer.out, name)), name
 
 
 def test_resume_gives_the_same_weights(tmp_path, mnist_small):
@@ -197,7 +205,7 @@ def test_interrupt_mid_epoch_keeps_model_file_at_the_last_epoch(tmp_path, mnist_
     trainer.scheduler.step = interrupt_in_second_epoch
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
-    out = trainer.config.out
+    out = trainer.out
     model = load(os.path.join(out, "model.safetensors"))
     epoch_one = load(os.path.join(out, "checkpoint.safetensors"))["model"]
     interrupted = load(os.path.join(out, "interrupted.safetensors"))["model"]
@@ -215,8 +223,8 @@ def test_weights_blown_up_by_an_epochs_last_step_stop_training(tmp_path, mnist_s
                       log=lambda m: None)
     with pytest.raises(TrainingDiverged, match=r"test loss became (nan|inf) after epoch 1"):
         trainer.fit()
-    assert not os.path.exists(os.path.join(trainer.config.out, "checkpoint.safetensors"))
-    assert not os.path.exists(os.path.join(trainer.config.out, "metrics.json"))
+    assert not os.path.exists(os.path.join(trainer.out, "checkpoint.safetensors"))
+    assert not os.path.exists(os.path.join(trainer.out, "metrics.json"))
 
 
 def test_nan_loss_stops_with_the_step(tmp_path, mnist_small):
@@ -239,8 +247,11 @@ def test_config_rejects_bad_values(tmp_path):
 
 
 def _run_example(*args, cwd=None):
+    # this checkout's minidl, not whichever one is installed
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     return subprocess.run([sys.executable, EXAMPLE, *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+                          cwd=cwd, timeout=300, env=env)
 
 
 def test_cli_help():
@@ -281,7 +292,9 @@ def test_predict_reads_a_png(tmp_path, mnist_small):
     trainer.fit()
     test_x, test_y = mnist_small[2], mnist_small[3]
     with minidl.no_grad():
-        logits = trainer.model.eval()(minidl.Tensor(images_to_float(test_x[:50])))
+        # on the trainer's device: TrainConfig.device is "auto", so a GPU where there is one
+        device = next(trainer.model.parameters()).device
+        logits = trainer.model.eval()(minidl.Tensor(images_to_float(test_x[:50]), device=device))
         predicted = logits.argmax(axis=1).numpy()
     i = int(np.flatnonzero(predicted == test_y[:50])[0])   # a digit the model gets right
     png = tmp_path / "digit.png"
@@ -297,11 +310,6 @@ def test_predict_takes_the_opaque_strokes_of_a_transparent_png(tmp_path):
     # Regression: converting to grey dropped the alpha channel, so a black digit on a
     # transparent background became a blank input.
     from PIL import Image
-    sys.path.insert(0, os.path.dirname(EXAMPLE))
-    try:
-        import mnist_cnn_attn as example
-    finally:
-        sys.path.pop(0)
     rgba = np.zeros((28, 28, 4), np.uint8)
     rgba[6:22, 12:16, 3] = 255                   # a black "1": opaque strokes, RGB 0
     Image.fromarray(rgba, "RGBA").save(tmp_path / "one.png")

@@ -14,10 +14,12 @@ from .mnist import MNIST, FashionMNIST
 from .transforms import Compose, Normalize, RandomShift, ToFloat
 from .transforms import ToTensor
 from .dataloader import get_worker_info
+from .detection import MNISTDetection, coco_detections, coco_map
 
 __all__ = [
     "DataLoader", "Dataset", "TensorDataset", "Subset", "random_split", "default_collate",
     "MNIST", "FashionMNIST", "Compose", "Normalize", "RandomShift", "ToFloat",
     "DataError", "IDXError", "read_idx", "write_idx", "default_root",
     "ConcatDataset", "ToTensor", "get_worker_info",
+    "MNISTDetection", "coco_detections", "coco_map",
 ]

@@ -12,6 +12,7 @@ from .attention import AttentionPool2d, ChannelAttention, MultiheadAttention
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, Dropout, Flatten, GELU, Identity,
                      LeakyReLU, Linear, MaxPool2d, ReLU, Sigmoid, SiLU, Softmax, Tanh)
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss
+from .losses import L1Loss
 from .module import Module, ModuleDict, ModuleList, Parameter, Sequential
 from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
 from .layers import Dropout2d
@@ -22,7 +23,8 @@ __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Lin
            "Sigmoid", "Tanh", "Softmax", "Dropout", "Flatten", "Identity", "LayerNorm",
            "BatchNorm1d", "BatchNorm2d", "MultiheadAttention", "ChannelAttention",
            "AttentionPool2d", "CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss",
-           "functional", "init", "utils"]
+           "functional", "init", "utils",
+           "L1Loss"]
 __all__ += ["Dropout2d", "BCELoss"]
 
 

@@ -10,8 +10,11 @@ from ..ops.activation import dropout, gelu, leaky_relu, log_softmax, silu, softm
 from ..ops.arith import sigmoid, tanh
 from ..ops.conv import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
 from ..ops.attention import scaled_dot_product_attention
+from ..ops.detection import (gather_locations, gaussian_focal_loss, generalized_box_iou_loss,
+                             heatmap_peaks)
 from ..ops.linear import linear
 from ..ops.loss import (binary_cross_entropy_with_logits, cross_entropy, mse_loss, nll_loss)
+from ..ops.loss import l1_loss
 from ..ops.norm import batch_norm, layer_norm
 from ..ops.shape import flatten, one_hot, pad
 from ..ops.bce import binary_cross_entropy, dropout2d
@@ -36,7 +39,9 @@ __all__ = ["relu", "leaky_relu", "silu", "sigmoid", "tanh", "gelu", "softmax", "
            "dropout", "linear", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "pad",
            "flatten", "one_hot", "cross_entropy", "nll_loss", "mse_loss",
            "binary_cross_entropy_with_logits", "layer_norm", "batch_norm",
-           "scaled_dot_product_attention"]
+           "scaled_dot_product_attention",
+           "l1_loss", "gather_locations", "gaussian_focal_loss", "generalized_box_iou_loss",
+           "heatmap_peaks"]
 __all__ += ["relu_", "binary_cross_entropy", "dropout2d"]
 
 

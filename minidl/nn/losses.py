@@ -46,6 +46,15 @@ class MSELoss(Module):
         return L.mse_loss(input, target, reduction=self.reduction)
 
 
+class L1Loss(Module):
+    def __init__(self, size_average=None, reduce=None, reduction="mean"):
+        super().__init__()
+        self.reduction = L.legacy_reduction("L1Loss", size_average, reduce, reduction)
+
+    def forward(self, input, target):
+        return L.l1_loss(input, target, reduction=self.reduction)
+
+
 class BCEWithLogitsLoss(Module):
     def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean",
                  pos_weight=None):

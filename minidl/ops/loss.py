@@ -369,6 +369,35 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean"):
     return MSELoss(reduction)(x, y)
 
 
+class L1Loss(Function):
+    def __init__(self, reduction):
+        self.reduction = reduction
+
+    def forward(self, x, y):
+        xp = backend.get_array_module(x)
+        d = x - y
+        self.sign, self.dtypes = xp.sign(d), (x.dtype, y.dtype)
+        return _reduce(xp.abs(d), self.reduction, xp, d.dtype)
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        g = self.sign * _unreduce(gy, self.sign.shape, self.reduction, xp)
+        return (g.astype(self.dtypes[0], copy=False) if self.needs_input_grad[0] else None,
+                (-g).astype(self.dtypes[1], copy=False) if self.needs_input_grad[1] else None)
+
+
+def l1_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+    """Mean absolute error, as ``torch.nn.functional.l1_loss`` (shapes must
+    match; the gradient at a zero difference is 0, PyTorch's sign(0))."""
+    reduction = legacy_reduction("l1_loss", size_average, reduce, reduction)
+    _check_reduction("l1_loss", reduction)
+    x, y = operands(as_tensor(input), as_tensor(target))
+    if x.shape != y.shape:
+        raise ValueError(f"l1_loss: input {tuple(x.shape)} and target {tuple(y.shape)} must "
+                         "have the same shape")
+    return L1Loss(reduction)(x, y)
+
+
 class BCEWithLogits(Function):
     """l = (1 - y) x + lw * softplus(-x), lw = 1 + (pos_weight - 1) y, times weight."""
 
