@@ -69,14 +69,22 @@ def clean_stale_parts(path) -> list:
     return removed
 
 
+def file_in_the_way(directory) -> Path:
+    """The file (not a directory) at ``directory`` or one of its parents, which
+    keeps it from being made; ``directory`` itself when none is found."""
+    directory = Path(directory)
+    for p in [*reversed(directory.parents), directory]:
+        if p.exists() and not p.is_dir():
+            return p
+    return directory
+
+
 def _make_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()),
-                       path.parent)
-        raise NotADirectoryError(f"cannot write {path}: {blocker} is a file, not a "
-                                 "directory") from None
+        raise NotADirectoryError(f"cannot write {path}: {file_in_the_way(path.parent)} is a "
+                                 "file, not a directory") from None
 
 
 def temp_path(path) -> Path:

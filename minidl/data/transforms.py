@@ -158,6 +158,9 @@ class RandomShift:
             raise ValueError(f"RandomShift: expected (N, H, W) or (N, C, H, W), got {x.shape}")
         xp = get_array_module(x)
         N, H, W = x.shape[0], x.shape[-2], x.shape[-1]
+        if m >= min(H, W):
+            raise ValueError(f"RandomShift: max_pixels={m} must be smaller than the images "
+                             f"({H}x{W}): a larger shift can move a whole image out of view")
         C = math.prod(x.shape[1:-2])
         rng = self.generator or current_generator()
         dy, dx = rng.integers(-m, m + 1, size=(2, N))
