@@ -62,12 +62,16 @@ def _recording(calls):
 
 
 def _flatten_outputs(out):
+    """``{name: tensor}`` of a model's result: a Tensor ('output'), a tuple of them
+    ('output0', ...) or a dict of them (its keys; None values left out)."""
     if isinstance(out, Tensor):
-        return [out]
+        return {"output": out}
     if isinstance(out, (tuple, list)) and all(isinstance(o, Tensor) for o in out):
-        return list(out)
-    raise ExportError(f"export: the model must return a Tensor or a tuple of Tensors, got "
-                      f"{type(out).__name__}")
+        return {f"output{i}": o for i, o in enumerate(out)}
+    if isinstance(out, dict) and all(isinstance(o, Tensor) or o is None for o in out.values()):
+        return {str(k): o for k, o in out.items() if o is not None}
+    raise ExportError(f"export: the model must return a Tensor, or a tuple or dict of Tensors, "
+                      f"got {type(out).__name__}")
 
 
 # ------------------------------------------------------------------ graph building
@@ -79,6 +83,7 @@ class _Graph:
         self.helper, self.numpy_helper = helper, numpy_helper
         self.nodes, self.initializers = [], []
         self.names = {}            # id(tensor) -> name
+        self.arrays = {}           # id(tensor's array) -> name: a tensor re-wrapped by an op
         self.known = names         # id(parameter or buffer) -> its state-dict name
         self.keep = []             # tensors named here stay alive (ids stay unique)
         self.count = 0
@@ -94,9 +99,13 @@ class _Graph:
         self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
+    def name(self, tensor, name):
+        self.names[id(tensor)] = self.arrays[id(tensor._data)] = name
+        self.keep.append(tensor)
+
     def name_of(self, tensor):
         """The graph name of ``tensor``: traced, or a new initializer."""
-        name = self.names.get(id(tensor))
+        name = self.names.get(id(tensor)) or self.arrays.get(id(tensor._data))
         if name is None:
             stem = self.known.get(id(tensor), "const").replace(".", "_")
             name = self.names[id(tensor)] = self.const(tensor._data, stem)
@@ -288,8 +297,18 @@ def _sincos(g, fn, xs, ys, tensors):
     return [g.node("Sin" if fn.is_sin else "Cos", xs)]
 
 
+def _gather_locations(g, fn, xs, ys, tensors):
+    # (B, C, H, W) -> (B, HW, C), then one GatherND per batch row at index[..., None]
+    B, C, H, W = tensors[0].shape
+    rows = g.node("Transpose", [g.node("Reshape", [xs[0], g.ints([B, C, H * W])])],
+                  perm=[0, 2, 1])
+    index = g.node("Unsqueeze", [g.node("Cast", [xs[1]], to=7), g.ints([-1])])   # 7: int64
+    return [g.node("GatherND", [rows, index], batch_dims=1)]
+
+
 def _converters():
-    from .ops import activation, arith, conv, conv_block, linear, norm, reduce, shape, sorting
+    from .ops import (activation, arith, conv, conv_block, detection, linear, norm, reduce,
+                      shape, sorting)
     simple = {arith.Add: "Add", arith.Sub: "Sub", arith.Mul: "Mul", arith.Div: "Div",
               arith.Pow: "Pow", arith.MatMul: "MatMul", arith.Maximum: "Max",
               arith.Minimum: "Min", arith.Neg: "Neg", arith.Exp: "Exp", arith.Log: "Log",
@@ -328,6 +347,7 @@ def _converters():
         conv.AdaptiveAvgPool2dFunction: _adaptive_avg_pool,
         linear.LinearFunction: _linear,
         norm.LayerNormFunction: _layer_norm, norm.BatchNormFunction: _batch_norm,
+        detection.GatherLocations: _gather_locations,
         sorting.Gather: lambda g, fn, xs, ys, t: [g.node("GatherElements", [xs[0], g.const(
             fn.index)], axis=fn.axis)],
     })
@@ -388,7 +408,7 @@ def to_onnx(model, example_input, *, input_names=None, output_names=None, dynami
     input_names = list(input_names or [f"input{i}" if len(inputs) > 1 else "input"
                                        for i in range(len(inputs))])
     for t, n in zip(inputs, input_names):
-        g.names[id(t)] = n
+        g.name(t, n)
     table = _converters()
     for fn, xs, ys in calls:
         convert = table.get(type(fn))
@@ -398,10 +418,10 @@ def to_onnx(model, example_input, *, input_names=None, output_names=None, dynami
                               f"exported: {why}")
         produced = convert(g, fn, [g.name_of(x) for x in xs], ys, xs)
         for y, name in zip(ys, produced):
-            g.names[id(y)] = name
-        g.keep.extend(xs + ys)
-    output_names = list(output_names or [f"output{i}" if len(outputs) > 1 else "output"
-                                         for i in range(len(outputs))])
+            g.name(y, name)
+        g.keep.extend(xs)
+    output_names = list(output_names or outputs)
+    outputs = list(outputs.values())
     for t, n in zip(outputs, output_names):
         g.node("Identity", [g.name_of(t)], [n])
     graph = helper.make_graph(
@@ -420,7 +440,8 @@ def _run_both(model, session, inputs):
     with no_grad():
         expected = _flatten_outputs(model(*[Tensor(x) for x in inputs]))
     feed = {i.name: backend.as_numpy(x) for i, x in zip(session.get_inputs(), inputs)}
-    return [backend.as_numpy(e._data) for e in expected], session.run(None, feed)
+    return ({k: backend.as_numpy(e._data) for k, e in expected.items()},
+            session.run(None, feed))
 
 
 def check(model, proto, example_input, dynamic_batch=False, rtol=1e-4, atol=1e-5):
@@ -436,9 +457,13 @@ def check(model, proto, example_input, dynamic_batch=False, rtol=1e-4, atol=1e-5
                                            providers=["CPUExecutionProvider"])
     examples = [backend.as_numpy(x._data) for x in _as_inputs(example_input)]
     rng = np.random.default_rng(0)
+    # integer inputs (indices) are rotated by one place: values derived from them
+    # outside the traced ops would otherwise stay right by luck
     trials = {"the example input": examples,
               "a random input": [rng.standard_normal(x.shape).astype(x.dtype)
-                                 if x.dtype.kind == "f" else x for x in examples]}
+                                 if x.dtype.kind == "f" else
+                                 np.roll(x.reshape(-1), 1).reshape(x.shape)
+                                 for x in examples]}
     if dynamic_batch:
         trials["a batch of another size"] = [np.concatenate([x, x[:1]]) for x in examples]
     was_training = getattr(model, "training", False)
@@ -450,13 +475,13 @@ def check(model, proto, example_input, dynamic_batch=False, rtol=1e-4, atol=1e-5
             except Exception as exc:   # onnxruntime's own errors name the node
                 raise ExportError(f"export: onnxruntime cannot run the exported graph on "
                                   f"{what}: {exc}") from None
-            for i, (e, a) in enumerate(zip(expected, got)):
+            for (name, e), a in zip(expected.items(), got):
                 if e.shape != a.shape or not np.allclose(a, e, rtol=rtol, atol=atol,
                                                          equal_nan=True):
                     worst = np.abs(a - e).max() if e.shape == a.shape else "shape"
                     raise ExportError(
                         f"export: the ONNX graph does not reproduce the model on {what} "
-                        f"(output {i}: max difference {worst}); the forward probably "
+                        f"(output {name!r}: max difference {worst}); the forward probably "
                         "depends on values computed outside minidl's ops (frozen as "
                         "constants by the trace) or on the input's shape")
     finally:

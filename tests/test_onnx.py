@@ -109,3 +109,38 @@ def test_values_computed_outside_the_ops_are_caught(tmp_path):
             return x * minidl.tensor(x.numpy().mean())    # leaves minidl's ops: a constant
     with pytest.raises(ExportError, match="does not reproduce the model"):
         export(Frozen(), np.ones((2, 3), np.float32), tmp_path / "m.onnx")
+
+
+def test_dict_outputs_and_gather_locations_with_an_index_input(tmp_path):
+    from minidl.ops.detection import gather_locations
+
+    class Pick(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 1)
+
+        def forward(self, x, index):
+            maps = self.conv(x)
+            return {"features": gather_locations(maps, index), "maps": maps, "none": None}
+    model = Pick()
+    x = np.random.default_rng(3).standard_normal((2, 2, 4, 5)).astype(np.float32)
+    index = np.array([[0, 19, 7], [3, 3, 11]])
+    path = export(model, (x, index), tmp_path / "m.onnx")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["features", "maps"]
+    other = np.array([[5, 1, 2], [18, 0, 4]])
+    got = session.run(None, {"input0": x, "input1": other})
+    np.testing.assert_allclose(got[0], model(minidl.tensor(x), other)["features"].numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_the_detector_is_refused_clearly_not_exported_wrong(tmp_path):
+    # its object stage computes indices with NumPy (peaks, neighbourhoods, box
+    # decoding), outside the traced ops: the check must catch the frozen values
+    from minidl.models.detector import CNNAttentionDetector
+    model = CNNAttentionDetector()
+    x = np.random.default_rng(4).random((1, 1, 64, 64), dtype=np.float32)
+    for example in (x, (x, np.array([[5, 40, 100]]))):
+        with pytest.raises(ExportError, match="does not reproduce the model"):
+            export(model, example, tmp_path / "det.onnx")
+    assert not (tmp_path / "det.onnx").exists()
