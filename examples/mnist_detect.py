@@ -44,7 +44,7 @@ PROG = "mnist_detect.py"
 class DetectConfig:
     """The detector's recipe: Adam with a cosine schedule stepped per batch,
     canvases drawn anew every epoch."""
-    epochs: int = 8
+    epochs: int = 12
     train_size: int = 8000            # canvases per epoch
     batch_size: int = 32
     lr: float = 3e-3

@@ -49,9 +49,12 @@ class NeighbourhoodAttention(nn.Module):
     own features (a residual), as a transformer block does.
     """
 
-    def __init__(self, channels, radius=3):
+    def __init__(self, channels, radius=3, heads=4):
         super().__init__()
-        self.radius = int(radius)
+        if channels % heads:
+            raise ValueError(f"NeighbourhoodAttention: {channels} channels do not split into "
+                             f"{heads} heads")
+        self.radius, self.heads = int(radius), int(heads)
         side = 2 * self.radius + 1
         self.position = nn.Parameter(np.zeros((side * side, channels), np.float32))
         nn.init.normal_(self.position, std=0.02)
@@ -76,11 +79,16 @@ class NeighbourhoodAttention(nn.Module):
         centre = gather_locations(features, centres)                  # (B, K, C)
         index, inside = self.neighbourhood(centres, H, W)
         around = gather_locations(features, index) + self.position     # (B, K, P, C)
-        q = self.query(centre).unsqueeze(2)                             # (B, K, 1, C)
+        K, P, h = centre.shape[1], around.shape[2], self.heads
+
+        def split(t, length):   # (B, K, length, C) -> (B, K, heads, length, C / heads)
+            return t.reshape(B, K, length, h, C // h).transpose(0, 1, 3, 2, 4)
+        q = split(self.query(centre).unsqueeze(2), 1)
         fused, weights = F.scaled_dot_product_attention(
-            q, self.key(around), self.value(around), attn_mask=inside[:, :, None, :],
-            return_weights=True)
-        return centre + self.out(fused.squeeze(2)), weights.squeeze(2)
+            q, split(self.key(around), P), split(self.value(around), P),
+            attn_mask=inside[:, :, None, None, :], return_weights=True)
+        # weights (B, K, heads, 1, P): each head a glimpse of another part of the digit
+        return centre + self.out(fused.reshape(B, K, C)), weights.mean(axis=2).reshape(B, K, P)
 
 
 class CNNAttentionDetector(nn.Module):
@@ -100,23 +108,25 @@ class CNNAttentionDetector(nn.Module):
 
     STRIDE = 4   # two 2x2 pools
 
-    def __init__(self, num_classes=10, channels=(8, 32), width=32, hidden=64, radius=3,
-                 attention=True, in_channels=1):
+    def __init__(self, num_classes=10, channels=(8, 32), width=32, hidden=128, radius=3,
+                 heads=4, attention=True, in_channels=1):
         super().__init__()
         c1, c2 = channels
         self.num_classes, self.in_channels = num_classes, in_channels
         self.use_attention = bool(attention)
         self.backbone = nn.Sequential(
-            nn.Conv2d(in_channels, c1, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, kernel_size=5, padding=2), nn.ReLU(), nn.MaxPool2d(2))
+            nn.Conv2d(in_channels, c1, kernel_size=3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, kernel_size=5, padding=2), nn.BatchNorm2d(c2), nn.ReLU(),
+            nn.MaxPool2d(2))
         self.localiser = nn.Sequential(
-            nn.Conv2d(c2, width, kernel_size=3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, width, kernel_size=3, padding=1), nn.ReLU())
+            nn.Conv2d(c2, width, kernel_size=3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, kernel_size=3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
         self.locate = nn.Conv2d(width, 5, kernel_size=1)   # heatmap, offset (2), log size (2)
         # CenterNet's prior: objects are rare, so the heatmap starts near 0.01
         nn.init.constant_(self.locate.bias, 0.0)
         self.locate.bias._data[0] = -math.log((1 - 0.01) / 0.01)
-        self.attend = NeighbourhoodAttention(width, radius) if attention else None
+        self.attend = NeighbourhoodAttention(width, radius, heads) if attention else None
         self.head = nn.Sequential(nn.Linear(width, hidden), nn.ReLU())
         self.classify = nn.Linear(hidden, num_classes)
         self.refine = nn.Linear(hidden, 4)
