@@ -339,17 +339,20 @@ def test_relu_inplace_under_autograd_matches_torch():
 
 # ------------------------------------------------------------ half precision
 
-def test_half_tensors_store_and_convert_and_ops_refuse_clearly():
+def test_half_tensors_store_convert_compute_and_kernel_ops_refuse_clearly():
     x = minidl.randn(2, 3)
     h = x.half()
     assert h.dtype == minidl.float16 == minidl.half
     assert h.reshape(3, 2).T.dtype == np.float16 and minidl.cat([h, h]).shape == (4, 3)
     assert_close(h.float(), x.numpy().astype(np.float16).astype(np.float32))
-    with pytest.raises(TypeError, match=r"Mul: float16 .* convert with \.float\(\)"):
-        h * 2
+    assert (h * 2).dtype == np.float16 and F.softmax(h, 1).dtype == np.float16
     conv = nn.Conv2d(1, 2, 3).to(minidl.float16)
-    with pytest.raises(TypeError, match="Conv2dFunction: float16"):
+    with pytest.raises(TypeError, match=r"Conv2dFunction: does not support float16 .*\.float\(\)"):
         conv(minidl.randn(1, 1, 5, 5).half())
+    with pytest.raises(TypeError, match="MaxPool2dFunction: does not support float16"):
+        F.max_pool2d(minidl.randn(1, 1, 4, 4).half(), 2)
+    with pytest.raises(TypeError, match="Dropout: does not support float16 .*it failed"):
+        F.dropout(h, 0.5)                               # caught after the kernel failed
     m = nn.Linear(3, 2)
     m.to(minidl.float16)
     m.to(minidl.float32)
@@ -361,8 +364,11 @@ def test_bfloat16_through_ml_dtypes():
     b = minidl.tensor([1.5, -2.25]).bfloat16()
     assert b.dtype == minidl.bfloat16 and str(b.dtype) == "bfloat16"
     assert b.float().tolist() == [1.5, -2.25]
-    with pytest.raises(TypeError, match="bfloat16 tensors are supported for storage"):
+    assert b.reshape(2, 1).T.dtype == minidl.bfloat16
+    with pytest.raises(TypeError, match="Exp: does not support bfloat16"):
         b.exp()
+    with pytest.raises(TypeError, match="Mul: does not support bfloat16"):
+        b * 2
 
 
 # ------------------------------------------------------------ missing names
