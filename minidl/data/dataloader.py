@@ -166,7 +166,10 @@ def _worker_loop(loader, worker_id, base_seed, epoch_seed, tasks, results):
     from .. import random as framework_random
     seed = (base_seed + worker_id) % 2**63
     np.random.seed(seed % 2**32)
-    framework_random.manual_seed(seed)
+    # the generators only: seeding Numba's in-kernel state would compile its seeding
+    # kernel in each fresh worker (a second and more before the first batch)
+    with backend.use_numba(False):
+        framework_random.manual_seed(seed)
     _worker_info = WorkerInfo(worker_id, loader.num_workers, seed, loader.dataset)
     try:
         if loader.worker_init_fn is not None:
