@@ -44,10 +44,10 @@ device = backend.Device
 
 # PyTorch's spellings of what minidl has (issue 20), and the error for what it lacks
 from . import accelerator, onnx, utils  # noqa: E402
-from .half import float16  # noqa: E402
+from .precision import float16  # noqa: E402
 from .ops import argsort, multinomial, sort, topk  # noqa: E402
 from .ops.activation import log_softmax, softmax  # noqa: E402
-from . import half as _half  # noqa: E402
+from . import precision as _half  # noqa: E402
 from . import _missing  # noqa: E402
 
 half = float16

@@ -145,7 +145,7 @@ def load(path, map_location=None, weights_only=True):
     header = _read_header(blob, path)
     _check_dtypes(header, path)
     try:
-        tensors = st_load(blob)
+        tensors = _load_bfloat16(blob, header) if _has_bfloat16(header) else st_load(blob)
     except Exception as exc:
         raise CheckpointError(f"load: {path} is not a valid safetensors file (truncated or "
                               f"corrupt?): {exc}") from None
@@ -189,11 +189,38 @@ def _map_tensors(obj, fn):
     return obj
 
 
+def _has_bfloat16(header):
+    return any(name != "__metadata__" and entry["dtype"] == "BF16"
+               for name, entry in header.items())
+
+
+def _load_bfloat16(blob, header):
+    """The tensors of a file holding BF16 ones (safetensors' NumPy reader has no
+    bfloat16; ml_dtypes gives NumPy one): each read at its checked offsets."""
+    from .precision import check_bfloat16
+    from safetensors.numpy import _TYPES
+    types = dict(_TYPES, BF16=check_bfloat16())
+    start = 8 + int.from_bytes(blob[:8], "little")
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        dtype = np.dtype(types[entry["dtype"]]).newbyteorder("<")
+        array = np.frombuffer(blob, dtype, (end - begin) // dtype.itemsize, start + begin)
+        tensors[name] = array.reshape(entry["shape"]).copy()
+    return tensors
+
+
 def _check_dtypes(header, path):
     """Refuse, by name, a well-formed file whose tensors NumPy cannot represent
-    (``header`` as :func:`_read_header` checked it: each entry names a dtype)."""
+    (``header`` as :func:`_read_header` checked it: each entry names a dtype);
+    BF16 is read when ml_dtypes is installed."""
+    from .precision import bfloat16
     for name, entry in header.items():
-        if name != "__metadata__" and entry["dtype"] not in NUMPY_DTYPES:
+        if name == "__metadata__" or (entry["dtype"] == "BF16" and bfloat16 is not None):
+            continue
+        if entry["dtype"] not in NUMPY_DTYPES:
             raise CheckpointError(
                 f"load: {path}: tensor {name!r} has dtype {entry['dtype']}, which minidl (NumPy) "
                 f"does not support; supported dtypes are {', '.join(NUMPY_DTYPES)}. Convert it "

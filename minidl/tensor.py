@@ -26,8 +26,8 @@ import weakref
 import numpy as np
 
 from . import backend
-from .half import HALF_DTYPES
-from .half import unsupported as half_unsupported
+from .precision import HALF_DTYPES
+from .precision import unsupported as half_unsupported
 
 
 class _GradMode(threading.local):

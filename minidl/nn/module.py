@@ -17,7 +17,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import backend
-from ..half import HALF_DTYPES
+from ..precision import HALF_DTYPES
 from ..tensor import Tensor, clear_grad, raw
 
 
