@@ -405,3 +405,29 @@ def test_cuda_spellings_without_a_gpu():
     minidl.cuda.synchronize()
     with pytest.raises(RuntimeError, match="no CUDA device"):
         minidl.cuda.current_device()
+
+
+def test_pytorch_names_for_what_minidl_has():
+    torch = _torch()
+    a, b = np.random.default_rng(7).standard_normal((2, 3, 4, 5)).astype(np.float64)[:2, 0]
+    check_vs_torch(lambda x, y: torch.bmm(x, y.transpose(1, 2)).square(), [a[None], b[None]],
+                   lambda x, y: minidl.bmm(x, y.transpose(1, 2)).square())
+    check_vs_torch(lambda x, y: torch.mm(x, y.T), [a, b], lambda x, y: minidl.mm(x, y.T))
+    check_vs_torch(lambda x: torch.stack(torch.unbind(x, 1)[::-1]).movedim(0, 1).ravel(), [a],
+                   lambda x: minidl.stack(minidl.unbind(x, 1)[::-1]).movedim(0, 1).ravel())
+    x, t = minidl.tensor(a.astype(np.float32)), torch.tensor(a.astype(np.float32))
+    for ours, theirs in ((x.new_zeros(2, 3), t.new_zeros(2, 3)), (x.new_ones((2,)), t.new_ones((2,))),
+                         (x.new_full((2,), 4.0), t.new_full((2,), 4.0)),
+                         (minidl.full_like(x, 3), torch.full_like(t, 3)),
+                         (x.type_as(minidl.zeros(1, dtype=minidl.float64)),
+                          t.type_as(torch.zeros(1, dtype=torch.float64))),
+                         (x.reshape_as(x.T), t.reshape_as(t.T))):
+        assert ours.shape == tuple(theirs.shape)
+        assert_close(ours, theirs.numpy())
+    assert x.stride() == t.stride() and x.element_size() == t.element_size()
+    assert x.nbytes == t.nbytes and x.ndimension() == t.ndimension() == 2
+    assert minidl.is_floating_point(x) and not minidl.tensor([1]).is_floating_point()
+    assert minidl.randn_like(x).shape == x.shape and minidl.empty_like(x).dtype == np.float32
+    assert minidl.as_tensor(x) is x and minidl.uint8 == np.uint8
+    y = x.clone()
+    assert y.relu_() is y and float(y.min()) >= 0
