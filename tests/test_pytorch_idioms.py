@@ -397,16 +397,6 @@ def test_module_to_bfloat16_and_back():
     np.testing.assert_allclose(m.weight.numpy(), w, rtol=1e-2)
 
 
-def test_cuda_spellings_without_a_gpu():
-    if minidl.cuda.is_available():
-        pytest.skip("a GPU is present")
-    assert minidl.cuda.device_count() == 0
-    minidl.cuda.manual_seed_all(3)
-    minidl.cuda.synchronize()
-    with pytest.raises(RuntimeError, match="no CUDA device"):
-        minidl.cuda.current_device()
-
-
 def test_pytorch_names_for_what_minidl_has():
     torch = _torch()
     a, b = np.random.default_rng(7).standard_normal((2, 3, 4, 5)).astype(np.float64)[:2, 0]
