@@ -29,11 +29,12 @@ import math  # noqa: E402
 import numpy as np  # noqa: E402
 
 from minidl import optim  # noqa: E402
-from minidl.data import (Compose, DataError, DataLoader, Normalize,  # noqa: E402
-                         RandomShift, TensorDataset, ToFloat)
-from minidl.runlock import RunLocked  # noqa: E402
+from minidl.data import (Compose, DataLoader, Normalize, RandomShift,  # noqa: E402
+                         TensorDataset, ToFloat)
 from minidl.models import CNNAttention, num_parameters  # noqa: E402
 from minidl.nn import functional as F  # noqa: E402
+from minidl.data import DataError  # noqa: E402
+from minidl.runlock import RunLocked  # noqa: E402
 from minidl.serialization import CheckpointError  # noqa: E402
 from minidl.train import (Trainer, TrainingDiverged, read_checkpoint,  # noqa: E402
                           resolve_device)

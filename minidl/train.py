@@ -52,9 +52,10 @@ import time
 import numpy as np
 
 from . import backend
-from .fileio import atomic_write_bytes, file_in_the_way
+from .fileio import atomic_write_bytes
 from .random import get_rng_state, set_rng_state
 from .runlock import RunLock
+from .fileio import file_in_the_way
 from .serialization import CheckpointError, load, save
 from .tensor import Tensor, no_grad
 

@@ -82,13 +82,12 @@ class DataLoader:
         rng = self.generator or default_generator()
         n = len(self.dataset)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
-        seed = rng.integers(2**63)
-        augment = np.random.default_rng(seed)
+        augment = np.random.default_rng(rng.integers(2**63))
         stop = len(self) * self.batch_size
-        if self.num_workers > 0:
+        if self.num_workers > 0:   # each batch's stream derives from this epoch's seed
             indices = [order[i:min(i + self.batch_size, n)]
                        for i in range(0, stop, self.batch_size)]
-            return _WorkerIterator(self, indices, int(seed))
+            return _WorkerIterator(self, indices, int(augment.integers(2**63)))
         batches = (self._batch(order[i:min(i + self.batch_size, n)], augment)
                    for i in range(0, stop, self.batch_size))
         return _prefetched(batches) if self.prefetch else batches
