@@ -1,6 +1,8 @@
 """PyTorch idioms that real scripts use (issue 20), each checked against PyTorch."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -135,12 +137,43 @@ def test_worker_errors_name_the_batch_and_stop_the_workers():
     assert not any(p.is_alive() for p in procs)
 
 
+class _Pids(minidl.utils.data.Dataset):
+    def __len__(self):
+        return 9
+
+    def __getitem__(self, i):
+        return np.float32(i), np.int64(os.getpid())
+
+
+def test_persistent_workers_last_across_epochs_and_survive_an_early_break():
+    from minidl.utils.data import DataLoader
+    loader = DataLoader(_Pids(), batch_size=2, shuffle=True, seed=1, num_workers=2,
+                        persistent_workers=True)
+    fresh = DataLoader(_Pids(), batch_size=2, shuffle=True, seed=1, num_workers=2)
+    first = list(loader)
+    next(iter(loader))                                   # an epoch left after one batch
+    second, third = list(loader), list(fresh)
+    pids = {int(p) for _, ps in first + second for p in ps.numpy()}
+    assert len(pids) == 2 and os.getpid() not in pids    # the same two processes throughout
+    assert {int(p) for _, ps in third for p in ps.numpy()}.isdisjoint(pids)
+    assert sorted(float(v) for x, _ in second for v in x.numpy()) == list(range(9))
+    workers = list(loader._pool.workers)
+    del loader
+    import gc
+    gc.collect()
+    for p in workers:
+        p.join(timeout=5)
+    assert not any(p.is_alive() for p in workers)
+
+
 def test_dataloader_worker_arguments_are_checked():
     from minidl.utils.data import DataLoader
     with pytest.raises(ValueError, match="num_workers"):
         DataLoader(_Squares(), num_workers=-1)
     with pytest.raises(ValueError, match="prefetch_factor"):
         DataLoader(_Squares(), prefetch_factor=2)
+    with pytest.raises(ValueError, match="persistent_workers"):
+        DataLoader(_Squares(), persistent_workers=True)
 
 
 # ------------------------------------------------------------ in-place init, reset_parameters

@@ -15,7 +15,9 @@ PyTorch's). Each batch's random transforms then draw from a stream of its
 own, seeded by the epoch's seed and the batch's index, so results do not
 depend on the number of workers or their timing (they differ from the
 ``num_workers=0`` stream, as they do in PyTorch). Each worker also seeds
-NumPy's global generator and minidl's with ``base_seed + worker_id``.
+NumPy's global generator and minidl's with ``base_seed + worker_id``. With
+``persistent_workers=True`` the processes (and their seeds) last from the
+first epoch until the loader is garbage collected or a worker fails.
 """
 from __future__ import annotations
 
@@ -57,13 +59,14 @@ class DataLoader:
                              "num_workers > 0 and must be a positive int")
         if timeout < 0:
             raise ValueError(f"DataLoader: timeout must be >= 0, got {timeout}")
-        # persistent_workers is accepted for PyTorch's signature: workers start
-        # with each epoch's iterator either way (the batches are the same)
+        if persistent_workers and num_workers == 0:
+            raise ValueError("DataLoader: persistent_workers=True needs num_workers > 0")
         self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
         self.worker_init_fn, self.timeout = worker_init_fn, float(timeout)
         self.prefetch_factor = 2 if prefetch_factor is None else int(prefetch_factor)
         self.persistent_workers = bool(persistent_workers)
         self.multiprocessing_context = multiprocessing_context
+        self._pool = None   # the workers kept between epochs (persistent_workers)
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -73,6 +76,16 @@ class DataLoader:
         self.device = None if device is None else backend.parse_device(device)
         self.as_tensor = bool(as_tensor)
         self.prefetch = bool(prefetch)
+
+    def __getstate__(self):   # a spawned worker gets the loader, never its workers
+        state = dict(self.__dict__)
+        state["_pool"] = None
+        return state
+
+    def __del__(self):
+        pool = self.__dict__.get("_pool")
+        if pool is not None:
+            pool.close()
 
     def __len__(self):
         n, b = len(self.dataset), self.batch_size
@@ -159,7 +172,7 @@ def get_worker_info():
     return _worker_info
 
 
-def _worker_loop(loader, worker_id, base_seed, epoch_seed, tasks, results):
+def _worker_loop(loader, worker_id, base_seed, tasks, results):
     """A worker process: build the batches whose indices arrive on ``tasks``."""
     global _worker_info
     from .. import random as framework_random
@@ -174,19 +187,19 @@ def _worker_loop(loader, worker_id, base_seed, epoch_seed, tasks, results):
         if loader.worker_init_fn is not None:
             loader.worker_init_fn(worker_id)
     except BaseException:
-        results.put((None, None, f"worker_init_fn in worker {worker_id}:\n"
+        results.put((None, None, None, f"worker_init_fn in worker {worker_id}:\n"
                      + traceback.format_exc()))
         return
     while True:
         task = tasks.get()
         if task is None:
             return
-        index, indices = task
+        epoch, index, indices, epoch_seed = task
         try:
             batch = loader._fetch(indices, np.random.default_rng([epoch_seed, index]))
-            results.put((index, batch, None))
+            results.put((epoch, index, batch, None))
         except BaseException:
-            results.put((index, None, f"batch {index} in worker {worker_id}:\n"
+            results.put((epoch, index, None, f"batch {index} in worker {worker_id}:\n"
                          + traceback.format_exc()))
 
 
@@ -194,73 +207,24 @@ class WorkerError(RuntimeError):
     """A DataLoader worker failed; the message holds the worker's traceback."""
 
 
-class _WorkerIterator:
-    """Batches built by ``loader.num_workers`` processes, yielded in order.
-
-    At most ``prefetch_factor * num_workers`` batches are asked for ahead of
-    the one being consumed. Exhaustion, ``close()``, an error or garbage
-    collection stop the workers (a polite ``None`` each, then terminate)."""
+class _WorkerPool:
+    """``loader.num_workers`` processes, a task queue each and one result queue.
+    Started per epoch, or once for the loader with ``persistent_workers``."""
 
     workers = None   # until started: close() and __del__ have nothing to stop
 
-    def __init__(self, loader, indices, epoch_seed):
-        self.loader, self.indices = loader, indices
+    def __init__(self, loader, base_seed):
         ctx = loader.multiprocessing_context
         ctx = multiprocessing.get_context(ctx) if isinstance(ctx, (str, type(None))) else ctx
-        base_seed = int(np.random.default_rng(epoch_seed).integers(2**63))
         self.tasks = [ctx.Queue() for _ in range(loader.num_workers)]
         self.results = ctx.Queue()
         self.workers = []
+        self.epochs = 0
         for w in range(loader.num_workers):
             p = ctx.Process(target=_worker_loop, daemon=True, name=f"minidl-worker-{w}",
-                            args=(loader, w, base_seed, epoch_seed, self.tasks[w], self.results))
+                            args=(loader, w, base_seed, self.tasks[w], self.results))
             p.start()
             self.workers.append(p)
-        self.sent = self.next = 0
-        self.ready = {}
-        for _ in range(loader.prefetch_factor * loader.num_workers):
-            self._send()
-
-    def _send(self):
-        if self.sent < len(self.indices):
-            self.tasks[self.sent % len(self.tasks)].put((self.sent, self.indices[self.sent]))
-            self.sent += 1
-
-    def __iter__(self):
-        return self
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __next__(self):
-        if self.workers is None or self.next >= len(self.indices):
-            self.close()
-            raise StopIteration
-        while self.next not in self.ready:
-            self.ready.update([self._receive()])
-        batch = self.ready.pop(self.next)
-        self.next += 1
-        self._send()
-        return self.loader._convert(batch)
-
-    def _receive(self):
-        timeout = self.loader.timeout or None
-        while True:
-            try:
-                index, batch, error = self.results.get(timeout=timeout or 1.0)
-                break
-            except queue.Empty:
-                dead = [p for p in self.workers if not p.is_alive()]
-                if dead or timeout:
-                    self.close()
-                    why = (f"worker {dead[0].name} (pid {dead[0].pid}) exited unexpectedly "
-                           f"with code {dead[0].exitcode}" if dead else
-                           f"no batch came within timeout={self.loader.timeout} s")
-                    raise WorkerError(f"DataLoader: {why}") from None
-        if error is not None:
-            self.close()
-            raise WorkerError(f"DataLoader: a worker raised in {error}")
-        return index, batch
 
     def close(self):
         """Stop the workers: a ``None`` each, a short join, then terminate."""
@@ -280,6 +244,97 @@ class _WorkerIterator:
 
     def __del__(self):
         self.close()
+
+
+class _WorkerIterator:
+    """One epoch's batches from a :class:`_WorkerPool`, yielded in order.
+
+    At most ``prefetch_factor * num_workers`` batches are asked for ahead of
+    the one being consumed. The results of an epoch left early (with
+    ``persistent_workers``) are recognised by their epoch number and dropped.
+    Exhaustion, ``close()``, an error or garbage collection stop a pool of
+    this epoch's own; a persistent pool stops with its loader, or on an error."""
+
+    pool = None
+
+    def __init__(self, loader, indices, epoch_seed):
+        self.loader, self.indices, self.epoch_seed = loader, indices, epoch_seed
+        pool = loader._pool if loader.persistent_workers else None
+        if pool is None or pool.workers is None:
+            pool = _WorkerPool(loader, int(np.random.default_rng(epoch_seed).integers(2**63)))
+            if loader.persistent_workers:
+                loader._pool = pool
+        self.pool, self.epoch = pool, pool.epochs
+        pool.epochs += 1
+        self.sent = self.next = 0
+        self.ready = {}
+        for _ in range(loader.prefetch_factor * loader.num_workers):
+            self._send()
+
+    @property
+    def workers(self):
+        return None if self.pool is None else self.pool.workers
+
+    def _send(self):
+        if self.sent < len(self.indices):
+            self.pool.tasks[self.sent % len(self.pool.tasks)].put(
+                (self.epoch, self.sent, self.indices[self.sent], self.epoch_seed))
+            self.sent += 1
+
+    def __iter__(self):
+        return self
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __next__(self):
+        if self.workers is None or self.next >= len(self.indices):
+            self._finish()
+            raise StopIteration
+        while self.next not in self.ready:
+            index, batch = self._receive()
+            if index is not None:
+                self.ready[index] = batch
+        batch = self.ready.pop(self.next)
+        self.next += 1
+        self._send()
+        return self.loader._convert(batch)
+
+    def _receive(self):
+        """The next result of this epoch as (index, batch); (None, None) for another
+        epoch's."""
+        timeout = self.loader.timeout or None
+        while True:
+            try:
+                epoch, index, batch, error = self.pool.results.get(timeout=timeout or 1.0)
+                break
+            except queue.Empty:
+                dead = [p for p in self.pool.workers if not p.is_alive()]
+                if dead or timeout:
+                    self.close()
+                    why = (f"worker {dead[0].name} (pid {dead[0].pid}) exited unexpectedly "
+                           f"with code {dead[0].exitcode}" if dead else
+                           f"no batch came within timeout={self.loader.timeout} s")
+                    raise WorkerError(f"DataLoader: {why}") from None
+        if error is not None and epoch in (self.epoch, None):
+            self.close()
+            raise WorkerError(f"DataLoader: a worker raised in {error}")
+        return (index, batch) if epoch == self.epoch else (None, None)
+
+    def _finish(self):
+        if not self.loader.persistent_workers:
+            self.close()
+
+    def close(self):
+        """Stop the workers (a persistent pool too: called after an error)."""
+        if self.pool is not None:
+            self.pool.close()
+            if self.loader._pool is self.pool:
+                self.loader._pool = None
+
+    def __del__(self):
+        if self.pool is not None and not self.loader.persistent_workers:
+            self.pool.close()
 
 
 _DONE = object()
