@@ -88,6 +88,7 @@ class _Graph:
         self.keep = []             # tensors named here stay alive (ids stay unique)
         self.count = 0
         self.dynamic = False       # a free batch dimension
+        self.batch = None          # the example's batch size
 
     def fresh(self, stem):
         self.count += 1
@@ -96,7 +97,8 @@ class _Graph:
     def const(self, array, stem="const"):
         name = self.fresh(stem)
         array = backend.as_numpy(array)
-        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        # (np.ascontiguousarray would turn a 0-d array into shape (1,))
+        self.initializers.append(self.numpy_helper.from_array(np.array(array, order="C"), name))
         return name
 
     def name(self, tensor, name):
@@ -247,8 +249,62 @@ def _gelu(g, fn, xs, ys, tensors):
     return [g.node("Mul", [g.node("Mul", [x, c(0.5)]), gate])]
 
 
+_BIG = 2 ** 62   # an "until the end" bound for ONNX Slice
+
+
+def _basic_key(key, ndim):
+    """``key`` as a list of ints, slices and None over ``ndim`` dims (Ellipsis
+    expanded), or None when it holds arrays, lists or bools (advanced indexing)."""
+    key = key if isinstance(key, tuple) else (key,)
+    if not all(k is None or k is Ellipsis or isinstance(k, slice)
+               or (isinstance(k, (int, np.integer)) and not isinstance(k, bool)) for k in key):
+        return None
+    used = sum(1 for k in key if k is not None and k is not Ellipsis)
+    out = []
+    for k in key:
+        out.extend([slice(None)] * (ndim - used) if k is Ellipsis else [k])
+    if Ellipsis not in key:
+        out.extend([slice(None)] * (ndim - used))
+    return out
+
+
 def _getitem(g, fn, xs, ys, tensors):
-    # any basic or advanced index of a fixed shape is one Gather of the flat tensor
+    key = _basic_key(fn.key, tensors[0].ndim)
+    if key is None:
+        return _gather_static(g, fn, xs, tensors)
+    # basic indexing: one Slice, a Gather per int (last axis first), one Unsqueeze, so
+    # a free batch dimension stays free
+    starts, ends, axes, steps, ints, new_axes = [], [], [], [], [], []
+    axis = out = 0
+    for k in key:
+        if k is None:
+            new_axes.append(out)
+            out += 1
+        elif isinstance(k, slice):
+            if k != slice(None):
+                step = 1 if k.step is None else k.step
+                default = (0, _BIG) if step > 0 else (-1, -_BIG)
+                starts.append(default[0] if k.start is None else k.start)
+                ends.append(default[1] if k.stop is None else k.stop)
+                axes.append(axis)
+                steps.append(step)
+            axis += 1
+            out += 1
+        else:
+            ints.append((axis, int(k)))
+            axis += 1
+    x = xs[0]
+    if axes:
+        x = g.node("Slice", [x, g.ints(starts), g.ints(ends), g.ints(axes), g.ints(steps)])
+    for axis, i in reversed(ints):
+        x = g.node("Gather", [x, g.const(np.asarray(i, np.int64))], axis=axis)
+    if new_axes:
+        x = g.node("Unsqueeze", [x, g.ints(new_axes)])
+    return [x if x != xs[0] else g.node("Identity", [x])]
+
+
+def _gather_static(g, fn, xs, tensors):
+    # any index of a fixed shape is one Gather of the flat tensor
     x = tensors[0]
     index = np.arange(x._data.size, dtype=np.int64).reshape(x.shape)[fn.key]
     flat = g.node("Reshape", [xs[0], g.ints([-1])])
@@ -257,9 +313,20 @@ def _getitem(g, fn, xs, ys, tensors):
 
 def _reshape(g, fn, xs, ys, tensors):
     shape = list(ys[0].shape)
-    if g.dynamic and tensors[0].ndim and shape and shape[0] == tensors[0].shape[0]:
-        shape[0] = 0   # ONNX: copy the (free) batch dimension from the input
+    if g.dynamic and tensors[0].ndim and shape:
+        if shape[0] == tensors[0].shape[0]:
+            shape[0] = 0    # ONNX: copy the (free) batch dimension from the input
+        elif g.batch and shape[0] % g.batch == 0 and -1 not in shape[1:]:
+            shape[0] = -1   # (batch * n, ...): inferred from the other, fixed, dims
     return [g.node("Reshape", [xs[0], g.ints(shape)])]
+
+
+def _expand(g, fn, xs, ys, tensors):
+    # 1 where the input already has the size: Expand keeps the input's own (free) dims
+    shape, have = list(ys[0].shape), list(tensors[0].shape)
+    have = [None] * (len(shape) - len(have)) + have
+    return [g.node("Expand", [xs[0], g.ints([1 if h == n else n
+                                             for h, n in zip(have, shape)])])]
 
 
 def _pad(g, fn, xs, ys, tensors):
@@ -329,8 +396,7 @@ def _converters():
         shape.Concat: lambda g, fn, xs, ys, t: [g.node("Concat", xs,
                                                        axis=fn.axis % t[0].ndim)],
         shape.Stack: _stack,
-        shape.BroadcastTo: lambda g, fn, xs, ys, t: [g.node("Expand", [xs[0], g.ints(
-            ys[0].shape)])],
+        shape.BroadcastTo: _expand,
         shape.Pad: _pad, shape.Repeat: _repeat,
         reduce.Sum: _reduce("ReduceSum"), reduce.Mean: _reduce("ReduceMean"),
         reduce.MaxMin: _reduce("ReduceMax"), reduce.LogSumExp: _reduce("ReduceLogSumExp"),
@@ -405,6 +471,7 @@ def to_onnx(model, example_input, *, input_names=None, output_names=None, dynami
         names = {id(t): n for n, t in named}
     g = _Graph(helper, numpy_helper, names)
     g.dynamic = bool(dynamic_batch)
+    g.batch = inputs[0].shape[0] if inputs and inputs[0].ndim else None
     input_names = list(input_names or [f"input{i}" if len(inputs) > 1 else "input"
                                        for i in range(len(inputs))])
     for t, n in zip(inputs, input_names):
@@ -427,7 +494,12 @@ def to_onnx(model, example_input, *, input_names=None, output_names=None, dynami
     graph = helper.make_graph(
         g.nodes, type(model).__name__, [
             _value_info(helper, n, t._data, g.dynamic) for t, n in zip(inputs, input_names)],
-        [_value_info(helper, n, t._data, g.dynamic) for t, n in zip(outputs, output_names)],
+        # with a free batch, each output dim is named, not fixed (the batch need not be
+        # an output's first dimension)
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(t.dtype),
+                                       [f"{n}_{i}" for i in range(t.ndim)])
+         if g.dynamic else _value_info(helper, n, t._data, False)
+         for t, n in zip(outputs, output_names)],
         g.initializers)
     proto = helper.make_model(graph, producer_name="minidl",
                               opset_imports=[helper.make_opsetid("", opset)])

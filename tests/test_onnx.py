@@ -144,3 +144,37 @@ def test_the_detector_is_refused_clearly_not_exported_wrong(tmp_path):
         with pytest.raises(ExportError, match="does not reproduce the model"):
             export(model, example, tmp_path / "det.onnx")
     assert not (tmp_path / "det.onnx").exists()
+
+
+class _Indexing(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.ln = nn.LayerNorm(8)
+
+    def forward(self, x):
+        y = self.ln(x + self.attn(x, x, x)[0])
+        return (y[:, 0] + y[..., -1, :] * 2, y[None, :, ::-2, 1:5], y[:, -2:, None, 3],
+                y.reshape(-1, 8).sum(0), y.expand(3, -1, -1, -1).mean(0))
+
+
+def test_basic_indexing_reshape_and_expand_keep_the_batch_free(tmp_path):
+    minidl.manual_seed(3)
+    model = _Indexing()
+    x = np.random.default_rng(5).random((2, 5, 8), dtype=np.float32)
+    path = export(model, x, tmp_path / "m.onnx", dynamic_batch=True)   # checked on batch 3 too
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    four = np.random.default_rng(6).random((4, 5, 8), dtype=np.float32)
+    model.eval()
+    for got, expected in zip(session.run(None, {"input": four}), model(minidl.tensor(four))):
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_advanced_indexing_exports_with_fixed_shapes(tmp_path):
+    class Pick(nn.Module):
+        def forward(self, x):
+            return x[:, [0, 2]] * 2 + x[-1, :2]
+    x = np.random.default_rng(8).random((2, 3, 4), dtype=np.float32)
+    _roundtrip(Pick(), x, tmp_path)
+    with pytest.raises(ExportError, match="a batch of another size"):
+        export(Pick(), x, tmp_path / "d.onnx", dynamic_batch=True)
