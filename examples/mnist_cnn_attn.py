@@ -4,6 +4,7 @@
     python examples/mnist_cnn_attn.py --arch seed --epochs 3
     python examples/mnist_cnn_attn.py --resume              # continue runs/mnist_cnn_attn
     python examples/mnist_cnn_attn.py predict digit.png     # classify with the saved model
+    python examples/mnist_cnn_attn.py export model.onnx     # the saved model as ONNX
 
 Training writes to --out: checkpoint.safetensors, model.safetensors,
 metrics.json/.csv, curves.png (loss and accuracy per epoch) and attention.png
@@ -32,6 +33,9 @@ from minidl.data import (Compose, DataLoader, DistributedSampler, Normalize,  # 
                          RandomShift, TensorDataset, ToFloat)
 from minidl.models import CNNAttention, num_parameters  # noqa: E402
 from minidl.nn import functional as F  # noqa: E402
+from minidl.data import DataError  # noqa: E402
+from minidl.runlock import RunLocked  # noqa: E402
+from minidl.serialization import CheckpointError  # noqa: E402
 from minidl.train import (Trainer, TrainingDiverged, read_checkpoint,  # noqa: E402
                           resolve_device)
 
@@ -91,8 +95,10 @@ class TrainConfig:
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}: expected 'cosine' or "
                              "'constant'")
-        if self.shift < 0:
-            raise ValueError(f"shift must be >= 0 pixels, got {self.shift}")
+        if not 0 <= self.shift <= MAX_SHIFT:
+            raise ValueError(f"shift must be between 0 and {MAX_SHIFT} pixels (half the 28-pixel "
+                             f"image: a larger shift moves most digits out of it), got "
+                             f"{self.shift}")
         for name in ("train_limit", "test_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -102,6 +108,9 @@ class TrainConfig:
             raise ValueError(f"unknown arch {self.arch!r}: expected one of {sorted(ARCHS)}")
         resolve_device(self.device)
 
+
+# The largest random shift: half the image side (beyond it most shifted digits leave the image)
+MAX_SHIFT = 14
 
 # MNIST's pixel mean and standard deviation (of k/255 values over the training set).
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -249,7 +258,8 @@ def train(argv):
     try:
         data = load_mnist(config.data_dir, config.train_limit, config.test_limit)
         trainer = make_trainer(config, data)
-    except (ValueError, FileNotFoundError, OSError, minidl.backend.DeviceError) as exc:
+    except (ValueError, FileNotFoundError, OSError, DataError,
+            minidl.backend.DeviceError) as exc:
         fail(str(exc), 1)
     device = resolve_device(config.device)
     ranks = minidl.distributed.world_size()
@@ -258,7 +268,7 @@ def train(argv):
                 (f", {ranks} processes of batch {config.batch_size // ranks}" if ranks > 1 else ""))
     try:
         trainer.fit()
-    except TrainingDiverged as exc:
+    except (TrainingDiverged, RunLocked) as exc:
         fail(str(exc), 1)
     except OSError as exc:   # a full disk, or the output folder gone mid-run
         fail(f"cannot write the run's files to {config.out}/: {exc}", 1)
@@ -323,6 +333,10 @@ def plot_attention(model, images, labels, path, count=16):
 
 # -------------------------------------------------------------- predicting
 
+class NoDigitFound(ValueError):
+    """The image has no ink: nothing differs from its background."""
+
+
 def load_image(path):
     """Any PNG/JPEG -> float32 (1, 28, 28) in [0, 1], white digit on black.
 
@@ -331,23 +345,31 @@ def load_image(path):
     would drop the alpha channel and leave a blank image). The digit is cropped,
     scaled to fit 20x20 and centred in 28x28, as MNIST's digits are.
     """
+    import warnings
     from PIL import Image, UnidentifiedImageError
     try:
-        with Image.open(path) as img:
+        # a header claiming a huge image (a decompression bomb) is refused, not decoded
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             grey = np.asarray(img.convert("L"), dtype=np.float32) / 255
             if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
                 alpha = np.asarray(img.convert("RGBA"), dtype=np.float32)[..., 3] / 255
                 if alpha.min() < 1:
                     grey = alpha
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from None
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     if border.mean() > 0.5:
         grey = 1 - grey
     ink = np.argwhere(grey > 0.2)
-    if len(ink):
-        (top, left), (bottom, right) = ink.min(axis=0), ink.max(axis=0) + 1
-        grey = grey[top:bottom, left:right]
+    if not len(ink):
+        raise NoDigitFound(f"{path}: no digit found (the image is blank: nothing stands out "
+                           "from its background)")
+    (top, left), (bottom, right) = ink.min(axis=0), ink.max(axis=0) + 1
+    grey = grey[top:bottom, left:right]
     h, w = grey.shape
     scale = 20 / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -365,8 +387,14 @@ def load_model(out):
         raise FileNotFoundError(f"no trained model in {out}/ (expected {path}); train first: "
                                 "python examples/mnist_cnn_attn.py")
     state = read_checkpoint(path, "predict", ("model", "config"))
-    model = CNNAttention(state["config"].get("arch", "default"))
-    model.load_state_dict(state["model"])
+    config = state["config"] if isinstance(state["config"], dict) else {}
+    arch = config.get("arch", "default")
+    try:
+        model = CNNAttention(arch)
+        model.load_state_dict(state["model"])
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: its weights do not fit the architecture it records "
+                              f"(arch {arch!r}): {str(exc).splitlines()[0]}") from None
     return model.eval()
 
 
@@ -375,22 +403,58 @@ def predict(argv):
     missing = [p for p in args.images if not os.path.isfile(p)]
     if missing:
         fail(f"image not found: {', '.join(missing)}")
+    images = {}
     try:
         model = load_model(args.out)
-        batch = Normalize(MNIST_MEAN, MNIST_STD)(np.stack([load_image(p) for p in args.images]))
+        for path in args.images:
+            try:
+                images[path] = load_image(path)
+            except NoDigitFound as exc:   # a warning, not a confident guess
+                print(f"warning: {exc}", file=sys.stderr)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), 1)
-    with minidl.no_grad():
-        probs = F.softmax(model(minidl.Tensor(batch)), dim=1).numpy()
-    for path, p in zip(args.images, probs):
+    if images:
+        batch = Normalize(MNIST_MEAN, MNIST_STD)(np.stack(list(images.values())))
+        with minidl.no_grad():
+            probs = dict(zip(images, F.softmax(model(minidl.Tensor(batch)), dim=1).numpy()))
+    for path in args.images:
+        if path not in images:
+            print(f"{path}: no digit found")
+            continue
+        p = probs[path]
         top = np.argsort(-p)[: max(1, min(args.top, 10))]
         print(f"{path}: " + ", ".join(f"{int(k)} ({100 * p[k]:.1f}%)" for k in top))
+
+
+def build_export_parser():
+    p = OneLineParser(prog="mnist_cnn_attn.py export",
+                      description="Write the trained model as ONNX (input: MNIST-normalised "
+                                  "(batch, 1, 28, 28) images; output: logits (batch, 10)).")
+    p.add_argument("path", help="the .onnx file to write")
+    p.add_argument("--out", default=DEFAULT_OUT, help="the training run's directory")
+    return p
+
+
+def export(argv):
+    args = build_export_parser().parse_args(argv)
+    from minidl.onnx import ExportError
+    from minidl.onnx import export as to_onnx_file
+    try:
+        model = load_model(args.out)
+        to_onnx_file(model, np.zeros((1, 1, 28, 28), np.float32), args.path,
+                     dynamic_batch=True)
+    except (FileNotFoundError, ValueError, ImportError, ExportError, OSError) as exc:
+        fail(str(exc), 1)
+    print(f"Wrote {args.path}: input 'input' (batch, 1, 28, 28) float32, normalised with "
+          f"mean {MNIST_MEAN} and std {MNIST_STD}; output 'output' (batch, 10) logits")
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "predict":
         predict(argv[1:])
+    elif argv and argv[0] == "export":
+        export(argv[1:])
     else:
         train(argv)
 

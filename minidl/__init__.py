@@ -43,5 +43,40 @@ float, double, long, int, bool = (np.dtype(t) for t in (  # noqa: A001
     np.float32, np.float64, np.int64, np.int32, np.bool_))
 device = backend.Device
 
+# PyTorch's spellings of what minidl has (issue 20), and the error for what it lacks
+from . import accelerator, onnx, utils  # noqa: E402
+from .precision import float16  # noqa: E402
+from .ops import argsort, multinomial, sort, topk  # noqa: E402
+from .ops.activation import log_softmax, softmax  # noqa: E402
+from . import precision as _half  # noqa: E402
+from . import _missing  # noqa: E402
+
+half = float16
+_half.install()
+from . import aliases as _aliases  # noqa: E402
+from .aliases import (as_tensor, bmm, empty_like, full_like, int8, int16,  # noqa: E402
+                      is_floating_point, mm, movedim, rand_like, randn_like, ravel, square,
+                      uint8, unbind)
+from .random import get_rng_state, set_rng_state  # noqa: E402
+
+moveaxis = movedim
+_aliases.install()
+
+
+def is_tensor(obj):
+    """Whether ``obj`` is a minidl Tensor, as ``torch.is_tensor``."""
+    return isinstance(obj, Tensor)
+
+
+def numel(input):
+    """The number of elements of ``input``, as ``torch.numel``."""
+    return input.numel()
+
+
+def __getattr__(name):
+    if name == "bfloat16":   # ml_dtypes' dtype, or the error that says how to get it
+        return _half.check_bfloat16()
+    return _missing.module_getattr("minidl", globals())(name)
+
 
 __version__ = "0.1.0"

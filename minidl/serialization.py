@@ -80,6 +80,9 @@ def _encode(obj, path, tensors):
 
 
 def _decode(node, tensors, path):
+    if not isinstance(node, dict):
+        raise CheckpointError(f"load: {path} has corrupt minidl metadata: expected an entry "
+                              f"(a JSON object), found {type(node).__name__} {node!r:.80}")
     if "__tensor__" in node:
         array = tensors[node["__tensor__"]]
         if "shape" in node:
@@ -142,22 +145,36 @@ def load(path, map_location=None, weights_only=True):
     header = _read_header(blob, path)
     _check_dtypes(header, path)
     try:
-        tensors = st_load(blob)
+        tensors = _load_bfloat16(blob, header) if _has_bfloat16(header) else st_load(blob)
     except Exception as exc:
         raise CheckpointError(f"load: {path} is not a valid safetensors file (truncated or "
                               f"corrupt?): {exc}") from None
     metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"load: {path} is damaged: its __metadata__ is not a JSON object")
     if "minidl" not in metadata:
         return {k: Tensor._wrap(v) for k, v in tensors.items()}
     try:
         skeleton = json.loads(metadata["minidl"])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"load: {path} has corrupt minidl metadata: {exc}") from None
+    except (json.JSONDecodeError, TypeError, RecursionError) as exc:
+        raise CheckpointError(f"load: {path} has corrupt minidl metadata: "
+                              f"{_describe(exc)}") from None
     try:
         return _decode(skeleton, tensors, path)
     except KeyError as exc:
         raise CheckpointError(f"load: {path} names a tensor {exc} that it does not "
                               "contain") from None
+    except (AttributeError, TypeError, ValueError, RecursionError) as exc:
+        # tampered metadata: entries of the wrong type, shapes that do not fit the
+        # stored tensor, nesting deeper than Python's stack
+        raise CheckpointError(f"load: {path} has corrupt minidl metadata (the structure "
+                              f"does not describe the stored tensors): {_describe(exc)}") from None
+
+
+def _describe(exc):
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _map_tensors(obj, fn):
@@ -172,11 +189,38 @@ def _map_tensors(obj, fn):
     return obj
 
 
+def _has_bfloat16(header):
+    return any(name != "__metadata__" and entry["dtype"] == "BF16"
+               for name, entry in header.items())
+
+
+def _load_bfloat16(blob, header):
+    """The tensors of a file holding BF16 ones (safetensors' NumPy reader has no
+    bfloat16; ml_dtypes gives NumPy one): each read at its checked offsets."""
+    from .precision import check_bfloat16
+    from safetensors.numpy import _TYPES
+    types = dict(_TYPES, BF16=check_bfloat16())
+    start = 8 + int.from_bytes(blob[:8], "little")
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        dtype = np.dtype(types[entry["dtype"]]).newbyteorder("<")
+        array = np.frombuffer(blob, dtype, (end - begin) // dtype.itemsize, start + begin)
+        tensors[name] = array.reshape(entry["shape"]).copy()
+    return tensors
+
+
 def _check_dtypes(header, path):
     """Refuse, by name, a well-formed file whose tensors NumPy cannot represent
-    (``header`` as :func:`_read_header` checked it: each entry names a dtype)."""
+    (``header`` as :func:`_read_header` checked it: each entry names a dtype);
+    BF16 is read when ml_dtypes is installed."""
+    from .precision import bfloat16
     for name, entry in header.items():
-        if name != "__metadata__" and entry["dtype"] not in NUMPY_DTYPES:
+        if name == "__metadata__" or (entry["dtype"] == "BF16" and bfloat16 is not None):
+            continue
+        if entry["dtype"] not in NUMPY_DTYPES:
             raise CheckpointError(
                 f"load: {path}: tensor {name!r} has dtype {entry['dtype']}, which minidl (NumPy) "
                 f"does not support; supported dtypes are {', '.join(NUMPY_DTYPES)}. Convert it "
@@ -195,7 +239,7 @@ def _read_header(blob, path):
                               "format such as a pickle/.pt file)")
     try:
         header = json.loads(blob[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"load: {path} is not a safetensors checkpoint (its header is not "
                               "JSON)") from None
     if not isinstance(header, dict):

@@ -26,6 +26,8 @@ import weakref
 import numpy as np
 
 from . import backend
+from .precision import HALF_DTYPES
+from .precision import unsupported as half_unsupported
 
 
 class _GradMode(threading.local):
@@ -562,10 +564,18 @@ class Function:
     inputs = None
     generation = 0
     needs_input_grad = ()
+    # half inputs: float16 works where the forward is a NumPy expression (False: refused
+    # upfront, kernel ops); bfloat16 only in ops that move or cast data (NumPy promotes it)
+    supports_half = True
+    supports_bfloat16 = False
 
     def __call__(self, *inputs):
         tensors = [x if isinstance(x, Tensor) else Tensor._wrap(as_array(x)) for x in inputs]
         arrays = [t._data for t in tensors]
+        for a in arrays:   # itemsize first: the cheapest test that rules out float32/64
+            if a.itemsize == 2 and a.dtype in HALF_DTYPES and not (
+                    self.supports_half if a.dtype == np.float16 else self.supports_bfloat16):
+                raise half_unsupported(self, a.dtype)
         if backend.cupy_module() is not None:
             self._check_devices(tensors)
         record = _grad_mode.enabled and any(t.requires_grad for t in tensors)
@@ -573,9 +583,12 @@ class Function:
             else (False,) * len(tensors)
         try:
             ys = self.forward(*arrays)
-        except ValueError as exc:
+        except Exception as exc:
+            half = next((a.dtype for a in arrays if a.dtype in HALF_DTYPES), None)
+            if half is not None:   # a kernel's typing error, 60 frames deep: say what it means
+                raise half_unsupported(self, half, exc) from None
             # NumPy's broadcasting error names neither the op nor the dtypes.
-            if "could not be broadcast" not in str(exc):
+            if not isinstance(exc, ValueError) or "could not be broadcast" not in str(exc):
                 raise
             shapes = ", ".join(f"{a.shape} {a.dtype}" for a in arrays)
             raise ValueError(f"{type(self).__name__}: input shapes cannot be broadcast "

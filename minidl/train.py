@@ -63,6 +63,8 @@ import numpy as np
 from . import backend, distributed
 from .fileio import atomic_write_bytes
 from .random import get_rng_state, set_rng_state
+from .runlock import RunLock
+from .fileio import file_in_the_way
 from .serialization import CheckpointError, load, save
 from .tensor import Tensor, no_grad
 
@@ -126,7 +128,11 @@ def plot_history(history, path, title=None):
 def _check_writable(out):
     """Make ``out`` and check that files can be written there, before any training
     (a read-only folder would otherwise fail only at the first checkpoint)."""
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise NotADirectoryError(f"cannot write the run's files to {out}/: "
+                                 f"{file_in_the_way(out)} is a file, not a directory") from None
     try:
         with tempfile.TemporaryFile(dir=out):
             pass
@@ -429,7 +435,16 @@ class Trainer:
                     "this epoch is not saved")
 
     def fit(self):
-        """Train the remaining epochs; returns the history (a list of dicts)."""
+        """Train the remaining epochs; returns the history (a list of dicts).
+
+        The main process holds ``out`` meanwhile (:class:`minidl.runlock.RunLock`):
+        a second run on the same directory is refused with ``RunLocked``."""
+        if not self.is_main:
+            return self._fit()
+        with RunLock(self.out, log=self.log):
+            return self._fit()
+
+    def _fit(self):
         try:
             while self.epoch < self.epochs:
                 means, seconds, seen = self.train_epoch()

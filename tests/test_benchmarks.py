@@ -63,3 +63,11 @@ def test_readme_table_is_generated_from_json(tmp_path, monkeypatch):
     text = readme.read_text()
     assert "old" not in text and "| seed | training, batch 64 (img/s) | 3 | 2 | 1.50x |" in text
     assert text.startswith("intro\n") and text.endswith("outro\n")
+
+
+def test_bench_dataloader_runs_on_a_tiny_setting(tmp_path):
+    out = tmp_path / "loader.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_dataloader.py"),
+                    "--quick", "--json", str(out)], check=True, capture_output=True, timeout=600)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["num_workers"] for r in rows] == [0, 2] and all(r["minidl_s"] > 0 for r in rows)

@@ -178,11 +178,12 @@ def test_pad_value_none_means_zero():
     assert_close(F.pad(x, (1, 1)), padded)
 
 
-def test_relu_accepts_inplace_but_computes_out_of_place():
+def test_relu_inplace_changes_the_input_as_pytorch():
     x = minidl.tensor(np.array([-1.0, 2.0], np.float32))
-    for inplace in (False, True):
-        assert_close(F.relu(x, inplace=inplace), np.array([0.0, 2.0], np.float32))
-    assert_close(x, np.array([-1.0, 2.0], np.float32))      # documented: input unchanged
+    assert_close(F.relu(x), np.array([0.0, 2.0], np.float32))
+    assert_close(x, np.array([-1.0, 2.0], np.float32))      # out of place by default
+    assert F.relu(x, inplace=True) is x
+    assert_close(x, np.array([0.0, 2.0], np.float32))       # PyTorch gives [0, 2] too
 
 
 def test_softmax_dtype_casts_first_and_dim_none_is_refused():

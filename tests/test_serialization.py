@@ -155,16 +155,35 @@ def test_scalar_buffers_and_batchnorm_roundtrip(tmp_path):
                  atol=1e-5)
 
 
-def test_unsupported_dtype_names_the_tensor_and_dtype(tmp_path):
-    # Regression: a well-formed BF16 file (as safetensors.torch writes) was reported as
-    # truncated or corrupt. Written by hand here, so torch is not needed.
-    header = json.dumps({"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}).encode()
+def _bf16_file(tmp_path, dtype="BF16"):
+    # a well-formed file as safetensors.torch writes it; by hand, so torch is not needed
+    header = json.dumps({"w": {"dtype": dtype, "shape": [2], "data_offsets": [0, 4]}}).encode()
     header += b" " * (-len(header) % 8)
-    path = tmp_path / "bf16.safetensors"
+    path = tmp_path / f"{dtype}.safetensors"
     path.write_bytes(len(header).to_bytes(8, "little") + header + b"\x80\x3f\x80\x3f")
-    with pytest.raises(CheckpointError, match=r"tensor 'w' has dtype BF16.*F32") as err:
-        load(path)
-    assert "corrupt" not in str(err.value) and str(path) in str(err.value)
+    return path
+
+
+def test_unsupported_dtype_names_the_tensor_and_dtype(tmp_path, monkeypatch):
+    # Regression: a well-formed BF16 file was reported as truncated or corrupt.
+    # Without ml_dtypes BF16 is refused by name; F8 always is.
+    monkeypatch.setattr("minidl.precision.bfloat16", None)
+    for dtype in ("BF16", "F8_E4M3"):
+        path = _bf16_file(tmp_path, dtype)
+        with pytest.raises(CheckpointError, match=rf"tensor 'w' has dtype {dtype}.*F32") as err:
+            load(path)
+        assert "corrupt" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_bf16_files_load_with_ml_dtypes_and_round_trip(tmp_path):
+    pytest.importorskip("ml_dtypes")
+    w = load(_bf16_file(tmp_path))["w"]
+    assert w.dtype == minidl.bfloat16 and w.float().tolist() == [1.0, 1.0]
+    x = minidl.tensor([1.5, -2.25, 3.0]).bfloat16()
+    save({"x": x, "y": minidl.ones(2)}, tmp_path / "mixed.safetensors")
+    back = load(tmp_path / "mixed.safetensors")
+    assert back["x"].dtype == minidl.bfloat16 and back["x"].float().tolist() == [1.5, -2.25, 3.0]
+    assert back["y"].dtype == np.float32
 
 
 def test_rng_state_carries_the_gpu_generator(monkeypatch):

@@ -54,6 +54,17 @@ def default_collate(samples):
     return get_array_module(arrays[0]).stack(arrays)
 
 
+def apply_transform(transform, batch):
+    """``transform(batch)``, or, for a per-image transform (torchvision's kind,
+    ``transform.per_image`` true: ``transforms.ToTensor`` and Composes holding
+    it), the transform of each image, stacked."""
+    if not getattr(transform, "per_image", False):
+        return transform(batch)
+    if len(batch) == 0:
+        raise ValueError(f"{transform!r}: a per-image transform got an empty batch")
+    return default_collate([transform(image) for image in batch])
+
+
 class Dataset:
     """Base class: subclasses define ``__len__`` and ``__getitem__``, and
     ``__getitems__`` when they can fetch a batch without a Python loop."""
@@ -89,9 +100,9 @@ class TensorDataset(Dataset):
         """The batch at ``indices`` (an int array), one fancy index per array."""
         batch = [a[indices] for a in self.arrays]
         if self.transform is not None:
-            batch[0] = self.transform(batch[0])
+            batch[0] = apply_transform(self.transform, batch[0])
         if self.target_transform is not None and len(batch) > 1:
-            batch[1] = self.target_transform(batch[1])
+            batch[1] = apply_transform(self.target_transform, batch[1])
         return tuple(batch)
 
     def __getitem__(self, index):
@@ -103,6 +114,28 @@ class TensorDataset(Dataset):
     def __repr__(self):
         shapes = ", ".join(f"{a.dtype}{tuple(a.shape)}" for a in self.arrays)
         return f"{type(self).__name__}({shapes})"
+
+
+class ConcatDataset(Dataset):
+    """The samples of ``datasets`` one after another, as PyTorch's."""
+
+    def __init__(self, datasets):
+        self.datasets = list(datasets)
+        if not self.datasets:
+            raise ValueError("ConcatDataset: datasets should not be an empty iterable")
+        self.cumulative_sizes = np.cumsum([len(d) for d in self.datasets]).tolist()
+
+    def __len__(self):
+        return self.cumulative_sizes[-1]
+
+    def __getitem__(self, index):
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n}")
+        index = int(index) % n
+        part = int(np.searchsorted(self.cumulative_sizes, index, side="right"))
+        start = self.cumulative_sizes[part - 1] if part else 0
+        return self.datasets[part][index - start]
 
 
 class Subset(Dataset):

@@ -89,7 +89,12 @@ def download(filename, mirrors, sha256, dest_dir, *, check=None,
     attempts = []
     for base in mirrors:
         url = base.rstrip("/") + "/" + filename
-        tmp = temp_path(dest)
+        try:
+            tmp = temp_path(dest)
+        except OSError as exc:   # a read-only or full data directory: no mirror can help
+            attempts.append((url, f"not fetched: cannot write into {dest.parent}: "
+                                  f"{type(exc).__name__}: {exc}"))
+            break
         try:
             digest, size = _fetch(url, tmp, timeout, progress, max_bytes)
             if digest != sha256:

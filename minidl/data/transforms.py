@@ -1,9 +1,17 @@
-"""Transforms on whole batches.
+"""Transforms on whole batches, and torchvision's per-image ones.
 
-Notation: N batch, C channels, H height, W width. A transform takes a batch
-(first axis N; images ``(N, H, W)`` or ``(N, C, H, W)``), returns a new array
-and never writes into its input. They work on NumPy and CuPy arrays alike
-(``xp``); none loops over samples in Python.
+Notation: N batch, C channels, H height, W width. A batch transform takes a
+batch (first axis N; images ``(N, H, W)`` or ``(N, C, H, W)``), returns a new
+array and never writes into its input. They work on NumPy and CuPy arrays
+alike (``xp``); none loops over samples in Python.
+
+Per-image, as torchvision: :class:`ToTensor` turns one image (``(H, W)``,
+``(H, W, C)`` or a PIL image) into a float32 ``(C, H, W)`` Tensor, and
+:class:`Normalize` given a Tensor normalises its channel axis -3. A dataset
+applies a transform with ``per_image`` true (ToTensor, a Compose holding
+one) to each image and stacks the results: torchvision's
+``transform=Compose([ToTensor(), Normalize((0.1307,), (0.3081,))])`` works
+as it is, at the cost of a Python loop per sample.
 """
 from __future__ import annotations
 
@@ -20,6 +28,10 @@ class Compose:
 
     def __init__(self, transforms):
         self.transforms = list(transforms)
+
+    @property
+    def per_image(self):
+        return any(getattr(t, "per_image", False) for t in self.transforms)
 
     def __call__(self, x):
         for t in self.transforms:
@@ -46,9 +58,35 @@ class ToFloat:
         return f"ToFloat(scale={self.scale})"
 
 
-class Normalize:
-    """``(x - mean) / std``, with scalars or one value per channel (axis 1).
+class ToTensor:
+    """One image -> a float32 ``(C, H, W)`` Tensor, as torchvision's.
 
+    ``(H, W)``, ``(H, W, C)`` arrays or PIL images; uint8 is scaled to
+    [0, 1] (divided by 255), other dtypes are converted as they are."""
+
+    per_image = True
+
+    def __call__(self, pic):
+        from ..tensor import Tensor
+        array = np.asarray(pic) if not hasattr(pic, "ndim") else pic
+        if array.ndim not in (2, 3):
+            raise ValueError(f"ToTensor: expects one image, (H, W) or (H, W, C), got shape "
+                             f"{tuple(array.shape)} (for whole batches use ToFloat)")
+        xp = get_array_module(array)
+        image = array[None] if array.ndim == 2 else xp.moveaxis(array, -1, 0)
+        if image.dtype == np.uint8:
+            image = xp.divide(image, np.float32(255), dtype=np.float32)
+        return Tensor(xp.ascontiguousarray(image, dtype=np.float32))
+
+    def __repr__(self):
+        return "ToTensor()"
+
+
+class Normalize:
+    """``(x - mean) / std``, with scalars or one value per channel.
+
+    The channel axis is 1 of a batch array ``(N, C, ...)``, and -3 of a
+    Tensor (torchvision's per-image ``(C, H, W)``, after :class:`ToTensor`).
     Integer input is converted to float32 first (without rescaling).
     """
 
@@ -64,6 +102,14 @@ class Normalize:
                              f"{self.std.size}")
 
     def __call__(self, x):
+        from ..tensor import Tensor
+        if isinstance(x, Tensor):   # one image, torchvision's (..., C, H, W)
+            if x.ndim < 3:
+                raise ValueError(f"Normalize: a tensor image must be (..., C, H, W), got shape "
+                                 f"{tuple(x.shape)}")
+            xp = get_array_module(x._data)
+            out = self(xp.moveaxis(x._data, -3, 1) if x.ndim > 3 else x._data[None])
+            return Tensor(xp.moveaxis(out, 1, -3) if x.ndim > 3 else out[0])
         xp = get_array_module(x)
         if x.dtype.kind != "f":
             x = x.astype(np.float32)
@@ -112,6 +158,9 @@ class RandomShift:
             raise ValueError(f"RandomShift: expected (N, H, W) or (N, C, H, W), got {x.shape}")
         xp = get_array_module(x)
         N, H, W = x.shape[0], x.shape[-2], x.shape[-1]
+        if m >= min(H, W):
+            raise ValueError(f"RandomShift: max_pixels={m} must be smaller than the images "
+                             f"({H}x{W}): a larger shift can move a whole image out of view")
         C = math.prod(x.shape[1:-2])
         rng = self.generator or current_generator()
         dy, dx = rng.integers(-m, m + 1, size=(2, N))

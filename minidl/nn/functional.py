@@ -17,15 +17,22 @@ from ..ops.loss import (binary_cross_entropy_with_logits, cross_entropy, mse_los
 from ..ops.loss import l1_loss
 from ..ops.norm import batch_norm, layer_norm
 from ..ops.shape import flatten, one_hot, pad
+from ..ops.bce import binary_cross_entropy, dropout2d
+from ..ops.inplace import apply_inplace
 
 
 def relu(input, inplace=False):
-    """max(input, 0), with ``torch.nn.functional.relu``'s signature.
-
-    ``inplace=True`` is accepted so PyTorch code runs, but the result is always
-    a new tensor and ``input`` is left unchanged: minidl has no in-place
-    autograd ops. Use the returned value (``x = F.relu(x, inplace=True)``)."""
+    """max(input, 0), with ``torch.nn.functional.relu``'s signature;
+    ``inplace=True`` changes ``input`` and returns it, as PyTorch's (see
+    :mod:`minidl.ops.inplace`)."""
+    if inplace:
+        return apply_inplace("relu", _arith.relu, input)
     return _arith.relu(input)
+
+
+def relu_(input):
+    """``relu(input, inplace=True)``."""
+    return apply_inplace("relu_", _arith.relu, input)
 
 
 __all__ = ["relu", "leaky_relu", "silu", "sigmoid", "tanh", "gelu", "softmax", "log_softmax",
@@ -35,3 +42,9 @@ __all__ = ["relu", "leaky_relu", "silu", "sigmoid", "tanh", "gelu", "softmax", "
            "scaled_dot_product_attention",
            "l1_loss", "gather_locations", "gaussian_focal_loss", "generalized_box_iou_loss",
            "heatmap_peaks"]
+__all__ += ["relu_", "binary_cross_entropy", "dropout2d"]
+
+
+from .._missing import module_getattr as _module_getattr  # noqa: E402
+
+__getattr__ = _module_getattr("minidl.nn.functional", globals())

@@ -16,6 +16,8 @@ from ..ops import conv as _conv
 from ..ops import shape as _shape
 from ..ops.activation import dropout, gelu, leaky_relu, negative_slope_of, silu, softmax
 from ..ops.arith import relu, sigmoid, tanh
+from ..ops.bce import dropout2d
+from ..ops.inplace import apply_inplace
 from ..ops.linear import linear
 from . import init
 from .module import Module, Parameter
@@ -23,6 +25,37 @@ from .module import Module, Parameter
 
 def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def check_int(layer, name, value, minimum):
+    """``value`` as an int >= ``minimum``, else an error naming ``layer`` and ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{layer}: {name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_pair(layer, name, value, minimum):
+    """An int or a pair of ints, each >= ``minimum``, as a tuple of two."""
+    pair = _pair(value)
+    if len(pair) != 2:
+        raise ValueError(f"{layer}: {name} must be an int or a pair of ints, got {value!r}")
+    return tuple(check_int(layer, name, v, minimum) for v in pair)
+
+
+def factory_dtype(layer, dtype):
+    """PyTorch's ``dtype=`` of a layer: None gives float32; parameters must be floating."""
+    dtype = np.dtype(np.float32 if dtype is None else dtype)
+    if dtype.kind != "f":
+        raise TypeError(f"{layer}: dtype must be a floating dtype, got {dtype}")
+    return dtype
+
+
+def to_factory_device(module, device):
+    """Move a freshly built layer's parameters to ``device`` (PyTorch's ``device=``)."""
+    if device is not None:
+        module.to(device)
 
 
 class Identity(Module):
@@ -36,15 +69,18 @@ class Identity(Module):
 class Linear(Module):
     """y = x W^T + b; x (*, in_features) -> (*, out_features)."""
 
-    def __init__(self, in_features, out_features, bias=True, dtype=np.float32):
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        dtype = factory_dtype("Linear", dtype)
+        self.in_features = check_int("Linear", "in_features", in_features, 0)
+        self.out_features = check_int("Linear", "out_features", out_features, 0)
         self.weight = Parameter(np.empty((self.out_features, self.in_features), dtype))
         if bias:
             self.bias = Parameter(np.empty(self.out_features, dtype))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
+        to_factory_device(self, device)
 
     def reset_parameters(self):
         init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -66,19 +102,25 @@ class Conv2d(Module):
     """2-D convolution, (N, C_in, H, W) -> (N, C_out, OH, OW), PyTorch's arguments."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, padding_mode="zeros", dtype=np.float32):
+                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
         super().__init__()
         if padding_mode != "zeros":
             raise NotImplementedError(f"Conv2d: padding_mode {padding_mode!r}; only 'zeros'")
+        dtype = factory_dtype("Conv2d", dtype)
+        in_channels = check_int("Conv2d", "in_channels", in_channels, 1)
+        out_channels = check_int("Conv2d", "out_channels", out_channels, 1)
+        groups = check_int("Conv2d", "groups", groups, 1)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} and "
                              f"out_channels={out_channels}")
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = check_pair("Conv2d", "kernel_size", kernel_size, 1)
+        self.stride = check_pair("Conv2d", "stride", stride, 1)
         if isinstance(padding, str):
             _conv.check_string_padding("Conv2d", padding, stride)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
-        self.dilation, self.groups = _pair(dilation), int(groups)
+        self.padding = padding if isinstance(padding, str) else \
+            check_pair("Conv2d", "padding", padding, 0)
+        self.dilation, self.groups = check_pair("Conv2d", "dilation", dilation, 1), groups
         self.weight = Parameter(np.empty((out_channels, in_channels // groups) + self.kernel_size,
                                          dtype))
         if bias:
@@ -86,6 +128,7 @@ class Conv2d(Module):
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
+        to_factory_device(self, device)
 
     def reset_parameters(self):
         init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -168,14 +211,18 @@ class AdaptiveAvgPool2d(Module):
 
 
 class ReLU(Module):
-    """max(x, 0). ``inplace`` is accepted for PyTorch's signature but the output is
-    always a new tensor (minidl has no in-place autograd ops)."""
+    """max(x, 0); ``inplace=True`` writes the result into the input, as PyTorch's
+    (see :mod:`minidl.ops.inplace`)."""
 
     def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = bool(inplace)
 
     def forward(self, x):
-        return relu(x)
+        return apply_inplace("ReLU", relu, x) if self.inplace else relu(x)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
 class LeakyReLU(Module):
@@ -242,17 +289,26 @@ class Dropout(Module):
     """Inverted dropout: in training zero with probability p and scale by 1/(1-p);
     the identity in eval mode."""
 
+    _dropout = staticmethod(dropout)
+
     def __init__(self, p=0.5, inplace=False):
         super().__init__()
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+            raise ValueError(f"{type(self).__name__}: p must be in [0, 1], got {p}")
         self.p = float(p)
 
     def forward(self, x):
-        return dropout(x, self.p, self.training)
+        return self._dropout(x, self.p, self.training)
 
     def extra_repr(self):
         return f"p={self.p}"
+
+
+class Dropout2d(Dropout):
+    """Zero whole channels of (N, C, H, W) with probability ``p`` in training
+    (the rest scaled by 1/(1-p)); the identity in eval mode, as PyTorch's."""
+
+    _dropout = staticmethod(dropout2d)
 
 
 class Flatten(Module):

@@ -8,6 +8,7 @@ deprecated ``size_average``/``reduce`` included: given, they select
 from __future__ import annotations
 
 from ..ops import loss as L
+from ..ops.bce import binary_cross_entropy
 from .module import Module
 
 
@@ -65,3 +66,15 @@ class BCEWithLogitsLoss(Module):
         return L.binary_cross_entropy_with_logits(input, target, self.weight,
                                                   reduction=self.reduction,
                                                   pos_weight=self.pos_weight)
+
+
+class BCELoss(Module):
+    """Binary cross-entropy on probabilities, as ``torch.nn.BCELoss``."""
+
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean"):
+        super().__init__()
+        self.weight = weight
+        self.reduction = L.legacy_reduction("BCELoss", size_average, reduce, reduction)
+
+    def forward(self, input, target):
+        return binary_cross_entropy(input, target, self.weight, reduction=self.reduction)

@@ -17,6 +17,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import backend
+from ..precision import HALF_DTYPES
 from ..tensor import Tensor, clear_grad, raw
 
 
@@ -261,7 +262,8 @@ class Module:
         optimizer built before ``to()`` keeps working."""
         if isinstance(device, (type, np.dtype)):
             device, dtype = None, device
-        if dtype is not None and np.dtype(dtype).kind not in "fc":
+        if dtype is not None and np.dtype(dtype).kind not in "fc" and \
+                np.dtype(dtype) not in HALF_DTYPES:
             raise TypeError(f"{type(self).__name__}.to: only floating dtypes are accepted, got "
                             f"{np.dtype(dtype)} (parameters must stay differentiable)")
         if device is not None:
@@ -270,7 +272,7 @@ class Module:
             data = t._data
             if device is not None:
                 data = backend.to_device(data, device)
-            if dtype is not None and data.dtype.kind == "f":
+            if dtype is not None and (data.dtype.kind == "f" or data.dtype in HALF_DTYPES):
                 data = data.astype(dtype, copy=False)
             t._data = data
             if t.grad is not None:

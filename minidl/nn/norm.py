@@ -6,6 +6,7 @@ import numpy as np
 from ..ops.norm import batch_norm, layer_norm, normalized_shape_tuple
 from ..tensor import Tensor
 from . import init
+from .layers import check_int, factory_dtype, to_factory_device
 from .module import Module, Parameter
 
 
@@ -13,8 +14,9 @@ class LayerNorm(Module):
     """Normalise over the trailing ``normalized_shape`` dims; ``weight``/``bias`` of that shape."""
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
-                 dtype=np.float32):
+                 device=None, dtype=None):
         super().__init__()
+        dtype = factory_dtype("LayerNorm", dtype)
         shape = normalized_shape_tuple("LayerNorm", normalized_shape)
         self.normalized_shape, self.eps = shape, eps
         self.elementwise_affine = elementwise_affine
@@ -27,6 +29,13 @@ class LayerNorm(Module):
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
+        to_factory_device(self, device)
+
+    def reset_parameters(self):
+        if self.weight is not None:
+            init.ones_(self.weight)
+        if self.bias is not None:
+            init.zeros_(self.bias)
 
     def forward(self, x):
         k = len(self.normalized_shape)
@@ -52,8 +61,10 @@ class _BatchNorm(Module):
     _layout = ""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype=np.float32):
+                 track_running_stats=True, device=None, dtype=None):
         super().__init__()
+        dtype = factory_dtype(type(self).__name__, dtype)
+        num_features = check_int(type(self).__name__, "num_features", num_features, 1)
         self.num_features, self.eps, self.momentum = int(num_features), eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         if affine:
@@ -70,6 +81,13 @@ class _BatchNorm(Module):
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
+        to_factory_device(self, device)
+
+    def reset_parameters(self):
+        self.reset_running_stats()
+        if self.affine:
+            init.ones_(self.weight)
+            init.zeros_(self.bias)
 
     def reset_running_stats(self):
         if self.track_running_stats:

@@ -230,3 +230,11 @@ def _install_tensor_methods():
 
 
 _install_tensor_methods()
+
+# sorting and in-place random fills live in their own modules
+from .sorting import argsort, multinomial, sort, topk  # noqa: E402
+from . import random_fill as _random_fill  # noqa: E402
+
+_random_fill.install(Tensor)
+for _name in ("sort", "argsort", "topk", "multinomial"):
+    setattr(Tensor, _name, globals()[_name])

@@ -22,6 +22,7 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, *, maximize=False):
+        self.check_hyperparameters(type(self).__name__, lr=lr, eps=eps, weight_decay=weight_decay)
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"{type(self).__name__}: lr, eps and weight_decay must be >= 0")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):

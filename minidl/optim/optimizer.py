@@ -12,12 +12,30 @@ allocates nothing after the first. Gradient arrays are only read.
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 
 from .. import backend
 from ..tensor import Tensor, clear_grad, no_grad, raw
 
 
+def check_hyperparameters(op, **values):
+    """Each of ``values`` (lr, eps, momentum...) a finite real number >= 0, else a
+    ValueError naming it (a string lr, NaN or a negative value never reach a step)."""
+    for name, value in values.items():
+        if isinstance(value, Tensor):
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{op}: {name} must be a real number, got {type(value).__name__} "
+                            f"{value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{op}: {name} must be a finite number >= 0, got {value!r}")
+
+
 class Optimizer:
+    # subclasses check their arguments with it before comparing them
+    check_hyperparameters = staticmethod(check_hyperparameters)
+
     def __init__(self, params, defaults):
         self.defaults = dict(defaults)
         self.state = {}
@@ -47,6 +65,9 @@ class Optimizer:
         group["params"] = ps
         for key, value in self.defaults.items():
             group.setdefault(key, value)
+        # a group's own lr="0.1" or nan is as wrong as a default one
+        check_hyperparameters(type(self).__name__, **{
+            k: group[k] for k in ("lr", "eps", "weight_decay", "momentum") if k in group})
         self.param_groups.append(group)
 
     def zero_grad(self, set_to_none=True):
