@@ -699,6 +699,18 @@ def _scatter_add(a, slices, value):
 
 
 cupyx.scatter_add = _scatter_add
+
+
+def _empty_pinned(shape, dtype=float, order="C"):
+    """As CuPy's: a NumPy array (host memory; page-locked on a real GPU)."""
+    return _np.empty(shape, dtype=dtype, order=order)
+
+
+def _zeros_pinned(shape, dtype=float, order="C"):
+    return _np.zeros(shape, dtype=dtype, order=order)
+
+
+cupyx.empty_pinned, cupyx.zeros_pinned = _empty_pinned, _zeros_pinned
 cupyx.scipy = types.ModuleType("cupyx.scipy")
 cupyx.scipy.__path__ = []
 cupyx.scipy.special = types.ModuleType("cupyx.scipy.special")
