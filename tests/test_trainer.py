@@ -1,6 +1,5 @@
 """The generic Trainer with a user's own model, loss and data (issue 18, item 5)."""
 import json
-import os
 
 import numpy as np
 import pytest
