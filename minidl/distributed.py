@@ -210,7 +210,7 @@ def all_reduce(tensor, op=ReduceOp.SUM):
         return tensor
     work = array if array.flags.c_contiguous else array.copy()
     if backend.device_of(work) == "cuda":
-        _nccl_all_reduce(_nccl_comm(), work, ReduceOp.SUM if op == ReduceOp.AVG else op)
+        _nccl_all_reduce(_nccl_comm(work), work, ReduceOp.SUM if op == ReduceOp.AVG else op)
     else:
         MPI = _import_mpi()
         reduce = {ReduceOp.SUM: MPI.SUM, ReduceOp.AVG: MPI.SUM, ReduceOp.MAX: MPI.MAX,
@@ -231,7 +231,7 @@ def broadcast(tensor, src=0):
         return tensor
     work = array if array.flags.c_contiguous else array.copy()
     if backend.device_of(work) == "cuda":
-        _nccl_broadcast(_nccl_comm(), work, src)
+        _nccl_broadcast(_nccl_comm(work), work, src)
     else:
         _comm.Bcast(work, root=src)
     if work is not array:
@@ -284,9 +284,18 @@ def _nccl_module():
     return nccl
 
 
-def _nccl_comm():
-    """This world's NCCL communicator: rank 0 makes the unique id, MPI sends it."""
+def _nccl_comm(array):
+    """This world's NCCL communicator: rank 0 makes the unique id, MPI sends it.
+
+    It runs on this rank's GPU (chosen by init()); ``array`` must be there: a
+    tensor put on 'cuda' before init() lands on GPU 0 on every rank, and NCCL
+    would read it from the wrong GPU."""
     global _nccl
+    here = backend.cupy_module().cuda.runtime.getDevice()
+    if array.device.id != here:
+        raise RuntimeError(f"minidl.distributed: rank {_rank} runs on GPU {here}, but this "
+                           f"tensor is on GPU {array.device.id}: call minidl.distributed.init() "
+                           "before putting the model or data on 'cuda'")
     if _nccl is None:
         nccl = _nccl_module()
         uid = _comm.bcast(nccl.get_unique_id() if _rank == 0 else None, root=0)

@@ -6,7 +6,8 @@ Cases: ``checks`` (threads, random streams, then the training runs, each
 rank writing its results to OUT/rank<r>.npz), ``gpu`` (one training on each
 rank's GPU), ``example MODE`` (the example's trainer: ``straight``, ``stop``
 after epoch 1, ``resume``), ``raise`` (rank 1 raises while rank 0 waits in a
-collective).
+collective), ``standin-nccl`` (the CuPy stand-in's NCCL refuses what NCCL
+refuses; each rank writes the errors it saw to OUT/rank<r>.json).
 """
 from __future__ import annotations
 
@@ -125,7 +126,9 @@ def checks(out):
 
 
 def gpu(out):
-    """The ``equal`` training on this rank's GPU (NCCL reduces the gradients)."""
+    """The ``equal`` training on this rank's GPU (NCCL reduces the gradients).
+    init() first: it selects this rank's GPU, where the model must be made."""
+    distributed.init()
     weights = train(batch_size=4, device="cuda")
     np.savez(os.path.join(out, f"rank{distributed.rank()}.npz"), **weights)
 
@@ -178,6 +181,42 @@ def fail(out):
     open(os.path.join(out, "rank0-went-on"), "w").close()
 
 
+def standin_nccl(out):
+    """Mistakes NCCL punishes by a hang or a crash, each made on both ranks
+    (an error on one rank only would leave the other in the collective)."""
+    import cupy
+    from cupy.cuda import nccl
+    distributed.init()
+    r, seen = distributed.rank(), {}
+    uid = distributed._comm.bcast(nccl.get_unique_id() if r == 0 else None, root=0)
+
+    def attempt(name, make):
+        try:
+            make()
+        except Exception as exc:   # noqa: BLE001 (recorded, the test reads it)
+            seen[name] = f"{type(exc).__name__}: {exc}"
+
+    with cupy.cuda.Device(0):   # both ranks on GPU 0
+        attempt("one_gpu", lambda: nccl.NcclCommunicator(2, uid, r))
+    attempt("other_ids", lambda: nccl.NcclCommunicator(2, nccl.get_unique_id(), r))
+    comm = nccl.NcclCommunicator(2, uid, r)
+    a = cupy.arange(4, dtype=cupy.float32) * (r + 1)
+    stream = cupy.cuda.get_current_stream().ptr
+    attempt("counts", lambda: comm.allReduce(a.data.ptr, a.data.ptr, 3 + r, nccl.NCCL_FLOAT32,
+                                             nccl.NCCL_SUM, stream))
+    comm.allReduce(a.data.ptr, a.data.ptr, 4, nccl.NCCL_FLOAT32, nccl.NCCL_SUM, stream)
+    seen["sum"] = a.get().tolist()
+    b = cupy.arange(4, dtype=cupy.int64) + 10 * r
+    comm.bcast(b[2:].data.ptr, 2, nccl.NCCL_INT64, 1, stream)   # a view's pointer
+    seen["bcast"] = b.get().tolist()
+    with cupy.cuda.Device(1 - r):
+        elsewhere = cupy.ones(3, dtype=cupy.float32)
+    attempt("other_gpu", lambda: distributed.all_reduce(elsewhere))
+    with open(os.path.join(out, f"rank{r}.json"), "w") as f:
+        json.dump(seen, f)
+
+
 if __name__ == "__main__":
     case, out = sys.argv[1:3]
-    {"checks": checks, "raise": fail, "gpu": gpu, "example": example}[case](out)
+    {"checks": checks, "raise": fail, "gpu": gpu, "example": example,
+     "standin-nccl": standin_nccl}[case](out)

@@ -9,6 +9,7 @@ transfers or launches need the stand-in (fixture ``cupy_counters``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import subprocess
@@ -88,6 +89,53 @@ def test_transfers_can_be_forbidden(cupy_counters):
         with pytest.raises(cupy_counters.HostTransferError, match=r"item\(\)"):
             y.item()
     assert y.item() == 6.0
+
+
+def test_standin_nccl_takes_only_what_nccl_takes(cupy_counters, monkeypatch):
+    # One rank; two ranks over MPI: tests/test_distributed.py
+    import gc
+    from cupy.cuda import nccl
+    cp = _cupy()
+    monkeypatch.setattr(cupy_counters, "_device_count", [2])
+    monkeypatch.setattr(cupy_counters, "_current", [0])
+    assert nccl.available and nccl.NCCL_FLOAT32 == 7 and nccl.NCCL_MAX == 2
+    comm = nccl.NcclCommunicator(1, nccl.get_unique_id(), 0)
+    stream = cp.cuda.get_current_stream().ptr
+    x, y = cp.arange(6, dtype=cp.float32), cp.zeros(6, dtype=cp.float32)
+    comm.allReduce(x.data.ptr, y[1:].data.ptr, 5, nccl.NCCL_FLOAT32, nccl.NCCL_SUM, stream)
+    np.testing.assert_array_equal(y.get(), [0, 0, 1, 2, 3, 4])       # out of place, a view
+    reduce = functools.partial(comm.allReduce, op=nccl.NCCL_SUM, stream=stream)
+    with pytest.raises(nccl.NcclError, match="datatype float64 for an array of float32"):
+        reduce(x.data.ptr, x.data.ptr, 6, nccl.NCCL_FLOAT64)
+    with pytest.raises(nccl.NcclError, match="count 7 of float32 is 28 bytes, the array has 24"):
+        reduce(x.data.ptr, x.data.ptr, 7, nccl.NCCL_FLOAT32)
+    with pytest.raises(nccl.NcclError, match="count 6 of float32 is 24 bytes, the array has 20"):
+        reduce(x[1:].data.ptr, x.data.ptr, 6, nccl.NCCL_FLOAT32)
+    with pytest.raises(nccl.NcclError, match="not C-contiguous"):
+        reduce(x[::2].data.ptr, y.data.ptr, 3, nccl.NCCL_FLOAT32)
+    gone = cp.ones(1000, dtype=cp.float32)
+    dangling = gone.data.ptr
+    del gone
+    gc.collect()
+    with pytest.raises(nccl.NcclError, match="not the device pointer of a live array"):
+        reduce(dangling, x.data.ptr, 6, nccl.NCCL_FLOAT32)
+    with pytest.raises(TypeError, match="expected a device pointer"):
+        reduce(x.data, x.data.ptr, 6, nccl.NCCL_FLOAT32)              # the MemoryPointer
+    with cp.cuda.Device(1):
+        elsewhere = cp.ones(6, dtype=cp.float32)
+    with pytest.raises(nccl.NcclError, match="the buffer is on GPU 1, the communicator on GPU 0"):
+        reduce(elsewhere.data.ptr, x.data.ptr, 6, nccl.NCCL_FLOAT32)
+    with pytest.raises(nccl.NcclError, match="is not a stream"):
+        comm.bcast(x.data.ptr, 6, nccl.NCCL_FLOAT32, 0, 12345)
+    with pytest.raises(nccl.NcclError, match="root 1 of 1 ranks"):
+        comm.bcast(x.data.ptr, 6, nccl.NCCL_FLOAT32, 1, stream)
+    with pytest.raises(nccl.NcclError, match="rank 1 of a communicator of 1"):
+        nccl.NcclCommunicator(1, nccl.get_unique_id(), 1)
+    with pytest.raises(TypeError, match="commId must be the tuple of 128 bytes"):
+        nccl.NcclCommunicator(1, b"id", 0)
+    comm.destroy()
+    with pytest.raises(nccl.NcclError, match="destroyed"):
+        comm.bcast(x.data.ptr, 6, nccl.NCCL_FLOAT32, 0, stream)
 
 
 # --------------------------------------------------------------- defects
@@ -397,12 +445,9 @@ def test_bench_train_runs_with_device_cuda(tmp_path):
     # The GPU benchmark's command, tiny; its worker processes get the stand-in
     # through a sitecustomize on PYTHONPATH (without real CuPy). Timings are not
     # asserted (and mean nothing on the stand-in).
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        f"import sys\nsys.path.insert(0, {TESTS!r})\nimport cupy_standin\ncupy_standin.install()\n")
+    import cupy_standin
     out = tmp_path / "gpu.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), ROOT])}
+    env = {**os.environ, **cupy_standin.child_environment(tmp_path / "site", pythonpath=[ROOT])}
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_train.py"),
                              "--device", "cuda", "--arch", "seed", "--batch-sizes", "4",
                              "--windows", "1", "--steps", "1", "--no-torch", "--json", str(out)],

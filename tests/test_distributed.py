@@ -230,14 +230,39 @@ def test_nccl_collectives_on_one_gpu():
 @pytest.mark.gpu
 def test_two_ranks_on_two_gpus_reduce_with_nccl(tmp_path):
     cupy = minidl.backend.xp_for("cuda")
-    if cupy.cuda.runtime.getDeviceCount() < 2:
+    env = None
+    if getattr(cupy, "STANDIN", False):   # the ranks load the stand-in too, modelling 2 GPUs
+        env = cupy.child_environment(tmp_path / "site", pythonpath=[ROOT], gpus=2)
+    elif cupy.cuda.runtime.getDeviceCount() < 2:
         pytest.skip("needs two GPUs (NCCL refuses two ranks on one GPU)")
-    done = run_ranks(2, "gpu", str(tmp_path))
+    done = run_ranks(2, "gpu", str(tmp_path), env=env)
     assert done.returncode == 0, done.stderr
     weights = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)]
     for name, value in distributed_worker.train(batch_size=8).items():
         np.testing.assert_array_equal(weights[0][name], weights[1][name])
         np.testing.assert_allclose(weights[0][name], value, rtol=1e-4, atol=1e-5)
+
+
+@needs_mpi
+@pytest.mark.gpu
+def test_the_standin_nccl_refuses_what_nccl_refuses(tmp_path):
+    cupy = minidl.backend.xp_for("cuda")
+    if not getattr(cupy, "STANDIN", False):
+        pytest.skip("checks the CuPy stand-in's NCCL")
+    env = cupy.child_environment(tmp_path / "site", pythonpath=[ROOT], gpus=2)
+    done = run_ranks(2, "standin-nccl", str(tmp_path), env=env)
+    assert done.returncode == 0, done.stderr
+    for r in range(2):
+        seen = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert "Duplicate GPU detected" in seen["one_gpu"]
+        assert "different unique ids" in seen["other_ids"]
+        assert "must match on every rank" in seen["counts"]
+        assert "rank 0: allReduce(count=3, NCCL_FLOAT32, op=NCCL_SUM); rank 1: allReduce(" \
+               "count=4" in seen["counts"]
+        assert seen["sum"] == [0, 3, 6, 9]                   # 1x + 2x
+        assert seen["bcast"] == [10 * r, 10 * r + 1, 12, 13]  # rank 1's tail on both
+        assert f"rank {r} runs on GPU {r}, but this tensor is on GPU {1 - r}" in \
+               seen["other_gpu"]
 
 
 # ------------------------------------------------------- one process

@@ -16,7 +16,12 @@ What it holds minidl to, as real CuPy does:
 * every device -> host transfer (``asnumpy``, ``get``, ``item``, ``tolist``,
   ``bool()``/``float()``/``int()``, ``repr``) is counted, and
   :func:`forbid_transfers` turns them into errors; kernel launches are counted
-  (one per ufunc, reduction, copy or custom kernel, roughly CuPy's own count).
+  (one per ufunc, reduction, copy or custom kernel, roughly CuPy's own count);
+* ``cupy.cuda.nccl`` takes only device pointers of live arrays, of the right
+  dtype and size, and its communicators of several ranks run over MPI with
+  every rank taking part (:mod:`._nccl`). ``CUPY_STANDIN_GPUS`` sets how many
+  GPUs it models (default 1); :func:`child_environment` hands the stand-in to
+  child processes.
 
 What it cannot show: speed, streams and asynchrony, races between CUDA
 threads, cuBLAS/cuRAND numerics (matmul and random draws are NumPy's).
@@ -26,13 +31,16 @@ from __future__ import annotations
 import builtins as _b
 import contextlib
 import ctypes
+import itertools
 import operator
+import os
 import sys
 import types
+import weakref
 
 import numpy as _np
 
-from . import _kernels
+from . import _kernels, _nccl
 
 __version__ = "13.0.0-standin"
 STANDIN = True
@@ -163,6 +171,7 @@ class ndarray:
     T = property(lambda self: ndarray._of(self._a.T))
     base = property(lambda self: None if self._a.base is None else ndarray._of(self._a.base))
     device = property(lambda self: cuda.Device(self._d))
+    data = property(lambda self: MemoryPointer(self))
 
     def __array__(self, dtype=None, copy=None):
         raise TypeError(_IMPLICIT)
@@ -524,7 +533,17 @@ random.default_rng = lambda seed=None: _Generator(seed)
 
 cuda = types.ModuleType("cupy.cuda")
 cuda.runtime = types.ModuleType("cupy.cuda.runtime")
-_device_count = [1]
+
+def _gpus_from_environment():
+    """How many GPUs the stand-in models: CUPY_STANDIN_GPUS (default 1), so
+    child processes (ranks under mpiexec) can be given several."""
+    value = os.environ.get("CUPY_STANDIN_GPUS", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"CUPY_STANDIN_GPUS={value!r}: expected a count of GPUs >= 1")
+    return int(value)
+
+
+_device_count = [_gpus_from_environment()]
 _current = [0]
 
 
@@ -576,10 +595,14 @@ class Device:
 
 
 class Stream:
+    """cupy.cuda.Stream; ``ptr`` is the cudaStream_t NCCL takes (0: the null stream)."""
     null = None
+    _ptrs = weakref.WeakValueDictionary()
+    _next = itertools.count(0x7000)
 
     def __init__(self, null=False, non_blocking=False, ptds=False):
-        pass
+        self.ptr = 0 if null else next(Stream._next) * 0x100
+        Stream._ptrs[self.ptr] = self
 
     def synchronize(self):
         pass
@@ -589,6 +612,18 @@ class Stream:
 
     def __exit__(self, *exc):
         return False
+
+
+class MemoryPointer:
+    """cupy.cuda.MemoryPointer of an array (``a.data``): ``ptr`` is the address of
+    its first element; the stand-in's NCCL resolves it back to the memory."""
+
+    def __init__(self, array):
+        self._array = array   # holds the memory alive, as CuPy's holds its Memory
+        self.ptr = _nccl.register(array)
+        self.device_id = array._d
+
+    device = property(lambda self: Device(self.device_id))
 
 
 class _MemoryPool:
@@ -607,6 +642,8 @@ cuda.Device = Device
 cuda.Stream = Stream
 Stream.null = Stream(null=True)
 cuda.MemoryPool = _MemoryPool
+cuda.MemoryPointer = MemoryPointer
+cuda.nccl = _nccl.module()
 cuda.get_current_stream = lambda device=None: Stream.null
 cuda.alloc_pinned_memory = lambda nbytes: memoryview(bytearray(nbytes))
 get_default_memory_pool = lambda: _pool  # noqa: E731
@@ -740,9 +777,27 @@ def install():
         return False
     me = sys.modules[__name__]
     for name, mod in {"cupy": me, "cupy.cuda": cuda, "cupy.cuda.runtime": cuda.runtime,
+                      "cupy.cuda.nccl": cuda.nccl,
                       "cupy.random": random, "cupy.linalg": linalg, "cupyx": cupyx,
                       "cupyx.scipy": cupyx.scipy,
                       "cupyx.scipy.special": cupyx.scipy.special}.items():
         sys.modules[name] = mod
     return True
 
+
+
+def child_environment(folder, pythonpath=(), gpus=None):
+    """Environment variables that make child Python processes (benchmark
+    workers, ranks under mpiexec) load the stand-in as ``cupy`` when the real
+    CuPy is absent: a sitecustomize written into ``folder``, first on
+    PYTHONPATH before ``pythonpath``; ``gpus``: how many GPUs it models there."""
+    import pathlib
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (folder / "sitecustomize.py").write_text(
+        f"import sys\nsys.path.insert(0, {here!r})\nimport cupy_standin\ncupy_standin.install()\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(folder), *map(str, pythonpath)])}
+    if gpus is not None:
+        env["CUPY_STANDIN_GPUS"] = str(int(gpus))
+    return env
