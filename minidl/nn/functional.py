@@ -14,6 +14,7 @@ from ..ops.linear import linear
 from ..ops.loss import (binary_cross_entropy_with_logits, cross_entropy, mse_loss, nll_loss)
 from ..ops.norm import batch_norm, layer_norm
 from ..ops.shape import flatten, one_hot, pad
+from ..ops.embedding import embedding
 
 
 def relu(input, inplace=False):
@@ -30,3 +31,4 @@ __all__ = ["relu", "leaky_relu", "silu", "sigmoid", "tanh", "gelu", "softmax", "
            "flatten", "one_hot", "cross_entropy", "nll_loss", "mse_loss",
            "binary_cross_entropy_with_logits", "layer_norm", "batch_norm",
            "scaled_dot_product_attention"]
+__all__ += ["embedding"]
