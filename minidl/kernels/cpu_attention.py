@@ -63,11 +63,11 @@ def _keep(seed, index, threshold):
 @njit(parallel=True, cache=_CACHE)
 def _forward(qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, o, ooff, ldo, lse, mask,
              mask_per_block, has_mask, causal, scale, seed, threshold, keep_scale, dropout,
-             L, S, E, Ev):
+             weights, want_weights, L, S, E, Ev):
     N = lse.shape[0]
     size = o.itemsize
     dt = o.dtype.type
-    tile = min(S, _KEY_TILE)
+    tile = S if want_weights else min(S, _KEY_TILE)   # weights: the whole row at once
     for n in prange(N):
         sc = np.empty((L, tile), dtype=o.dtype)
         m = np.full(L, -np.inf)
@@ -121,14 +121,19 @@ def _forward(qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, o, ooff, ldo, lse, mas
                 for c in range(base + i * ldo, base + i * ldo + Ev):
                     o[c] *= inv
                 lse[n, i] = m[i] + math.log(ssum[i])
+                if want_weights:
+                    for j in range(S):
+                        weights[n, i, j] = sc[i, j] * inv
             else:
                 lse[n, i] = -np.inf
+                if want_weights:
+                    weights[n, i, :] = 0
 
 
 @njit(parallel=True, cache=_CACHE)
 def _backward(qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, ga, goff, ldg, lse, mask,
               mask_per_block, has_mask, causal, scale, seed, threshold, keep_scale, dropout,
-              dq, dk, dv, L, S, E, Ev):
+              gw, has_gw, dq, dk, dv, L, S, E, Ev):
     N = dq.shape[0]
     size = dq.itemsize
     for n in prange(N):
@@ -151,6 +156,8 @@ def _backward(qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, ga, goff, ldg, lse, m
         # dP (before the dropout mask) = dO V^T
         _gemm(dq, NO_TRANS, TRANS, L, S, Ev, ga + size * goff[n], ldg, va + size * voff[n], ldv,
               dp.ctypes.data, S, 0.0)
+        if has_gw:   # the gradient of the returned weights (after dropout) joins dPd
+            dp += gw[n]
         if dropout:
             # dV needs the dropped weights; dp gets the mask; p stays the softmax
             pd = np.empty((L, S), dtype=dq.dtype)
@@ -195,10 +202,11 @@ def _dropout_args(dropout_p, seed):
     return np.uint64(seed), np.uint64(threshold), keep_scale, dropout_p > 0.0
 
 
-def sdpa_forward(q, k, v, lead, mask, causal, scale, dropout_p, seed):
+def sdpa_forward(q, k, v, lead, mask, causal, scale, dropout_p, seed, want_weights=False):
     """q (*lead, L, E), k (*lead, S, E), v (*lead, S, Ev) (broadcast to ``lead``),
     ``mask`` None or a float (Nm, L, S) array with Nm 1 or prod(lead) -> (o (*lead, L,
-    Ev), a view of a (*lead[:-1], L, lead[-1], Ev) array, and lse (N, L)), N = prod(lead)."""
+    Ev), a view of a (*lead[:-1], L, lead[-1], Ev) array, lse (N, L), and with
+    ``want_weights`` the weights after dropout (N, L, S), else None), N = prod(lead)."""
     L, E = q.shape[-2:]
     S, Ev = v.shape[-2:]
     N = int(np.prod(lead, dtype=np.int64))
@@ -214,14 +222,17 @@ def sdpa_forward(q, k, v, lead, mask, causal, scale, dropout_p, seed):
     has_mask = mask is not None
     m = mask if has_mask else np.zeros((1, 1, 1), dtype=q.dtype)
     seed_, threshold, keep_scale, dropout = _dropout_args(dropout_p, seed)
-    _forward(qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, store.reshape(-1), ooff, ldo, lse, m, m.shape[0] > 1, has_mask,
-             bool(causal), float(scale), seed_, threshold, keep_scale, dropout, L, S, E, Ev)
+    w = np.empty((N, L, S) if want_weights else (1, 1, 1), dtype=q.dtype)
+    _forward(qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, store.reshape(-1), ooff, ldo, lse, m,
+             m.shape[0] > 1, has_mask, bool(causal), float(scale), seed_, threshold, keep_scale,
+             dropout, w, bool(want_weights), L, S, E, Ev)
     del qb, kb, vb
-    return o, lse
+    return o, lse, (w if want_weights else None)
 
 
-def sdpa_backward(q, k, v, gy, lse, lead, mask, causal, scale, dropout_p, seed):
-    """Gradients (dq, dk, dv) as (N, L, E), (N, S, E), (N, S, Ev) arrays."""
+def sdpa_backward(q, k, v, gy, lse, lead, mask, causal, scale, dropout_p, seed, gw=None):
+    """Gradients (dq, dk, dv) as (N, L, E), (N, S, E), (N, S, Ev) arrays; ``gw`` (N, L, S):
+    the gradient of the returned weights, if any."""
     L, E = q.shape[-2:]
     S, Ev = v.shape[-2:]
     N = lse.shape[0]
@@ -237,6 +248,8 @@ def sdpa_backward(q, k, v, gy, lse, lead, mask, causal, scale, dropout_p, seed):
     seed_, threshold, keep_scale, dropout = _dropout_args(dropout_p, seed)
     _backward(qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, ga, goff, ldg, lse, m,
               m.shape[0] > 1, has_mask, bool(causal), float(scale), seed_, threshold,
-              keep_scale, dropout, dq, dk, dv, L, S, E, Ev)
+              keep_scale, dropout, np.zeros((1, 1, 1), q.dtype) if gw is None
+              else np.ascontiguousarray(gw, dtype=q.dtype).reshape(N, L, S), gw is not None,
+              dq, dk, dv, L, S, E, Ev)
     del qb, kb, vb, gyb
     return dq, dk, dv

@@ -158,9 +158,10 @@ class MultiheadAttention(Module):
             m = m.reshape(B, 1, 1, S)
             mask = m if mask is None else mask + m
         dropout_p = self.dropout if self.training else 0.0
-        if not need_weights and fusable(q, k, v):
-            # one fused op; a mask and is_causal both apply there
-            out, weights = fused_attention(q, k, v, mask, dropout_p, is_causal), None
+        if fusable(q, k, v):   # one fused op; a mask and is_causal both apply there
+            out = fused_attention(q, k, v, mask, dropout_p, is_causal,
+                                  return_weights=need_weights)
+            out, weights = out if need_weights else (out, None)
         else:
             if is_causal and mask is not None:
                 # scaled_dot_product_attention takes is_causal or a mask, not both, so the

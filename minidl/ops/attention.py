@@ -22,7 +22,7 @@ On the CPU (Numba with NumPy's cblas) the whole attention is one fused op,
 :class:`ScaledDotProductAttention` over :mod:`minidl.kernels.cpu_attention`:
 per (batch, head) block, scores, mask, online softmax over key tiles,
 dropout and the product with V, and a backward that recomputes the weights.
-Elsewhere (CuPy, no cblas, or when the weights are asked for) it is the
+Elsewhere (CuPy, no cblas) it is the
 composed reference :func:`reference_attention` (batched matmuls, softmax,
 dropout), which the tests use as the oracle. The mask is a constant: no
 gradient flows into a float ``attn_mask``.
@@ -92,23 +92,29 @@ class ScaledDotProductAttention(Function):
     leading dims; ``mask`` None or an additive float (Nm, L, S) array, Nm 1 or the
     number of blocks; ``causal`` may join a mask (MultiheadAttention's is_causal)."""
 
-    def __init__(self, lead, mask, causal, scale, dropout_p, seed):
+    def __init__(self, lead, mask, causal, scale, dropout_p, seed, want_weights=False):
         self.lead, self.mask, self.causal = lead, mask, causal
         self.scale, self.dropout_p, self.seed = scale, dropout_p, seed
+        self.want_weights = want_weights
 
     def forward(self, q, k, v):
         from ..kernels import cpu_attention
-        o, self.lse = cpu_attention.sdpa_forward(q, k, v, self.lead, self.mask, self.causal,
-                                                 self.scale, self.dropout_p, self.seed)
+        o, self.lse, w = cpu_attention.sdpa_forward(q, k, v, self.lead, self.mask, self.causal,
+                                                    self.scale, self.dropout_p, self.seed,
+                                                    self.want_weights)
         self.q, self.k, self.v = q, k, v
+        if self.want_weights:
+            return o, w.reshape(self.lead + w.shape[1:])
         return o
 
-    def backward(self, gy):
+    def backward(self, gy, gw=None):
         from ..kernels import cpu_attention
         q, k, v, lead = self.q, self.k, self.v, self.lead
+        if gw is not None and not gw.any():   # the engine's zeros for unused weights
+            gw = None
         dq, dk, dv = cpu_attention.sdpa_backward(q, k, v, gy, self.lse, lead, self.mask,
                                                  self.causal, self.scale, self.dropout_p,
-                                                 self.seed)
+                                                 self.seed, gw)
         return (dq.reshape(lead + dq.shape[1:]), dk.reshape(lead + dk.shape[1:]),
                 dv.reshape(lead + dv.shape[1:]))
 
@@ -148,15 +154,18 @@ def _block_mask(m, dtype, lead, L, S):
     return np.ascontiguousarray(np.broadcast_to(m, full)).reshape(-1, L, S)
 
 
-def fused_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+def fused_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                    return_weights=False):
     """:class:`ScaledDotProductAttention` on tensors q, k, v (checked, fusable); a mask
-    and ``is_causal`` may come together (both apply)."""
+    and ``is_causal`` may come together (both apply). ``return_weights``: also the
+    (*lead, L, S) weights after dropout (a differentiable output)."""
     lead = tuple(np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]))
     L, S = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     mask = None if attn_mask is None else _block_mask(raw(attn_mask), q._data.dtype, lead, L, S)
     seed = int(generator_for(np).integers(2**63)) if dropout_p > 0.0 else 0
-    fn = ScaledDotProductAttention(lead, mask, bool(is_causal), scale, float(dropout_p), seed)
+    fn = ScaledDotProductAttention(lead, mask, bool(is_causal), scale, float(dropout_p), seed,
+                                   bool(return_weights))
     return fn(q, k, v)
 
 
@@ -168,8 +177,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     out. Float ``attn_mask``: added to the scores. ``is_causal``: query i sees
     keys j <= i. A fully masked query row gives zeros, as PyTorch. ``dropout_p``
     drops attention weights (pass 0 in eval). ``return_weights=True`` (a
-    minidl extra) also returns the (..., L, S) weights after dropout (by the
-    composed reference; the fused CPU op never forms them whole).
+    minidl extra) also returns the (..., L, S) weights after dropout (the
+    fused CPU op then takes each row of keys as one tile).
     """
     q, k, v = as_tensor(query), as_tensor(key), as_tensor(value)
     _check_qkv(q, k, v)
@@ -178,7 +187,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                          f"{dropout_p}")
     if is_causal and attn_mask is not None:
         raise ValueError("scaled_dot_product_attention: pass attn_mask or is_causal, not both")
-    if return_weights or not fusable(q, k, v):
+    if not fusable(q, k, v):
         out, weights = reference_attention(q, k, v, attn_mask, dropout_p, is_causal, scale)
         return (out, weights) if return_weights else out
-    return fused_attention(q, k, v, attn_mask, dropout_p, is_causal, scale)
+    return fused_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, return_weights)
