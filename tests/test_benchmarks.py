@@ -63,3 +63,28 @@ def test_readme_table_is_generated_from_json(tmp_path, monkeypatch):
     text = readme.read_text()
     assert "old" not in text and "| seed | training, batch 64 (img/s) | 3 | 2 | 1.50x |" in text
     assert text.startswith("intro\n") and text.endswith("outro\n")
+
+
+def test_bench_transformers_runs_on_a_tiny_setting_and_fills_its_readme_block(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "transformers.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_transformers.py"),
+                    "--batch", "2", "--windows", "1", "--steps", "1", "--json", str(out)],
+                   check=True, capture_output=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert [m["model"] for m in result["models"]] == ["mingpt", "fsdp2"]
+    for m in result["models"]:
+        e = m["train"]
+        assert e["minidl"] > 0 and e["torch"] > 0 and e["ratio"] > 0 and m["parameters"] > 0
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import bench_transformers
+    finally:
+        sys.path.pop(0)
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- transformers:start -->\nold\n<!-- transformers:end -->\nb\n")
+    bench_transformers.update_readme(bench_transformers.table(result), str(readme))
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("a\n") and text.endswith("b\n")
+    ratio = result["models"][0]["train"]["ratio"]
+    assert "| mingpt | 2 | " in text and f"| {ratio:.2f}x |" in text

@@ -190,9 +190,10 @@ def test_row_kernels_float32_match_torch():
                    lambda x, w, b: F.layer_norm(x, (32,), w, b), dtype=np.float32,
                    rtol=1e-5, atol=1e-5)
     for approximate in ("none", "tanh"):
+        # both erfs are float32 approximations (each within 5e-7 of the true erf)
         check_vs_torch(lambda x: TF.gelu(x, approximate=approximate), [(64, 513)],
                        lambda x: F.gelu(x, approximate=approximate), dtype=np.float32,
-                       rtol=1e-5, atol=1e-6)
+                       rtol=1e-5, atol=3e-6)
     check_vs_torch(lambda x: TF.log_softmax(x, dim=-1), [(16, 65)],
                    lambda x: F.log_softmax(x, dim=-1), dtype=np.float32, rtol=1e-5, atol=1e-6)
 

@@ -40,6 +40,7 @@ from numba import njit, prange
 
 from . import cpu_blas
 from .cpu_blas import NO_TRANS, TRANS, _gemm
+from .cpu_rowwise import exp_row
 
 _CACHE = cpu_blas._CACHE
 _KEY_TILE = 256
@@ -60,130 +61,154 @@ def _keep(seed, index, threshold):
     return z >= np.uint64(threshold)
 
 
-@njit(parallel=True, cache=_CACHE)
-def _forward(qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, o, ooff, ldo, lse, mask,
+@njit(cache=_CACHE)
+def _forward_block(n, qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, o, ooff, ldo, lse, mask,
              mask_per_block, has_mask, causal, scale, seed, threshold, keep_scale, dropout,
              weights, want_weights, L, S, E, Ev):
+    """One block of :func:`_forward` (a plain function: Numba compiles the loops
+    inside a prange body far worse)."""
     N = lse.shape[0]
     size = o.itemsize
     dt = o.dtype.type
     tile = S if want_weights else min(S, _KEY_TILE)   # weights: the whole row at once
-    for n in prange(N):
-        sc = np.empty((L, tile), dtype=o.dtype)
-        m = np.full(L, -np.inf)
-        ssum = np.zeros(L)
-        base = ooff[n]
+    sc = np.empty((L, tile), dtype=o.dtype)
+    bits = np.empty(tile, dtype=np.int32)
+    m = np.full(L, -np.inf)
+    ssum = np.zeros(L)
+    base = ooff[n]
+    for i in range(L):
+        o[base + i * ldo:base + i * ldo + Ev] = 0
+    mb = np.int64(n) if mask_per_block else np.int64(0)
+    for s0 in range(0, S, tile):
+        if causal and s0 > L - 1:
+            break
+        w = min(S, s0 + tile) - s0
+        _gemm(o, NO_TRANS, TRANS, L, w, E, qa + size * qoff[n], ldq,
+              ka + size * (koff[n] + s0 * ldk), ldk, sc.ctypes.data, tile, 0.0)
         for i in range(L):
-            o[base + i * ldo:base + i * ldo + Ev] = 0
-        mb = np.int64(n) if mask_per_block else np.int64(0)
-        for s0 in range(0, S, tile):
-            if causal and s0 > L - 1:
-                break
-            w = min(S, s0 + tile) - s0
-            _gemm(o, NO_TRANS, TRANS, L, w, E, qa + size * qoff[n], ldq,
-                  ka + size * (koff[n] + s0 * ldk), ldk, sc.ctypes.data, tile, 0.0)
-            for i in range(L):
-                row = sc[i]
-                mx = -np.inf
-                for j in range(w):
-                    x = row[j] * scale
-                    if has_mask:
-                        x += mask[mb, i, s0 + j]
-                    if causal and s0 + j > i:
-                        x = -np.inf
-                    row[j] = x
-                    if x > mx:
-                        mx = x
-                mnew = max(m[i], mx)
-                if mnew == -np.inf:   # nothing seen yet in this row
-                    row[:w] = 0
-                    continue
-                alpha = math.exp(m[i] - mnew)
-                total = 0.0
-                for j in range(w):
-                    e = math.exp(row[j] - mnew)
-                    total += e
-                    if dropout and not _keep(seed, (n * L + i) * S + s0 + j, threshold):
-                        e = 0.0
-                    row[j] = e
-                ssum[i] = ssum[i] * alpha + total
-                if alpha != 1.0:
-                    for c in range(base + i * ldo, base + i * ldo + Ev):
-                        o[c] *= alpha
-                m[i] = mnew
+            row = sc[i]
+            mx = -np.inf
+            for j in range(w):
+                x = row[j] * scale
+                if has_mask:
+                    x += mask[mb, i, s0 + j]
+                if causal and s0 + j > i:
+                    x = -np.inf
+                row[j] = x
+                if x > mx:
+                    mx = x
+            mnew = max(m[i], mx)
+            if mnew == -np.inf:   # nothing seen yet in this row
+                row[:w] = 0
+                continue
+            alpha = math.exp(m[i] - mnew)
+            exp_row(row[:w], row[:w], mnew, bits)
+            total = 0.0
+            for j in range(w):
+                total += row[j]
             if dropout:
-                sc *= dt(keep_scale)
-            _gemm(o, NO_TRANS, NO_TRANS, L, Ev, w, sc.ctypes.data, tile,
-                  va + size * (voff[n] + s0 * ldv), ldv, o.ctypes.data + size * base, ldo, 1.0)
-        for i in range(L):
-            if ssum[i] > 0:
-                inv = 1.0 / ssum[i]
+                for j in range(w):
+                    if not _keep(seed, (n * L + i) * S + s0 + j, threshold):
+                        row[j] = 0
+            ssum[i] = ssum[i] * alpha + total
+            if alpha != 1.0:
                 for c in range(base + i * ldo, base + i * ldo + Ev):
-                    o[c] *= inv
-                lse[n, i] = m[i] + math.log(ssum[i])
-                if want_weights:
-                    for j in range(S):
-                        weights[n, i, j] = sc[i, j] * inv
-            else:
-                lse[n, i] = -np.inf
-                if want_weights:
-                    weights[n, i, :] = 0
+                    o[c] *= alpha
+            m[i] = mnew
+        if dropout:
+            sc *= dt(keep_scale)
+        _gemm(o, NO_TRANS, NO_TRANS, L, Ev, w, sc.ctypes.data, tile,
+              va + size * (voff[n] + s0 * ldv), ldv, o.ctypes.data + size * base, ldo, 1.0)
+    for i in range(L):
+        if ssum[i] > 0:
+            inv = 1.0 / ssum[i]
+            for c in range(base + i * ldo, base + i * ldo + Ev):
+                o[c] *= inv
+            lse[n, i] = m[i] + math.log(ssum[i])
+            if want_weights:
+                for j in range(S):
+                    weights[n, i, j] = sc[i, j] * inv
+        else:
+            lse[n, i] = -np.inf
+            if want_weights:
+                weights[n, i, :] = 0
+
+
+@njit(parallel=True, cache=_CACHE)
+def _forward(qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, o, ooff, ldo, lse, mask,
+             mask_per_block, has_mask, causal, scale, seed, threshold, keep_scale, dropout,
+             weights, want_weights, L, S, E, Ev):
+    for n in prange(lse.shape[0]):
+        _forward_block(n, qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, o, ooff, ldo, lse, mask, mask_per_block, has_mask, causal, scale, seed, threshold, keep_scale, dropout, weights, want_weights, L, S, E, Ev)
+
+
+@njit(cache=_CACHE)
+def _backward_block(n, qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, ga, goff, ldg, lse, mask,
+              mask_per_block, has_mask, causal, scale, seed, threshold, keep_scale, dropout,
+              gw, has_gw, dq, dk, dv, L, S, E, Ev):
+    """One block of :func:`_backward` (a plain function: Numba compiles the loops
+    inside a prange body far worse)."""
+    N = dq.shape[0]
+    size = dq.itemsize
+    p = np.empty((L, S), dtype=dq.dtype)
+    dp = np.empty((L, S), dtype=dq.dtype)
+    bits = np.empty(S, dtype=np.int32)
+    mb = np.int64(n) if mask_per_block else np.int64(0)
+    _gemm(dq, NO_TRANS, TRANS, L, S, E, qa + size * qoff[n], ldq, ka + size * koff[n], ldk,
+          p.ctypes.data, S, 0.0)
+    for i in range(L):
+        row = p[i]
+        li = lse[n, i]
+        if li == -np.inf:
+            row[:] = 0
+            continue
+        for j in range(S):
+            x = row[j] * scale
+            if has_mask:
+                x += mask[mb, i, j]
+            if causal and j > i:
+                x = -np.inf
+            row[j] = x
+        exp_row(row, row, li, bits)
+    # dP (before the dropout mask) = dO V^T
+    _gemm(dq, NO_TRANS, TRANS, L, S, Ev, ga + size * goff[n], ldg, va + size * voff[n], ldv,
+          dp.ctypes.data, S, 0.0)
+    if has_gw:   # the gradient of the returned weights (after dropout) joins dPd
+        dp += gw[n]
+    if dropout:
+        # dV needs the dropped weights; dp gets the mask; p stays the softmax
+        pd = np.empty((L, S), dtype=dq.dtype)
+        for i in range(L):
+            for j in range(S):
+                if _keep(seed, (n * L + i) * S + j, threshold):
+                    pd[i, j] = p[i, j] * keep_scale
+                    dp[i, j] *= keep_scale
+                else:
+                    pd[i, j] = 0
+                    dp[i, j] = 0
+        _gemm(dq, TRANS, NO_TRANS, S, Ev, L, pd.ctypes.data, S, ga + size * goff[n], ldg,
+              dv[n].ctypes.data, Ev, 0.0)
+    else:
+        _gemm(dq, TRANS, NO_TRANS, S, Ev, L, p.ctypes.data, S, ga + size * goff[n], ldg,
+              dv[n].ctypes.data, Ev, 0.0)
+    for i in range(L):
+        d = 0.0
+        for j in range(S):
+            d += p[i, j] * dp[i, j]
+        for j in range(S):
+            dp[i, j] = p[i, j] * (dp[i, j] - d) * scale
+    _gemm(dq, NO_TRANS, NO_TRANS, L, E, S, dp.ctypes.data, S, ka + size * koff[n], ldk,
+          dq[n].ctypes.data, E, 0.0)
+    _gemm(dq, TRANS, NO_TRANS, S, E, L, dp.ctypes.data, S, qa + size * qoff[n], ldq,
+          dk[n].ctypes.data, E, 0.0)
 
 
 @njit(parallel=True, cache=_CACHE)
 def _backward(qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, ga, goff, ldg, lse, mask,
               mask_per_block, has_mask, causal, scale, seed, threshold, keep_scale, dropout,
               gw, has_gw, dq, dk, dv, L, S, E, Ev):
-    N = dq.shape[0]
-    size = dq.itemsize
-    for n in prange(N):
-        p = np.empty((L, S), dtype=dq.dtype)
-        dp = np.empty((L, S), dtype=dq.dtype)
-        mb = np.int64(n) if mask_per_block else np.int64(0)
-        _gemm(dq, NO_TRANS, TRANS, L, S, E, qa + size * qoff[n], ldq, ka + size * koff[n], ldk,
-              p.ctypes.data, S, 0.0)
-        for i in range(L):
-            row = p[i]
-            li = lse[n, i]
-            for j in range(S):
-                x = row[j] * scale
-                if has_mask:
-                    x += mask[mb, i, j]
-                if li == -np.inf or (causal and j > i):
-                    row[j] = 0
-                else:
-                    row[j] = math.exp(x - li)
-        # dP (before the dropout mask) = dO V^T
-        _gemm(dq, NO_TRANS, TRANS, L, S, Ev, ga + size * goff[n], ldg, va + size * voff[n], ldv,
-              dp.ctypes.data, S, 0.0)
-        if has_gw:   # the gradient of the returned weights (after dropout) joins dPd
-            dp += gw[n]
-        if dropout:
-            # dV needs the dropped weights; dp gets the mask; p stays the softmax
-            pd = np.empty((L, S), dtype=dq.dtype)
-            for i in range(L):
-                for j in range(S):
-                    if _keep(seed, (n * L + i) * S + j, threshold):
-                        pd[i, j] = p[i, j] * keep_scale
-                        dp[i, j] *= keep_scale
-                    else:
-                        pd[i, j] = 0
-                        dp[i, j] = 0
-            _gemm(dq, TRANS, NO_TRANS, S, Ev, L, pd.ctypes.data, S, ga + size * goff[n], ldg,
-                  dv[n].ctypes.data, Ev, 0.0)
-        else:
-            _gemm(dq, TRANS, NO_TRANS, S, Ev, L, p.ctypes.data, S, ga + size * goff[n], ldg,
-                  dv[n].ctypes.data, Ev, 0.0)
-        for i in range(L):
-            d = 0.0
-            for j in range(S):
-                d += p[i, j] * dp[i, j]
-            for j in range(S):
-                dp[i, j] = p[i, j] * (dp[i, j] - d) * scale
-        _gemm(dq, NO_TRANS, NO_TRANS, L, E, S, dp.ctypes.data, S, ka + size * koff[n], ldk,
-              dq[n].ctypes.data, E, 0.0)
-        _gemm(dq, TRANS, NO_TRANS, S, E, L, dp.ctypes.data, S, qa + size * qoff[n], ldq,
-              dk[n].ctypes.data, E, 0.0)
+    for n in prange(dq.shape[0]):
+        _backward_block(n, qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, ga, goff, ldg, lse, mask, mask_per_block, has_mask, causal, scale, seed, threshold, keep_scale, dropout, gw, has_gw, dq, dk, dv, L, S, E, Ev)
 
 
 def _rows(x, lead):
