@@ -43,12 +43,17 @@ def test_profile_step_prints_a_breakdown():
     assert "engine, modules, Python" in out
 
 
-def test_readme_table_is_generated_from_json(tmp_path, monkeypatch):
+def _benchmark_module(name):
+    """Import benchmarks/<name>.py (the folder is not a package)."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
-        import run_all
+        return __import__(name)
     finally:
         sys.path.pop(0)
+
+
+def test_readme_table_is_generated_from_json(tmp_path, monkeypatch):
+    run_all = _benchmark_module("run_all")
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\noutro\n")
     monkeypatch.setattr(run_all, "README", str(readme))
@@ -76,11 +81,7 @@ def test_bench_transformers_runs_on_a_tiny_setting_and_fills_its_readme_block(tm
     for m in result["models"]:
         e = m["train"]
         assert e["minidl"] > 0 and e["torch"] > 0 and e["ratio"] > 0 and m["parameters"] > 0
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import bench_transformers
-    finally:
-        sys.path.pop(0)
+    bench_transformers = _benchmark_module("bench_transformers")
     readme = tmp_path / "README.md"
     readme.write_text("a\n<!-- transformers:start -->\nold\n<!-- transformers:end -->\nb\n")
     bench_transformers.update_readme(bench_transformers.table(result), str(readme))

@@ -289,31 +289,24 @@ def _gelu32_tanh_run(x, gy, th, out, backward):
 # vectorises that loop (8 floats at a time), not one written inside the prange body,
 # and only with NumPy's error model (Python's checks every division for zero).
 
-@njit(parallel=True, cache=_CACHE)
-def _gelu32_erf(x, gy, e, out, backward, tasks):
-    """Forward: out = x Phi(x). Backward: out = gy (Phi(x) + x e / sqrt(2 pi)), e = exp(-x^2/2)."""
-    n = x.shape[0]
-    for t in prange(tasks):
-        a, b = t * n // tasks, (t + 1) * n // tasks
-        _gelu32_erf_run(x[a:b], gy[a:b], e[a:b], out[a:b], backward)
+_ERF, _INNER, _TANH = 0, 1, 2
 
 
 @njit(parallel=True, cache=_CACHE)
-def _gelu32_inner(x, out, tasks):
-    """out = sqrt(2/pi) (x + 0.044715 x^3), the tanh form's argument."""
+def _gelu32(kind, x, gy, aux, out, backward, tasks):
+    """One pass of ``kind``: _ERF (forward x Phi(x); backward gy (Phi(x) + x aux /
+    sqrt(2 pi)), aux = exp(-x^2/2)), _INNER (out = the tanh form's argument
+    sqrt(2/pi) (x + 0.044715 x^3)) or _TANH (aux = tanh of it; forward 0.5 x (1 + aux),
+    backward gy times the derivative)."""
     n = x.shape[0]
     for t in prange(tasks):
         a, b = t * n // tasks, (t + 1) * n // tasks
-        _gelu32_inner_run(x[a:b], out[a:b])
-
-
-@njit(parallel=True, cache=_CACHE)
-def _gelu32_tanh(x, gy, th, out, backward, tasks):
-    """th = tanh(inner). Forward: 0.5 x (1 + th); backward: gy times the derivative."""
-    n = x.shape[0]
-    for t in prange(tasks):
-        a, b = t * n // tasks, (t + 1) * n // tasks
-        _gelu32_tanh_run(x[a:b], gy[a:b], th[a:b], out[a:b], backward)
+        if kind == _ERF:
+            _gelu32_erf_run(x[a:b], gy[a:b], aux[a:b], out[a:b], backward)
+        elif kind == _INNER:
+            _gelu32_inner_run(x[a:b], out[a:b])
+        else:
+            _gelu32_tanh_run(x[a:b], gy[a:b], aux[a:b], out[a:b], backward)
 
 
 def _tasks(n):
@@ -329,16 +322,16 @@ def _gelu(x, gy, tanh_form, backward):
         _gelu64(flat, g, out, tanh_form, backward, tasks)
     elif tanh_form:
         th = np.empty_like(flat)
-        _gelu32_inner(flat, th, tasks)
+        _gelu32(_INNER, flat, g, th, th, False, tasks)
         np.tanh(th, out=th)
-        _gelu32_tanh(flat, g, th, out, backward, tasks)
+        _gelu32(_TANH, flat, g, th, out, backward, tasks)
     elif backward:
         e = np.multiply(flat, flat)
         e *= _F(-0.5)
         np.exp(e, out=e)
-        _gelu32_erf(flat, g, e, out, True, tasks)
+        _gelu32(_ERF, flat, g, e, out, True, tasks)
     else:
-        _gelu32_erf(flat, g, flat, out, False, tasks)
+        _gelu32(_ERF, flat, g, flat, out, False, tasks)
     return out.reshape(x.shape)
 
 
