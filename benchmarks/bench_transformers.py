@@ -291,9 +291,11 @@ def bench_model(model, batch, windows, steps, threads):
 def table(results):
     """The README's markdown table from the results JSON."""
     env = results["environment"]
-    lines = [f"Measured {env['date']} on {env['cpu']}, {env['threads']} threads, PyTorch "
-             f"{env.get('torch', '-')}, NumPy {env['numpy']}, minidl {env['minidl']}; "
-             f"`{results['command']}`.", "",
+    load = env.get("load_average")
+    lines = [f"Measured {env['date']} on {env['cpu']}, {env['threads']} threads"
+             + (f" (load average {load:.1f} at the start)" if load is not None else "")
+             + f", PyTorch {env.get('torch', '-')}, NumPy {env['numpy']}, minidl "
+             f"{env['minidl']}; `{results['command']}`.", "",
              "| model | training, batch | minidl (tokens/s) | PyTorch (tokens/s) | "
              "minidl / PyTorch |", "|---|---:|---:|---:|---:|"]
     for r in results["models"]:

@@ -61,6 +61,37 @@ def _keep(seed, index, threshold):
     return z >= np.uint64(threshold)
 
 
+@njit(cache=_CACHE, error_model="numpy")
+def _scores(row, limit, scale, bias, has_mask):
+    """row[:limit] = row * scale (+ bias) (one vectorised pass), row[limit:] = -inf (the
+    causal cut); returns the maximum of row[:limit] (-inf when limit is 0)."""
+    s = row.dtype.type(scale)
+    if has_mask:
+        for j in range(limit):
+            row[j] = row[j] * s + bias[j]
+    else:
+        for j in range(limit):
+            row[j] = row[j] * s
+    mx = -np.inf
+    for j in range(limit):
+        if row[j] > mx:
+            mx = row[j]
+    row[limit:] = -np.inf
+    return mx
+
+
+@njit(cache=_CACHE, error_model="numpy")
+def _softmax_grad(p, dp, scale):
+    """dp = scale * p * (dp - sum(p * dp)) (the softmax backward of one row, in place)."""
+    d = 0.0
+    for j in range(p.shape[0]):
+        d += p[j] * dp[j]
+    t = p.dtype.type
+    dd, s = t(d), t(scale)
+    for j in range(p.shape[0]):
+        dp[j] = p[j] * (dp[j] - dd) * s
+
+
 @njit(cache=_CACHE)
 def _forward_block(n, qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, o, ooff, ldo, lse, mask,
              mask_per_block, has_mask, causal, scale, seed, threshold, keep_scale, dropout,
@@ -86,32 +117,26 @@ def _forward_block(n, qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, o, ooff, ldo,
         _gemm(o, NO_TRANS, TRANS, L, w, E, qa + size * qoff[n], ldq,
               ka + size * (koff[n] + s0 * ldk), ldk, sc.ctypes.data, tile, 0.0)
         for i in range(L):
-            row = sc[i]
-            mx = -np.inf
-            for j in range(w):
-                x = row[j] * scale
-                if has_mask:
-                    x += mask[mb, i, s0 + j]
-                if causal and s0 + j > i:
-                    x = -np.inf
-                row[j] = x
-                if x > mx:
-                    mx = x
+            row = sc[i, :w]
+            limit = min(w, max(0, i + 1 - s0)) if causal else w
+            mx = _scores(row, limit, scale, mask[mb, i, s0:s0 + w] if has_mask else row,
+                         has_mask)
             mnew = max(m[i], mx)
             if mnew == -np.inf:   # nothing seen yet in this row
-                row[:w] = 0
+                row[:] = 0
                 continue
             alpha = math.exp(m[i] - mnew)
-            exp_row(row[:w], row[:w], mnew, bits)
+            exp_row(row[:limit], row[:limit], mnew, bits)
+            row[limit:] = 0
             total = 0.0
-            for j in range(w):
+            for j in range(limit):
                 total += row[j]
             if dropout:
                 for j in range(w):
                     if not _keep(seed, (n * L + i) * S + s0 + j, threshold):
                         row[j] = 0
             ssum[i] = ssum[i] * alpha + total
-            if alpha != 1.0:
+            if alpha != 1.0 and m[i] != -np.inf:   # (before any key the row is 0)
                 for c in range(base + i * ldo, base + i * ldo + Ev):
                     o[c] *= alpha
             m[i] = mnew
@@ -162,14 +187,10 @@ def _backward_block(n, qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, ga, goff, ld
         if li == -np.inf:
             row[:] = 0
             continue
-        for j in range(S):
-            x = row[j] * scale
-            if has_mask:
-                x += mask[mb, i, j]
-            if causal and j > i:
-                x = -np.inf
-            row[j] = x
-        exp_row(row, row, li, bits)
+        limit = min(S, i + 1) if causal else S
+        _scores(row, limit, scale, mask[mb, i] if has_mask else row, has_mask)
+        exp_row(row[:limit], row[:limit], li, bits)
+        row[limit:] = 0
     # dP (before the dropout mask) = dO V^T
     _gemm(dq, NO_TRANS, TRANS, L, S, Ev, ga + size * goff[n], ldg, va + size * voff[n], ldv,
           dp.ctypes.data, S, 0.0)
@@ -192,11 +213,7 @@ def _backward_block(n, qa, qoff, ldq, ka, koff, ldk, va, voff, ldv, ga, goff, ld
         _gemm(dq, TRANS, NO_TRANS, S, Ev, L, p.ctypes.data, S, ga + size * goff[n], ldg,
               dv[n].ctypes.data, Ev, 0.0)
     for i in range(L):
-        d = 0.0
-        for j in range(S):
-            d += p[i, j] * dp[i, j]
-        for j in range(S):
-            dp[i, j] = p[i, j] * (dp[i, j] - d) * scale
+        _softmax_grad(p[i], dp[i], scale)
     _gemm(dq, NO_TRANS, NO_TRANS, L, E, S, dp.ctypes.data, S, ka + size * koff[n], ldk,
           dq[n].ctypes.data, E, 0.0)
     _gemm(dq, TRANS, NO_TRANS, S, E, L, dp.ctypes.data, S, qa + size * qoff[n], ldq,
