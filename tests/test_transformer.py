@@ -60,6 +60,17 @@ def test_fused_attention_matches_the_composed_reference(mask, L, S, causal):
         assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_a_causal_pattern_mask_gives_what_is_causal_gives():
+    q, k, v = _qkv((2,), 5, 5, 4, 3)
+    gy = randn(7, (2, 5, 3))
+    as_mask = _grads(lambda q, k, v: F.scaled_dot_product_attention(
+        q, k, v, attn_mask=np.tri(5, dtype=bool)), [q, k, v], gy)
+    flag = _grads(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                  [q, k, v], gy)
+    for a, b in zip(as_mask, flag):
+        assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
 def test_fused_attention_gradcheck_with_masks_dropout_and_weights():
     q, k, v = randn(0, (2, 3, 4)), randn(1, (2, 5, 4)), randn(2, (2, 5, 3))
     mask = np.array([True, True, False, True, True])

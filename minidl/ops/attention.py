@@ -154,6 +154,13 @@ def _block_mask(m, dtype, lead, L, S):
     return np.ascontiguousarray(np.broadcast_to(m, full)).reshape(-1, L, S)
 
 
+def _is_causal_pattern(m):
+    """Whether the additive (L, S) mask is 0 where key j <= query i and -inf after."""
+    L, S = m.shape
+    allowed = np.tri(L, S, dtype=bool)
+    return bool((m[allowed] == 0).all() and np.isneginf(m[~allowed]).all())
+
+
 def fused_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                     return_weights=False):
     """:class:`ScaledDotProductAttention` on tensors q, k, v (checked, fusable); a mask
@@ -163,6 +170,10 @@ def fused_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sca
     L, S = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     mask = None if attn_mask is None else _block_mask(raw(attn_mask), q._data.dtype, lead, L, S)
+    if mask is not None and mask.shape[0] == 1 and _is_causal_pattern(mask[0]):
+        # the usual causal mask given as a mask (minGPT's, MultiheadAttention's): the
+        # kernel's causal cut gives the same result and skips the keys past each query
+        mask, is_causal = None, True
     seed = int(generator_for(np).integers(2**63)) if dropout_p > 0.0 else 0
     fn = ScaledDotProductAttention(lead, mask, bool(is_causal), scale, float(dropout_p), seed,
                                    bool(return_weights))
