@@ -1,6 +1,6 @@
 """Run every benchmark, save the JSON, and regenerate the README's results table.
 
-    python benchmarks/run_all.py            # ~3 minutes on 2 cores
+    python benchmarks/run_all.py            # ~6 minutes on 2 cores
     python benchmarks/run_all.py --quick    # a tiny setting (what the tests run)
     python benchmarks/run_all.py --table-only   # rebuild the README table from results.json
 
@@ -115,7 +115,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.table_only:
         with open(args.out) as f:
-            update_readme(table(json.load(f)))
+            results = json.load(f)
+        update_readme(table(results))
+        update_transformers_readme(results)
         return
     q = args.quick
     results = {
@@ -123,6 +125,8 @@ def main(argv=None):
                                         "--arch", "seed"] if q else [], q),
         "ops": run("bench_ops.py", ["--quick"] if q else [], q),
         "graph": run("bench_graph.py", ["--quick"] if q else [], q),
+        "transformers": run("bench_transformers.py", ["--batch", "2", "--windows", "1",
+                                                      "--steps", "1"] if q else [], q),
     }
     if not q or args.out != RESULTS:   # a smoke run never overwrites the measured results
         tmp = args.out + ".tmp"
@@ -132,6 +136,16 @@ def main(argv=None):
     print(table(results))
     if not q:
         update_readme(table(results))
+        update_transformers_readme(results)
+
+
+def update_transformers_readme(results):
+    """bench_transformers' own README block (its markers), from its part of the results."""
+    if results.get("transformers"):
+        sys.path.insert(0, HERE)
+        import bench_transformers
+        bench_transformers.update_readme(bench_transformers.table(results["transformers"]),
+                                         README)
 
 
 if __name__ == "__main__":

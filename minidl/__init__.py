@@ -29,6 +29,7 @@ from .ops import (abs, add, amax, amin, argmax, argmin, broadcast_to, cat, chunk
                   masked_fill, matmul, max, maximum, mean, min, minimum, mul, neg, pad, permute,
                   pow, relu, repeat, reshape, sigmoid, sin, split, sqrt, squeeze, stack, std, sub,
                   sum, swapaxes, tanh, transpose, tril, triu, unsqueeze, var, where)
+from .ops import bmm, einsum
 from .random import default_generator, manual_seed
 from .serialization import load, save
 from .tensor import (Function, Tensor, enable_grad, inference_mode, is_grad_enabled, no_grad,

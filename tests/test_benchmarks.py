@@ -43,12 +43,17 @@ def test_profile_step_prints_a_breakdown():
     assert "engine, modules, Python" in out
 
 
-def test_readme_table_is_generated_from_json(tmp_path, monkeypatch):
+def _benchmark_module(name):
+    """Import benchmarks/<name>.py (the folder is not a package)."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
-        import run_all
+        return __import__(name)
     finally:
         sys.path.pop(0)
+
+
+def test_readme_table_is_generated_from_json(tmp_path, monkeypatch):
+    run_all = _benchmark_module("run_all")
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\noutro\n")
     monkeypatch.setattr(run_all, "README", str(readme))
@@ -71,3 +76,24 @@ def test_bench_dataloader_runs_on_a_tiny_setting(tmp_path):
                     "--quick", "--json", str(out)], check=True, capture_output=True, timeout=600)
     rows = json.loads(out.read_text())["rows"]
     assert [r["num_workers"] for r in rows] == [0, 2] and all(r["minidl_s"] > 0 for r in rows)
+
+
+def test_bench_transformers_runs_on_a_tiny_setting_and_fills_its_readme_block(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "transformers.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_transformers.py"),
+                    "--batch", "2", "--windows", "1", "--steps", "1", "--json", str(out)],
+                   check=True, capture_output=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert [m["model"] for m in result["models"]] == ["mingpt", "fsdp2"]
+    for m in result["models"]:
+        e = m["train"]
+        assert e["minidl"] > 0 and e["torch"] > 0 and e["ratio"] > 0 and m["parameters"] > 0
+    bench_transformers = _benchmark_module("bench_transformers")
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- transformers:start -->\nold\n<!-- transformers:end -->\nb\n")
+    bench_transformers.update_readme(bench_transformers.table(result), str(readme))
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("a\n") and text.endswith("b\n")
+    ratio = result["models"][0]["train"]["ratio"]
+    assert "| mingpt | 2 | " in text and f"| {ratio:.2f}x |" in text

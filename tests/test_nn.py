@@ -570,7 +570,8 @@ def _torch_twins():
 
 
 # softmax over the last dim by default, where PyTorch picks one implicitly (with a warning)
-_DEFAULTS_THAT_DIFFER = {("Softmax", "dim")}
+# each framework's own relu function
+_DEFAULTS_THAT_DIFFER = {("Softmax", "dim"), ("TransformerEncoderLayer", "activation")}
 
 
 def test_constructor_signatures_and_defaults_match_torch():

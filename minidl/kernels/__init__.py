@@ -6,6 +6,11 @@
   Numba thread, each a single-threaded call to NumPy's OpenBLAS;
   :mod:`.cpu_conv_block` fuses the CNN block conv 3x3 -> max-pool 2x2 -> ReLU
   (used by :mod:`minidl.ops.conv_block`, CPU only)
+* :mod:`.cpu_attention` - fused scaled dot-product attention (Numba over cblas,
+  online softmax, recomputing backward) and :mod:`.cpu_rowwise` - fused
+  LayerNorm, softmax/log-softmax and GELU; CPU only, imported by the ops that
+  use them (:mod:`minidl.ops.attention`, ``.activation``, ``.norm``) when Numba
+  is on; elsewhere those ops run their ``xp`` code
 * :mod:`.cuda_cupy` - CuPy ``ElementwiseKernel`` s; col2im and max-pool
   backward are gathers (deterministic, no atomics)
 * :mod:`.common`    - what they share, written once against ``xp`` (the conv

@@ -26,6 +26,7 @@ a transpose (a unit stride on either axis), anything else is copied first.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 
 import numpy as np
@@ -219,6 +220,75 @@ def matmul(a, b, out=None):
         _gemm_blocks(a, b, c, ta, tb, lda, ldb, ldc, M, N, K, min(tasks, N), False)
     else:
         _gemm_blocks(a, b, c, ta, tb, lda, ldb, ldc, M, N, K, min(threads, M), True)
+    return c
+
+
+def blocks(x, lead):
+    """``(x, address, offsets, transposed, leading dimension)``: the (..., R, C) array x
+    broadcast to the leading shape ``lead`` as per-block element offsets (int64, one
+    per block in C order) for cblas, without a copy when one of its last two dims has
+    a unit stride and every stride is a non-negative multiple of the item size, else a
+    C-contiguous copy of the broadcast array. Keep the returned x alive while the
+    address is used."""
+    item = x.itemsize
+    x = np.broadcast_to(x, tuple(lead) + x.shape[-2:])
+    (rows, cols), st = x.shape[-2:], x.strides
+    fine = all(s >= 0 and s % item == 0 for s in st)
+    if fine and (st[-1] == item or cols == 1) and (rows == 1 or st[-2] >= cols * item):
+        trans, ld = NO_TRANS, st[-2] // item if rows > 1 else cols
+    elif fine and (st[-2] == item or rows == 1) and (cols == 1 or st[-1] >= rows * item):
+        trans, ld = TRANS, st[-1] // item if cols > 1 else rows
+    else:
+        x = np.ascontiguousarray(x)
+        st, trans, ld = x.strides, NO_TRANS, cols
+    offsets = np.zeros(lead, dtype=np.int64)
+    for axis, n in enumerate(lead):
+        shape = [1] * len(lead)
+        shape[axis] = n
+        offsets = offsets + (np.arange(n, dtype=np.int64) * (st[axis] // item)).reshape(shape)
+    return x, x.ctypes.data, offsets.reshape(-1), trans, ld
+
+
+@njit(parallel=True, cache=_CACHE)
+def _gemm_batch(c, pa, aoff, ta, lda, pb, boff, tb, ldb, M, N, K):
+    """c[n] (M, N) = A_n B_n for the blocks at pa + aoff[n], pb + boff[n] (elements)."""
+    size = c.itemsize
+    for n in prange(c.shape[0]):
+        _gemm(c, ta, tb, M, N, K, pa + size * aoff[n], lda, pb + size * boff[n], ldb,
+              c[n].ctypes.data, N, 0.0)
+
+
+def batched_matmul(a, b):
+    """``a @ b`` for a (..., M, K), b (..., K, N) with at least one of them above 2-D
+    (batch dims broadcast): one single-threaded cblas GEMM per product, the products
+    split over Numba's threads (each one over them, as :func:`matmul`, when there are
+    fewer products than threads). NumPy's matmul does what cblas cannot (see
+    :func:`matmul`)."""
+    if (_OPENBLAS is None or type(a) is not np.ndarray or type(b) is not np.ndarray
+            or a.ndim < 2 or b.ndim < 2 or a.dtype != b.dtype or not a.dtype.isnative
+            or a.dtype.type not in (np.float32, np.float64) or a.shape[-1] != b.shape[-2]
+            or _OPENBLAS[3]() != 1):
+        return np.matmul(a, b)
+    if b.ndim == 2:     # a shared right operand: one 2-D product over all rows of a
+        rows = math.prod(a.shape[:-1])     # not -1: NumPy cannot infer it over size 0
+        return matmul(a.reshape(rows, a.shape[-1]), b).reshape(a.shape[:-1] + b.shape[-1:])
+    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    (M, K), N = a.shape[-2:], b.shape[-1]
+    batch = math.prod(lead)
+    c = np.empty(tuple(lead) + (M, N), dtype=a.dtype)
+    if 0 in (M, N, K, batch) or max(M, N, K) >= _INT_LIMIT:
+        return np.matmul(a, b, out=c)
+    flat = c.reshape(batch, M, N)
+    if batch < get_num_threads():
+        ab, bb = np.broadcast_to(a, lead + (M, K)), np.broadcast_to(b, lead + (K, N))
+        for n, idx in enumerate(np.ndindex(*lead)):
+            matmul(ab[idx], bb[idx], out=flat[n])
+        return c
+    a, pa, aoff, ta, lda = blocks(a, lead)
+    b, pb, boff, tb, ldb = blocks(b, lead)
+    if max(lda, ldb) >= _INT_LIMIT:
+        return np.matmul(a, b, out=c)
+    _gemm_batch(flat, pa, aoff, ta, lda, pb, boff, tb, ldb, M, N, K)
     return c
 
 

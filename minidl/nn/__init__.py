@@ -18,6 +18,8 @@ from .module import Module, ModuleDict, ModuleList, Parameter, Sequential
 from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
 from .layers import Dropout2d
 from .losses import BCELoss
+from .embedding import Embedding
+from .transformer import TransformerEncoder, TransformerEncoderLayer
 
 __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Linear", "Conv2d",
            "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "ReLU", "LeakyReLU", "SiLU", "GELU",
@@ -28,6 +30,7 @@ __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Lin
            "L1Loss",
            "parallel"]
 __all__ += ["Dropout2d", "BCELoss"]
+__all__ += ["Embedding", "TransformerEncoderLayer", "TransformerEncoder"]
 
 
 from .._missing import module_getattr as _module_getattr  # noqa: E402

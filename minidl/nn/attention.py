@@ -10,7 +10,8 @@ import numpy as np
 
 from .. import backend
 from ..ops.activation import softmax
-from ..ops.attention import causal_mask, scaled_dot_product_attention
+from ..ops.attention import (causal_mask, fusable, fused_attention,
+                             scaled_dot_product_attention)
 from ..ops.linear import linear
 from ..tensor import raw
 from . import init
@@ -53,7 +54,8 @@ class MultiheadAttention(Module):
     """
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
-                 add_zero_attn=False, kdim=None, vdim=None, batch_first=False, dtype=np.float32):
+                 add_zero_attn=False, kdim=None, vdim=None, batch_first=False, device=None,
+                 dtype=np.float32):
         super().__init__()
         if add_bias_kv or add_zero_attn:
             raise NotImplementedError("MultiheadAttention: add_bias_kv/add_zero_attn are not "
@@ -84,6 +86,8 @@ class MultiheadAttention(Module):
             self.register_parameter("in_proj_bias", None)
         self.out_proj = Linear(E, E, bias=bias, dtype=dtype)
         self._reset_parameters()
+        if device is not None:
+            self.to(device)
 
     def _reset_parameters(self):
         if self._qkv_same_embed_dim:
@@ -153,15 +157,22 @@ class MultiheadAttention(Module):
                                  f"got {m.shape}")
             m = m.reshape(B, 1, 1, S)
             mask = m if mask is None else mask + m
-        if is_causal and mask is not None:
-            # scaled_dot_product_attention takes is_causal or a mask, not both, so the
-            # causal part joins the other masks here: a key is attended to only if
-            # it is at or before the query AND not masked by attn_mask/key_padding_mask.
-            xp = backend.get_array_module(mask)
-            mask = mask + xp.where(causal_mask(L, S, xp), dtype.type(0), dtype.type(-np.inf))
-        out, weights = scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal and mask is None, return_weights=True)
+        dropout_p = self.dropout if self.training else 0.0
+        if fusable(q, k, v):   # one fused op; a mask and is_causal both apply there
+            out = fused_attention(q, k, v, mask, dropout_p, is_causal,
+                                  return_weights=need_weights)
+            out, weights = out if need_weights else (out, None)
+        else:
+            if is_causal and mask is not None:
+                # scaled_dot_product_attention takes is_causal or a mask, not both, so the
+                # causal part joins the other masks here: a key is attended to only if
+                # it is at or before the query AND not masked by attn_mask/key_padding_mask.
+                xp = backend.get_array_module(mask)
+                mask = mask + xp.where(causal_mask(L, S, xp), dtype.type(0),
+                                       dtype.type(-np.inf))
+            out, weights = scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                is_causal=is_causal and mask is None, return_weights=True)
         out = out.swapaxes(1, 2).reshape(B, L, E)
         out = self.out_proj(out)
         if unbatched:

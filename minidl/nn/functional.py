@@ -19,6 +19,7 @@ from ..ops.norm import batch_norm, layer_norm
 from ..ops.shape import flatten, one_hot, pad
 from ..ops.bce import binary_cross_entropy, dropout2d
 from ..ops.inplace import apply_inplace
+from ..ops.embedding import embedding
 
 
 def relu(input, inplace=False):
@@ -43,6 +44,7 @@ __all__ = ["relu", "leaky_relu", "silu", "sigmoid", "tanh", "gelu", "softmax", "
            "l1_loss", "gather_locations", "gaussian_focal_loss", "generalized_box_iou_loss",
            "heatmap_peaks"]
 __all__ += ["relu_", "binary_cross_entropy", "dropout2d"]
+__all__ += ["embedding"]
 
 
 from .._missing import module_getattr as _module_getattr  # noqa: E402

@@ -21,6 +21,7 @@ from .reduce import amax, amin, argmax, argmin, logsumexp, max, mean, min, std, 
 from .shape import (broadcast_to, cat, chunk, concat, concatenate, expand, expand_dims, flatten,
                     flip, gather, getitem, pad, permute, repeat, reshape, split, squeeze, stack,
                     swapaxes, transpose, unsqueeze, view)
+from .einsum import bmm, einsum
 
 
 def _compare(op):

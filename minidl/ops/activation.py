@@ -30,6 +30,21 @@ from .reduce import finite_max
 from .shape import normalize_dim, reshape
 
 
+def rowwise_kernels(x):
+    """:mod:`minidl.kernels.cpu_rowwise` when the fused CPU kernels take the float array
+    ``x`` (NumPy with Numba, float32 or float64), else None (the ``xp`` code runs)."""
+    if type(x) is not np.ndarray or x.dtype not in (np.float32, np.float64) \
+            or not backend.numba_enabled() or x.size == 0:
+        return None
+    from ..kernels import cpu_rowwise
+    return cpu_rowwise
+
+
+def _fused_rows(x, axis):
+    """The fused kernels for a softmax of ``x`` over ``axis``, when that is its last dim."""
+    return rowwise_kernels(x) if axis == x.ndim - 1 else None
+
+
 class Softmax(Function):
     def __init__(self, axis):
         self.axis = axis
@@ -37,6 +52,12 @@ class Softmax(Function):
     def forward(self, x):
         xp = backend.get_array_module(x)
         x = as_float(x)  # integers give float32, as the other float-valued ops
+        if (kernels := _fused_rows(x, self.axis)) is not None:
+            x = np.ascontiguousarray(x)
+            self.y = kernels.softmax_forward(x.reshape(-1, x.shape[-1]), False).reshape(x.shape)
+            self.fused = kernels
+            return self.y
+        self.fused = None
         y = x - finite_max(x, (self.axis,), xp)
         xp.exp(y, out=y)
         s = y.sum(axis=self.axis, keepdims=True)
@@ -48,6 +69,10 @@ class Softmax(Function):
     def backward(self, gy):
         xp = backend.get_array_module(gy)
         y = self.y
+        if self.fused is not None:
+            D = y.shape[-1]
+            return self.fused.softmax_backward(y.reshape(-1, D), gy.reshape(-1, D),
+                                               False).reshape(y.shape)
         gx = gy * y                                   # the one full-size allocation
         s = gx.sum(axis=self.axis, keepdims=True)
         xp.subtract(gy, s, out=gx)
@@ -62,6 +87,12 @@ class LogSoftmax(Function):
     def forward(self, x):
         xp = backend.get_array_module(x)
         x = as_float(x)  # integers give float32, as the other float-valued ops
+        if (kernels := _fused_rows(x, self.axis)) is not None:
+            x = np.ascontiguousarray(x)
+            self.y = kernels.softmax_forward(x.reshape(-1, x.shape[-1]), True).reshape(x.shape)
+            self.fused = kernels
+            return self.y
+        self.fused = None
         y = x - finite_max(x, (self.axis,), xp)
         e = xp.exp(y)
         s = e.sum(axis=self.axis, keepdims=True)
@@ -72,6 +103,10 @@ class LogSoftmax(Function):
 
     def backward(self, gy):
         xp = backend.get_array_module(gy)
+        if self.fused is not None:
+            y, D = self.y, self.y.shape[-1]
+            return self.fused.softmax_backward(y.reshape(-1, D), gy.reshape(-1, D),
+                                               True).reshape(y.shape)
         gx = xp.exp(self.y)
         gx *= -gy.sum(axis=self.axis, keepdims=True)
         gx += gy
@@ -150,6 +185,10 @@ class GELU(Function):
     def forward(self, x):
         xp = backend.get_array_module(x)
         self.x = x = as_float(x)
+        self.fused = rowwise_kernels(x)
+        if self.fused is not None:   # one pass; backward recomputes from x
+            self.x = x = np.ascontiguousarray(x)
+            return self.fused.gelu_forward(x, self.approximate == "tanh")
         if self.approximate == "tanh":
             inner = x * x
             inner *= 0.044715 * x
@@ -169,6 +208,8 @@ class GELU(Function):
     def backward(self, gy):
         xp = backend.get_array_module(gy)
         x = self.x
+        if self.fused is not None:
+            return self.fused.gelu_backward(x, gy, self.approximate == "tanh")
         if self.approximate == "tanh":
             t = self.t
             # d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) u'(x)

@@ -165,8 +165,13 @@ class PowScalar(Function):
 
 def _matmul(a, b):
     """``a @ b`` by the backend's kernels (a 2-D product on the CPU is split
-    over Numba's threads; see :mod:`minidl.kernels.cpu_blas`)."""
-    return backend.kernels_for(backend.get_array_module(a)).matmul(a, b)
+    over Numba's threads, a batched one is one GEMM per product on those
+    threads; see :mod:`minidl.kernels.cpu_blas`; CuPy's matmul is cuBLAS's)."""
+    xp = backend.get_array_module(a)
+    if xp is np and (a.ndim > 2 or b.ndim > 2) and backend.numba_enabled():
+        from ..kernels import cpu_blas
+        return cpu_blas.batched_matmul(a, b)
+    return backend.kernels_for(xp).matmul(a, b)
 
 
 class MatMul(Function):

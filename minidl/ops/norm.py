@@ -13,10 +13,14 @@ the running statistics: gx = gy * weight * rstd.
 """
 from __future__ import annotations
 
+import math
 import operator
+
+import numpy as np
 
 from .. import backend
 from ..tensor import Function, as_tensor, raw
+from .activation import rowwise_kernels
 
 
 class LayerNormFunction(Function):
@@ -25,6 +29,16 @@ class LayerNormFunction(Function):
 
     def forward(self, x, w=None, b=None):
         xp = backend.get_array_module(x)
+        self.fused = rowwise_kernels(x) if (w is None or w.dtype == x.dtype) and \
+            (b is None or b.dtype == x.dtype) else None
+        if self.fused is not None:   # one pass; saves x, the row means and rstd
+            D = math.prod(x.shape[x.ndim - self.k:])
+            self.x = np.ascontiguousarray(x).reshape(-1, D)
+            self.w = None if w is None else np.ascontiguousarray(w).reshape(D)
+            y, self.mean, self.rstd = self.fused.layer_norm_forward(
+                self.x, self.w, None if b is None else np.ascontiguousarray(b).reshape(D),
+                self.eps)
+            return y.reshape(x.shape)
         axes = tuple(range(x.ndim - self.k, x.ndim))
         mu = x.mean(axis=axes, keepdims=True)
         xhat = x - mu
@@ -41,6 +55,16 @@ class LayerNormFunction(Function):
         return y
 
     def backward(self, gy):
+        need = self.needs_input_grad
+        if self.fused is not None:
+            x = self.x
+            gx, gw, gb = self.fused.layer_norm_backward(
+                x, self.w, np.ascontiguousarray(gy, dtype=x.dtype).reshape(x.shape), self.mean,
+                self.rstd, need[0])
+            wshape = gy.shape[gy.ndim - self.k:]
+            return (None if gx is None else gx.reshape(gy.shape),
+                    gw.reshape(wshape) if len(need) > 1 and need[1] else None,
+                    gb.reshape(wshape) if len(need) > 2 and need[2] else None)
         xhat, axes = self.xhat, self.axes
         lead = tuple(range(gy.ndim - self.k))
         need = self.needs_input_grad
