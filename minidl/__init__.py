@@ -55,7 +55,7 @@ from . import _missing  # noqa: E402
 half = float16
 _half.install()
 from . import aliases as _aliases  # noqa: E402
-from .aliases import (as_tensor, bmm, empty_like, full_like, int8, int16,  # noqa: E402
+from .aliases import (as_tensor, empty_like, full_like, int8, int16,  # noqa: E402
                       is_floating_point, mm, movedim, rand_like, randn_like, ravel, square,
                       uint8, unbind)
 from .random import get_rng_state, set_rng_state  # noqa: E402

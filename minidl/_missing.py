@@ -14,7 +14,6 @@ HINTS = {
         "compile": "minidl runs models eagerly; drop torch.compile (model = model)",
         "jit": "minidl has no TorchScript; save weights with minidl.save and export with "
                "minidl.onnx.export",
-        "einsum": "write the product with matmul, permute/transpose and sum",
         "autocast": "minidl computes in float32/float64; half tensors are for storage "
                     "(x.half(), x.float())",
         "backends": "thread and kernel settings are in minidl.backend (set_num_threads, "
@@ -30,8 +29,6 @@ HINTS = {
         "Conv3d": "minidl has Conv2d only",
         "ConvTranspose2d": "minidl has no transposed convolution; upsample with repeat and "
                            "use Conv2d",
-        "Embedding": "use F.one_hot(idx, num_classes).float() @ weight, or Linear(bias=False) "
-                     "on one-hot rows",
         "LSTM": "minidl has no recurrent layers; MultiheadAttention is the sequence layer",
         "GRU": "minidl has no recurrent layers; MultiheadAttention is the sequence layer",
         "RNN": "minidl has no recurrent layers; MultiheadAttention is the sequence layer",
@@ -42,7 +39,6 @@ HINTS = {
         "conv1d": "minidl has conv2d: use a (1, k) kernel on x.unsqueeze(2)",
         "interpolate": "minidl has no interpolate; nearest upsampling by 2 is indexing: "
                        "i = minidl.arange(2 * H) // 2; x[:, :, i][:, :, :, i]",
-        "embedding": "use one_hot(idx, num_classes).float() @ weight",
     },
 }
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import backend
 from .creation import full, rand, randn, tensor
-from .ops import matmul, mul, permute, reshape, split, squeeze
+from .ops import bmm, matmul, mul, permute, reshape, split, squeeze
 from .tensor import Tensor
 
 
@@ -47,14 +47,6 @@ def mm(input, mat2):
     """Matrix product of two 2-D tensors."""
     if input.ndim != 2 or mat2.ndim != 2:
         raise ValueError(f"mm: expects 2-D tensors, got {tuple(input.shape)} and "
-                         f"{tuple(mat2.shape)}")
-    return matmul(input, mat2)
-
-
-def bmm(input, mat2):
-    """Batched matrix product of (B, N, M) and (B, M, P)."""
-    if input.ndim != 3 or mat2.ndim != 3:
-        raise ValueError(f"bmm: expects 3-D tensors, got {tuple(input.shape)} and "
                          f"{tuple(mat2.shape)}")
     return matmul(input, mat2)
 
@@ -144,6 +136,6 @@ def install():
 
 uint8, int8, int16 = np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int16)
 
-__all__ = ["rand_like", "randn_like", "full_like", "empty_like", "as_tensor", "mm", "bmm",
+__all__ = ["rand_like", "randn_like", "full_like", "empty_like", "as_tensor", "mm",
            "square", "unbind", "movedim", "ravel", "is_floating_point", "uint8", "int8",
            "int16"]
