@@ -249,6 +249,31 @@ def _gelu(g, fn, xs, ys, tensors):
     return [g.node("Mul", [g.node("Mul", [x, c(0.5)]), gate])]
 
 
+def _attention(g, fn, xs, ys, tensors):
+    """The fused attention as softmax(q k^T * scale + M) v, M one additive constant
+    (the op's mask and causal cut); rows with every key masked give zeros, as the op."""
+    if fn.dropout_p:
+        raise ExportError("export: scaled_dot_product_attention with dropout_p > 0 (training "
+                          "only); call model.eval() (export does) or pass dropout_p=0")
+    q, k = tensors[0], tensors[1]
+    L, S, dtype = q.shape[-2], k.shape[-2], q.dtype
+    perm = list(range(k.ndim - 2)) + [k.ndim - 1, k.ndim - 2]
+    scores = g.node("Mul", [g.node("MatMul", [xs[0], g.node("Transpose", [xs[1]], perm=perm)]),
+                            g.const(np.asarray(fn.scale, dtype))])
+    bias = np.zeros((1, L, S), dtype)
+    if fn.mask is not None:
+        bias = bias + fn.mask
+    if fn.causal:
+        bias = np.where(np.tri(L, S, dtype=bool), bias, dtype.type(-np.inf))
+    bias = bias.reshape((fn.lead if bias.shape[0] > 1 else ()) + (L, S))
+    weights = g.node("Softmax", [g.node("Add", [scores, g.const(bias)])], axis=-1)
+    dead = np.isneginf(bias).all(axis=-1, keepdims=True)
+    if dead.any():   # ONNX's softmax of an all -inf row is NaN; the op gives zeros
+        weights = g.node("Where", [g.const(dead), g.const(np.zeros((), dtype)), weights])
+    out = g.node("MatMul", [weights, xs[2]])
+    return [out, weights] if fn.want_weights else [out]
+
+
 _BIG = 2 ** 62   # an "until the end" bound for ONNX Slice
 
 
@@ -374,8 +399,8 @@ def _gather_locations(g, fn, xs, ys, tensors):
 
 
 def _converters():
-    from .ops import (activation, arith, conv, conv_block, detection, linear, norm, reduce,
-                      shape, sorting)
+    from .ops import (activation, arith, attention, conv, conv_block, detection, linear, norm,
+                      reduce, shape, sorting)
     simple = {arith.Add: "Add", arith.Sub: "Sub", arith.Mul: "Mul", arith.Div: "Div",
               arith.Pow: "Pow", arith.MatMul: "MatMul", arith.Maximum: "Max",
               arith.Minimum: "Min", arith.Neg: "Neg", arith.Exp: "Exp", arith.Log: "Log",
@@ -414,6 +439,7 @@ def _converters():
         linear.LinearFunction: _linear,
         norm.LayerNormFunction: _layer_norm, norm.BatchNormFunction: _batch_norm,
         detection.GatherLocations: _gather_locations,
+        attention.ScaledDotProductAttention: _attention,
         sorting.Gather: lambda g, fn, xs, ys, t: [g.node("GatherElements", [xs[0], g.const(
             fn.index)], axis=fn.axis)],
     })

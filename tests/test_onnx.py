@@ -178,3 +178,38 @@ def test_advanced_indexing_exports_with_fixed_shapes(tmp_path):
     _roundtrip(Pick(), x, tmp_path)
     with pytest.raises(ExportError, match="a batch of another size"):
         export(Pick(), x, tmp_path / "d.onnx", dynamic_batch=True)
+
+
+@pytest.mark.parametrize("form", ["causal", "bool_mask", "float_mask", "weights",
+                                  "key_padding"])
+def test_fused_attention_exports_with_each_mask_form(form, tmp_path):
+    """The fused attention op (masks, causal cut, weights output, a row with every key
+    masked) as ONNX MatMul/Softmax nodes, equal to minidl's output."""
+    minidl.manual_seed(3)
+    L, E = 5, 8
+    mha = nn.MultiheadAttention(E, 2, batch_first=True)
+    bool_mask = np.tri(L, L, dtype=bool) | np.eye(L, k=2, dtype=bool)
+    bool_mask[4] = False                                  # a query that sees no key
+
+    class Attend(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = mha
+
+        def forward(self, x):
+            q = x.reshape(2, L, 2, 4).transpose(1, 2)
+            if form == "causal":
+                return F.scaled_dot_product_attention(q, q * 2, q, is_causal=True)
+            if form == "bool_mask":
+                return F.scaled_dot_product_attention(q, q, q, attn_mask=bool_mask)
+            if form == "float_mask":
+                m = np.linspace(-1, 1, L * L, dtype=np.float32).reshape(L, L)
+                return F.scaled_dot_product_attention(q, q, q, attn_mask=m)
+            if form == "weights":
+                out, w = self.mha(x, x, x, need_weights=True)
+                return out, w
+            pad = np.array([[False] * 4 + [True], [False] * L])
+            return self.mha(x, x, x, key_padding_mask=pad, need_weights=False)[0]
+
+    x = np.random.default_rng(4).standard_normal((2, L, E)).astype(np.float32)
+    _roundtrip(Attend(), x, tmp_path)
