@@ -1,8 +1,8 @@
-"""The CNN block conv 3x3 'same' -> max-pool 2x2 -> ReLU in one parallel region each way.
+"""The CNN block conv (stride 1) -> max-pool 2x2 -> ReLU in one parallel region each way.
 
-Notation as in :mod:`minidl.ops.conv`; here K1 = C*9 + 1 (the unfolded
-input with a row of ones, which carries the bias), L = H*W, and the pooled
-output is (Co, N, H/2, W/2) in C-major plane order.
+Notation as in :mod:`minidl.ops.conv`; here K1 = C*KH*KW + 1 (the unfolded
+input with a row of ones, which carries the bias), L = OH*OW, and the pooled
+output is (Co, N, OH//2, OW//2) in C-major plane order.
 
 Forward, per block of images (one task; blocks run on Numba's threads): the
 conv GEMM for the block's columns of ``col`` into a per-thread scratch
@@ -27,7 +27,8 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 
 from .cpu_blas import _CACHE, _SLICE, NO_TRANS, TRANS, _gemm
-from .cpu_numba import _col2im_same_channel, _maxpool2x2_bwd_planes, _maxpool2x2_planes
+from .cpu_numba import (_col2im_plane, _col2im_same_channel, _maxpool2x2_bwd_planes,
+                        _maxpool2x2_planes)
 
 
 @njit(inline="always", cache=_CACHE)
@@ -36,38 +37,43 @@ def _block(t, tasks, N):
 
 
 @njit(parallel=True, cache=_CACHE)
-def conv_pool_forward(w, col, scratch, pooled, code, H, W, tasks, with_code, zero):
-    """pooled (Co, N, H/2, W/2) = relu(maxpool2x2(w (Co, K1) @ col (K1, N*L)));
-    code: each window's pick (| 4 where the ReLU zeroed it). scratch: one
-    (Co, block*L) buffer per thread."""
+def conv_pool_forward(w, col, scratch, pooled, code, OH, OW, nbase, tasks, with_code, zero):
+    """pooled[:, nbase:nbase+M] (Co, M, OH//2, OW//2) = relu(maxpool2x2(w (Co, K1)
+    @ col (K1, M*L))) for the M images col holds (floor mode: an odd last
+    row or column of the conv output is dropped); code: each window's pick
+    (| 4 where the ReLU zeroed it). scratch: one (Co, block*L) buffer per thread."""
     Co, K1 = w.shape
-    N, L, size = pooled.shape[1], H * W, col.itemsize
+    L, size = OH * OW, col.itemsize
+    M = col.shape[1] // L
     for t in prange(tasks):
-        n0, n1 = _block(t, tasks, N)
+        n0, n1 = _block(t, tasks, M)
         nb = n1 - n0
         if nb <= 0:
             continue
         cols = nb * L
         ys = scratch[get_thread_id(), :Co * cols].reshape(Co, cols)
         _gemm(ys, NO_TRANS, NO_TRANS, Co, cols, K1, w.ctypes.data, K1,
-              col.ctypes.data + size * n0 * L, N * L, ys.ctypes.data, cols, 0.0)
+              col.ctypes.data + size * n0 * L, M * L, ys.ctypes.data, cols, 0.0)
+        a, b = nbase + n0, nbase + n1
         for c in range(Co):
-            planes = ys[c].reshape(nb, H, W)
-            codes = code[c, n0:n1] if with_code else code[0, 0:1]
-            _maxpool2x2_planes(planes, pooled[c, n0:n1], codes, 0, nb, with_code, True, zero)
+            planes = ys[c].reshape(nb, OH, OW)
+            codes = code[c, a:b] if with_code else code[0, 0:1]
+            _maxpool2x2_planes(planes, pooled[c, a:b], codes, 0, nb, with_code, True, zero)
 
 
 @njit(parallel=True, cache=_CACHE)
-def conv_pool_backward(w, col, gpooled, code, gy_scratch, gcol_scratch, gw_parts, gx, H, W,
-                       tasks, want_gw, want_gx, zero):
-    """The gradients of :func:`conv_pool_forward` from gpooled (Co, N, H/2, W/2):
+def conv_pool_backward(w, col, gpooled, code, gy_scratch, gcol_scratch, gw_parts, gx, KH, KW,
+                       PH, PW, OH, OW, tasks, want_gw, want_gx, zero):
+    """The gradients of :func:`conv_pool_forward` from gpooled (Co, N, OH//2, OW//2):
     with ``want_gw``, gw_parts[thread] (K1, Co) += col @ gy.T over the thread's
     blocks (zeroed by the caller; their sum is the weight-and-bias gradient),
     and, with ``want_gx``, gx (C, N, H, W) (C-major planes) = col2im(W.T @ gy)."""
     Co, K1 = w.shape
-    N, L, size = gpooled.shape[1], H * W, col.itemsize
+    N, L, size = gpooled.shape[1], OH * OW, col.itemsize
     K = K1 - 1
-    C = K // 9
+    C = K // (KH * KW)
+    H, W = gx.shape[2], gx.shape[3]
+    same = OH == H and OW == W
     for t in prange(tasks):
         n0, n1 = _block(t, tasks, N)
         nb = n1 - n0
@@ -78,7 +84,7 @@ def conv_pool_backward(w, col, gpooled, code, gy_scratch, gcol_scratch, gw_parts
         gys = gy_scratch[tid, :Co * cols].reshape(Co, cols)
         for c in range(Co):
             _maxpool2x2_bwd_planes(gpooled[c, n0:n1], code[c, n0:n1],
-                                   gys[c].reshape(nb, H, W), 0, nb, zero)
+                                   gys[c].reshape(nb, OH, OW), 0, nb, zero)
         if want_gw:   # (K1, Co) += col[:, block] (K1, cols) @ gy (Co, cols).T
             _gemm(gw_parts, NO_TRANS, TRANS, K1, Co, cols, col.ctypes.data + size * n0 * L,
                   N * L, gys.ctypes.data, cols, gw_parts[tid].ctypes.data, Co, 1.0)
@@ -87,10 +93,14 @@ def conv_pool_backward(w, col, gpooled, code, gy_scratch, gcol_scratch, gw_parts
             # (K, cols) = W[:, :K].T (K, Co) @ gy (Co, cols)
             _gemm(gcol, TRANS, NO_TRANS, K, cols, Co, w.ctypes.data, K1, gys.ctypes.data, cols,
                   gcol.ctypes.data, cols, 0.0)
-            taps = gcol.reshape(C, 3, 3, nb, H, W)
+            taps = gcol.reshape(C, KH, KW, nb, OH, OW)
             for c in range(C):
-                _col2im_same_channel(taps, gx[c, n0:n1].reshape(nb * L), c, 0, nb, nb, H, W,
-                                     1, 1, 1, 1, zero)
+                if same:   # every tap one shifted run over the block's planes
+                    _col2im_same_channel(taps, gx[c, n0:n1].reshape(nb * H * W), c, 0, nb, nb,
+                                         H, W, PH, PW, 1, 1, zero)
+                else:
+                    for n in range(nb):
+                        _col2im_plane(taps, n, c, True, gx[c, n0 + n], 1, 1, PH, PW, 1, 1)
 
 
 def block_images(N, L, threads):
