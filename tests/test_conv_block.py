@@ -153,12 +153,10 @@ def test_user_models_get_the_fused_ops_with_the_same_results(net):
     _assert_same(*results, 1e-10)
 
 
-def test_what_cannot_fuse_runs_as_written(monkeypatch):
+def test_what_cannot_fuse_runs_as_written():
     """A stride-2 conv, a 3x3 pool, return_indices, a conv output smaller
-    than 2x2, the NumPy kernels, an unfolded input past the chunk budget while
-    the weight needs a gradient: the pool with the ReLU fused in (or the ops as
-    called), same values and gradients as the unfused ops."""
-    from minidl.ops import conv_block
+    than 2x2, the NumPy kernels: the pool with the ReLU fused in (or the ops
+    as called), same values and gradients as the unfused ops."""
     from minidl.ops.conv import MaxPool2dFunction
     rng = np.random.default_rng(2)
     x, w, b = _inputs(rng, 2, 2, 3, 8, 8)
@@ -183,28 +181,38 @@ def test_what_cannot_fuse_runs_as_written(monkeypatch):
         with minidl.fusion.disabled():
             _, plain = _run(block, [x, w, b], (True, True, True))
     _assert_same(fused, plain, 1e-12)
-    ts = [minidl.tensor(a, requires_grad=True) for a in (x, w, b)]
-    assert fusable(*ts, (1, 1))
-    monkeypatch.setattr(conv_block, "_COL_CHUNK_BYTES", 19 * 2 * 64 * 8 - 1)
-    assert not fusable(*ts, (1, 1))
-    with minidl.no_grad():   # nothing kept for backward: unfolded in chunks, still fused
-        assert fusable(*ts, (1, 1))
-        assert conv_block.images_per_chunk(2, 19 * 64 * 8) == 1
+    assert fusable(*[minidl.tensor(a) for a in (x, w, b)], (1, 1))
+    assert not fusable(*[minidl.tensor(a) for a in (x[:, :, :2, :2], w, b)], (0, 0))
 
 
 @fused_kernels
-def test_inference_is_fused_in_chunks_and_keeps_nothing(monkeypatch):
-    """Without a weight gradient the unfolded input is not kept, so a batch
-    past the chunk budget (batch-1000 inference) is fused chunk by chunk."""
+@pytest.mark.parametrize("layout", [np.ascontiguousarray, c_major])
+@pytest.mark.parametrize("padding, k", [(1, 3), (0, 5)])
+def test_past_the_col_budget_each_block_is_unfolded_in_the_kernel(monkeypatch, layout, padding,
+                                                                   k):
+    """When the whole unfolded input would pass the chunk budget (the MNIST
+    net's 32 -> 64 conv; batch-1000 inference), each task unfolds its own
+    images, in forward and again for the weight gradient: same values and
+    gradients, in training and in no_grad inference (which keeps nothing)."""
     from minidl.ops import conv_block
-    x, w, b = _inputs(np.random.default_rng(1), 7, 2, 3, 6, 6, dtype=np.float32)
-    monkeypatch.setattr(conv_block, "_COL_CHUNK_BYTES", 19 * 36 * 4 * 2)   # 2 images a chunk
-    block = _block(1, "pr")
+    monkeypatch.setattr(conv_block, "_COL_CHUNK_BYTES", 64)
+    rng = np.random.default_rng(7)
+    x, w, b = _inputs(rng, 7, 3, 4, 9, 8, k)
+    x = layout(x)
+    block = _block(padding, "pr")
+    for grads in ((True, True, True), (False, True, True), (True, False, False)):
+        y, fused = _run(block, [x, w, b], grads)
+        with minidl.fusion.disabled():
+            _, plain = _run(block, [x, w, b], grads)
+        _assert_same(fused, plain, 1e-12)
+    ts = [minidl.tensor(a, requires_grad=True) for a in (x, w, b)]
+    assert isinstance(block(*ts).creator, ConvPoolReLU)
+    gradcheck(block, [x, w, b])
     with minidl.no_grad():
         y = block(*map(minidl.tensor, (x, w, b)))
         with minidl.fusion.disabled():
             expected = block(*map(minidl.tensor, (x, w, b)))
-    np.testing.assert_allclose(y.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y.numpy(), expected.numpy(), rtol=1e-12, atol=1e-12)
     assert y.creator is None
 
 

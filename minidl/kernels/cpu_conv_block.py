@@ -18,6 +18,12 @@ summed back into the block's input planes (col2im). One region instead of
 four (pool backward, weight gradient, gcol, col2im), no dense gradient or
 gcol array in memory.
 
+When the whole col would pass conv2d's chunk budget (16 MiB: the
+pytorch/examples MNIST net's 32 -> 64 conv at batch 64 would need 43 MB),
+each task unfolds its own images into a per-thread scratch instead, in
+forward and again in backward for the weight gradient: the col never exists
+whole, and a block's unfolded input is multiplied while in cache.
+
 GEMMs are single-threaded cblas calls (:mod:`.cpu_blas`); the pool and
 col2im loops are :mod:`.cpu_numba`'s.
 """
@@ -27,8 +33,8 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 
 from .cpu_blas import _CACHE, _SLICE, NO_TRANS, TRANS, _gemm
-from .cpu_numba import (_col2im_plane, _col2im_same_channel, _maxpool2x2_bwd_planes,
-                        _maxpool2x2_planes)
+from .cpu_numba import (_col2im_plane, _col2im_same_channel, _im2col_plane,
+                        _maxpool2x2_bwd_planes, _maxpool2x2_planes)
 
 
 @njit(inline="always", cache=_CACHE)
@@ -36,24 +42,53 @@ def _block(t, tasks, N):
     return t * N // tasks, (t + 1) * N // tasks
 
 
+@njit(cache=_CACHE)
+def _unfold_block(xm, c_major, n0, n1, flat, C, KH, KW, PH, PW, OH, OW, zero):
+    """Images n0..n1-1 of xm (plane-major, see ``common.plane_major``) into the
+    flat scratch ``flat`` as the (K1, nb*L) operand: the windows laid out
+    (C, KH, KW, nb, OH, OW), then the bias's row of ones. Returns the operand."""
+    nb, L = n1 - n0, OH * OW
+    K, cols = C * KH * KW, (n1 - n0) * OH * OW
+    taps = flat[:K * cols].reshape(C, KH, KW, nb, OH, OW)
+    for n in range(nb):
+        for c in range(C):
+            plane = xm[c, n0 + n] if c_major else xm[n0 + n, c]
+            _im2col_plane(plane, taps, n, c, True, 1, 1, PH, PW, 1, 1, zero)
+    ones = flat[K * cols:(K + 1) * cols]
+    for k in range(cols):
+        ones[k] = 1
+    return flat[:(K + 1) * cols].reshape(K + 1, cols)
+
+
 @njit(parallel=True, cache=_CACHE)
-def conv_pool_forward(w, col, scratch, pooled, code, OH, OW, nbase, tasks, with_code, zero):
+def conv_pool_forward(w, col, xm, c_major, col_scratch, scratch, pooled, code, KH, KW, PH, PW,
+                      OH, OW, nbase, M, tasks, with_code, zero):
     """pooled[:, nbase:nbase+M] (Co, M, OH//2, OW//2) = relu(maxpool2x2(w (Co, K1)
-    @ col (K1, M*L))) for the M images col holds (floor mode: an odd last
-    row or column of the conv output is dropped); code: each window's pick
-    (| 4 where the ReLU zeroed it). scratch: one (Co, block*L) buffer per thread."""
+    @ col (K1, M*L))) for M images (floor mode: an odd last row or column of the
+    conv output is dropped); code: each window's pick (| 4 where the ReLU zeroed
+    it). scratch: one (Co, block*L) buffer per thread. With an empty ``col``,
+    each task unfolds its own images of xm (images nbase.. of the batch) into
+    its thread's ``col_scratch`` instead: the col never exists whole."""
     Co, K1 = w.shape
-    L, size = OH * OW, col.itemsize
-    M = col.shape[1] // L
+    L, size = OH * OW, w.itemsize
+    C = (K1 - 1) // (KH * KW)
+    unfold = col.shape[1] == 0
     for t in prange(tasks):
         n0, n1 = _block(t, tasks, M)
         nb = n1 - n0
         if nb <= 0:
             continue
+        tid = get_thread_id()
         cols = nb * L
-        ys = scratch[get_thread_id(), :Co * cols].reshape(Co, cols)
-        _gemm(ys, NO_TRANS, NO_TRANS, Co, cols, K1, w.ctypes.data, K1,
-              col.ctypes.data + size * n0 * L, M * L, ys.ctypes.data, cols, 0.0)
+        if unfold:
+            block_col = _unfold_block(xm, c_major, nbase + n0, nbase + n1, col_scratch[tid], C,
+                                      KH, KW, PH, PW, OH, OW, zero)
+            b_ptr, ldb = block_col.ctypes.data, cols
+        else:
+            b_ptr, ldb = col.ctypes.data + size * n0 * L, M * L
+        ys = scratch[tid, :Co * cols].reshape(Co, cols)
+        _gemm(ys, NO_TRANS, NO_TRANS, Co, cols, K1, w.ctypes.data, K1, b_ptr, ldb,
+              ys.ctypes.data, cols, 0.0)
         a, b = nbase + n0, nbase + n1
         for c in range(Co):
             planes = ys[c].reshape(nb, OH, OW)
@@ -62,18 +97,21 @@ def conv_pool_forward(w, col, scratch, pooled, code, OH, OW, nbase, tasks, with_
 
 
 @njit(parallel=True, cache=_CACHE)
-def conv_pool_backward(w, col, gpooled, code, gy_scratch, gcol_scratch, gw_parts, gx, KH, KW,
-                       PH, PW, OH, OW, tasks, want_gw, want_gx, zero):
+def conv_pool_backward(w, col, xm, c_major, gpooled, code, col_scratch, gy_scratch,
+                       gcol_scratch, gw_parts, gx, KH, KW, PH, PW, OH, OW, tasks, want_gw,
+                       want_gx, zero):
     """The gradients of :func:`conv_pool_forward` from gpooled (Co, N, OH//2, OW//2):
     with ``want_gw``, gw_parts[thread] (K1, Co) += col @ gy.T over the thread's
-    blocks (zeroed by the caller; their sum is the weight-and-bias gradient),
-    and, with ``want_gx``, gx (C, N, H, W) (C-major planes) = col2im(W.T @ gy)."""
+    blocks (zeroed by the caller; their sum is the weight-and-bias gradient;
+    an empty ``col``: each block unfolded again from xm), and, with
+    ``want_gx``, gx (C, N, H, W) (C-major planes) = col2im(W.T @ gy)."""
     Co, K1 = w.shape
-    N, L, size = gpooled.shape[1], OH * OW, col.itemsize
+    N, L, size = gpooled.shape[1], OH * OW, w.itemsize
     K = K1 - 1
     C = K // (KH * KW)
     H, W = gx.shape[2], gx.shape[3]
     same = OH == H and OW == W
+    unfold = col.shape[1] == 0
     for t in prange(tasks):
         n0, n1 = _block(t, tasks, N)
         nb = n1 - n0
@@ -86,8 +124,14 @@ def conv_pool_backward(w, col, gpooled, code, gy_scratch, gcol_scratch, gw_parts
             _maxpool2x2_bwd_planes(gpooled[c, n0:n1], code[c, n0:n1],
                                    gys[c].reshape(nb, OH, OW), 0, nb, zero)
         if want_gw:   # (K1, Co) += col[:, block] (K1, cols) @ gy (Co, cols).T
-            _gemm(gw_parts, NO_TRANS, TRANS, K1, Co, cols, col.ctypes.data + size * n0 * L,
-                  N * L, gys.ctypes.data, cols, gw_parts[tid].ctypes.data, Co, 1.0)
+            if unfold:
+                block_col = _unfold_block(xm, c_major, n0, n1, col_scratch[tid], C, KH, KW,
+                                          PH, PW, OH, OW, zero)
+                a_ptr, lda = block_col.ctypes.data, cols
+            else:
+                a_ptr, lda = col.ctypes.data + size * n0 * L, N * L
+            _gemm(gw_parts, NO_TRANS, TRANS, K1, Co, cols, a_ptr, lda, gys.ctypes.data, cols,
+                  gw_parts[tid].ctypes.data, Co, 1.0)
         if want_gx:
             gcol = gcol_scratch[tid, :K * cols].reshape(K, cols)
             # (K, cols) = W[:, :K].T (K, Co) @ gy (Co, cols)

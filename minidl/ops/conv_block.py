@@ -23,8 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ..kernels.common import is_c_major
-from ..tensor import is_grad_enabled
+from ..kernels.common import is_c_major, plane_major
 from .arith import ReLU
 from .conv import _COL_CHUNK_BYTES, Conv2dFunction, _ColKeepingFunction, _workspace
 
@@ -48,32 +47,38 @@ class ConvPoolReLU(_ColKeepingFunction):
         bias = np.zeros((Co, 1), x.dtype) if b is None else b.reshape(Co, 1)
         w1 = np.concatenate([w.reshape(Co, K), bias], axis=1)   # (Co, K1)
         self.want_gw = self.needs_input_grad[1] or (b is not None and self.needs_input_grad[2])
-        # kept for backward: the whole col (one chunk); else chunks within budget
-        nb = N if self.want_gw else images_per_chunk(N, K1 * L * x.dtype.itemsize)
-        buf = _workspace.get(np, (K1 * nb * L,), x.dtype)
         threads = numba.get_num_threads()
-        block = kernels.block_images(nb, L, threads)
-        scratch = kernels.scratch(threads, Co, block * L, x.dtype)
+        block = kernels.block_images(N, L, threads)
+        xm, c_major = plane_major(x)
+        if K1 * N * L * x.dtype.itemsize <= _COL_CHUNK_BYTES:   # the whole col, once
+            buf = _workspace.get(np, (K1 * N * L,), x.dtype)
+            col = buf.reshape(K1, N * L)
+            backend.kernels_for(np).im2col(x, KH, KW, 1, 1, PH, PW, 1, 1, OH, OW,
+                                           channels_first=True,
+                                           out=col[:K].reshape(C, KH, KW, N, OH, OW))
+            col[K] = 1                                   # the bias's row
+            col_scratch = np.empty((1, 1), x.dtype)
+        else:   # each task unfolds its own images (see the kernels' module docstring)
+            buf, col = None, np.empty((K1, 0), x.dtype)
+            col_scratch = kernels.scratch(threads, K1, block * L, x.dtype)
         pooled = np.empty((Co, N, OH // 2, OW // 2), dtype=x.dtype)
         want_code = any(self.needs_input_grad)
         code = np.empty(pooled.shape if want_code else (1, 1, 1, 1), dtype=np.uint8)
-        im2col = backend.kernels_for(np).im2col
-        for n0 in range(0, N, nb):
-            n1 = min(N, n0 + nb)
-            col = buf[:K1 * (n1 - n0) * L].reshape(K1, (n1 - n0) * L)
-            im2col(x, KH, KW, 1, 1, PH, PW, 1, 1, OH, OW, channels_first=True,
-                   out=col[:K].reshape(C, KH, KW, n1 - n0, OH, OW), batch=(n0, n1))
-            col[K] = 1                                   # the bias's row
-            kernels.conv_pool_forward(w1, col, scratch, pooled, code, OH, OW, n0,
-                                      -(-(n1 - n0) // block), want_code, x.dtype.type(0))
-        if self.want_gw:
-            self.col_buf, self.col = buf, col   # back to the workspace in release()
-        else:
+        tasks = -(-N // block)
+        kernels.conv_pool_forward(w1, col, xm, c_major, col_scratch,
+                                  kernels.scratch(threads, Co, block * L, x.dtype), pooled, code,
+                                  KH, KW, PH, PW, OH, OW, 0, N, tasks, want_code,
+                                  x.dtype.type(0))
+        if self.want_gw and buf is not None:
+            self.col_buf = buf   # back to the workspace in release()
+        elif buf is not None:
             _workspace.put(buf)
-            self.col = np.empty((K1, 0), dtype=x.dtype)   # never read (no weight gradient)
-        self.w1, self.code, self.has_bias = w1, code, b is not None
+            col = np.empty((K1, 0), dtype=x.dtype)
+        self.col = col
+        self.xm = xm if self.want_gw and col.shape[1] == 0 else None   # unfolded again
+        self.w1, self.code, self.has_bias, self.c_major = w1, code, b is not None, c_major
         self.x_shape, self.k_hw, self.out_hw = x.shape, (KH, KW), (OH, OW)
-        self.block, self.tasks = block, -(-N // block)
+        self.block, self.tasks = block, tasks
         return pooled.transpose(1, 0, 2, 3)
 
     def backward(self, gy):
@@ -89,8 +94,12 @@ class ConvPoolReLU(_ColKeepingFunction):
         gw_parts = np.zeros((threads if self.want_gw else 1, K1, Co), dtype=dtype)
         want_gx = self.needs_input_grad[0]
         gx = np.empty((C, N, H, W) if want_gx else (1, 1, 1, 1), dtype=dtype)
+        unfold = self.xm is not None
+        xm = self.xm if unfold else np.empty((1, 1, 1, 1), dtype)
         kernels.conv_pool_backward(
-            self.w1, self.col, gpooled, self.code, kernels.scratch(threads, Co, cols, dtype),
+            self.w1, self.col, xm, self.c_major, gpooled, self.code,
+            kernels.scratch(threads, K1 if unfold else 0, cols, dtype),
+            kernels.scratch(threads, Co, cols, dtype),
             kernels.scratch(threads, K if want_gx else 1, cols, dtype), gw_parts, gx, KH, KW,
             *self.padding, OH, OW, self.tasks, self.want_gw, want_gx, dtype.type(0))
         gx = gx.transpose(1, 0, 2, 3) if want_gx else None
@@ -101,20 +110,11 @@ class ConvPoolReLU(_ColKeepingFunction):
         return (gx, gw, gw1[K].copy()) if self.has_bias else (gx, gw)
 
 
-def images_per_chunk(N, col_bytes_per_image):
-    """Images per unfolded chunk when the col is not kept (no weight gradient:
-    inference, frozen layers): all N within conv2d's chunk budget, else chunks
-    of about that size, so batch-1000 inference stays fused."""
-    return max(1, min(N, _COL_CHUNK_BYTES // max(1, col_bytes_per_image)))
-
-
 def fusable(x, weight, bias, padding):
     """Whether :class:`ConvPoolReLU` can run ``conv2d(x, weight, bias, padding=padding)``
     (stride 1, dilation 1, one group: the caller's checks) pooled 2x2: the Numba
-    kernels with cblas, a CPU float input in N-major or C-major planes, a conv
-    output of at least 2x2, and, when the weight needs a gradient, the whole
-    unfolded input (kept for backward) within conv2d's chunk budget (past it,
-    conv2d unfolds the batch in chunks and is faster)."""
+    kernels with cblas, a CPU float input in N-major or C-major planes, and a
+    conv output of at least 2x2."""
     from ..kernels import cpu_blas
     if not (backend.numba_enabled() and cpu_blas.available() and x.device == "cpu"
             and x.ndim == 4 and weight.ndim == 4 and min(x.shape) > 0
@@ -122,14 +122,8 @@ def fusable(x, weight, bias, padding):
             and (bias is None or bias.dtype == x.dtype)
             and (x._data.flags.c_contiguous or is_c_major(x._data))):
         return False
-    (N, C, H, W), (KH, KW), (PH, PW) = x.shape, weight.shape[2:], padding
-    if min(H + 2 * PH - KH + 1, W + 2 * PW - KW + 1) < 2:
-        return False
-    needs_gw = is_grad_enabled() and (weight.requires_grad
-                                      or (bias is not None and bias.requires_grad))
-    return (not needs_gw
-            or (C * KH * KW + 1) * N * (H + 2 * PH - KH + 1) * (W + 2 * PW - KW + 1)
-            * x._data.itemsize <= _COL_CHUNK_BYTES)
+    (H, W), (KH, KW), (PH, PW) = x.shape[2:], weight.shape[2:], padding
+    return min(H + 2 * PH - KH + 1, W + 2 * PW - KW + 1) >= 2
 
 
 class Conv2dReLU(Conv2dFunction):
