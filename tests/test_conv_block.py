@@ -188,14 +188,10 @@ def test_what_cannot_fuse_runs_as_written():
 @fused_kernels
 @pytest.mark.parametrize("layout", [np.ascontiguousarray, c_major])
 @pytest.mark.parametrize("padding, k", [(1, 3), (0, 5)])
-def test_past_the_col_budget_each_block_is_unfolded_in_the_kernel(monkeypatch, layout, padding,
-                                                                   k):
-    """When the whole unfolded input would pass the chunk budget (the MNIST
-    net's 32 -> 64 conv; batch-1000 inference), each task unfolds its own
-    images, in forward and again for the weight gradient: same values and
-    gradients, in training and in no_grad inference (which keeps nothing)."""
-    from minidl.ops import conv_block
-    monkeypatch.setattr(conv_block, "_COL_CHUNK_BYTES", 64)
+def test_gradients_of_each_input_alone_and_inference(layout, padding, k):
+    """Each task unfolds its own images, in forward and again for the weight
+    gradient: same values and gradients as the unfused ops with any subset of
+    inputs needing one, and in no_grad inference (which keeps nothing)."""
     rng = np.random.default_rng(7)
     x, w, b = _inputs(rng, 7, 3, 4, 9, 8, k)
     x = layout(x)

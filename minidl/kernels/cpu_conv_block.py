@@ -5,24 +5,21 @@ input with a row of ones, which carries the bias), L = OH*OW, and the pooled
 output is (Co, N, OH//2, OW//2) in C-major plane order.
 
 Forward, per block of images (one task; blocks run on Numba's threads): the
-conv GEMM for the block's columns of ``col`` into a per-thread scratch
-(Co, images*L), then the fused 2x2 max-pool + ReLU of those planes into the
-pooled output and its window codes. The conv's full output never reaches
-memory: each block's stays in the thread's cache.
+block's images unfolded (im2col) into a per-thread scratch, the conv GEMM
+into a second one (Co, images*L), then the fused 2x2 max-pool + ReLU of
+those planes into the pooled output and its window codes. Neither the
+unfolded input (the col) nor the conv's output ever exists whole: each
+block's stays in the thread's cache. (A whole col made once before the
+region, as conv2d does, was 15-40 % slower for the article model's and
+LeNet's blocks, and past 16 MiB it would not be kept anyway.)
 
 Backward, per block: the pooled gradient scattered into a per-thread
-scratch gy (the conv output's gradient for the block), the weight gradient's
-partial product col_block @ gy.T accumulated into the thread's own partial
-sum, and, when the input needs it, gcol = W.T @ gy into a second scratch,
-summed back into the block's input planes (col2im). One region instead of
-four (pool backward, weight gradient, gcol, col2im), no dense gradient or
-gcol array in memory.
-
-When the whole col would pass conv2d's chunk budget (16 MiB: the
-pytorch/examples MNIST net's 32 -> 64 conv at batch 64 would need 43 MB),
-each task unfolds its own images into a per-thread scratch instead, in
-forward and again in backward for the weight gradient: the col never exists
-whole, and a block's unfolded input is multiplied while in cache.
+scratch gy (the conv output's gradient for the block), the block unfolded
+again and the weight gradient's partial product col_block @ gy.T
+accumulated into the thread's own partial sum, and, when the input needs
+it, gcol = W.T @ gy into a third scratch, summed back into the block's
+input planes (col2im). One region instead of four (pool backward, weight
+gradient, gcol, col2im), no dense gradient, col or gcol array in memory.
 
 GEMMs are single-threaded cblas calls (:mod:`.cpu_blas`); the pool and
 col2im loops are :mod:`.cpu_numba`'s.
@@ -61,57 +58,48 @@ def _unfold_block(xm, c_major, n0, n1, flat, C, KH, KW, PH, PW, OH, OW, zero):
 
 
 @njit(parallel=True, cache=_CACHE)
-def conv_pool_forward(w, col, xm, c_major, col_scratch, scratch, pooled, code, KH, KW, PH, PW,
-                      OH, OW, nbase, M, tasks, with_code, zero):
-    """pooled[:, nbase:nbase+M] (Co, M, OH//2, OW//2) = relu(maxpool2x2(w (Co, K1)
-    @ col (K1, M*L))) for M images (floor mode: an odd last row or column of the
-    conv output is dropped); code: each window's pick (| 4 where the ReLU zeroed
-    it). scratch: one (Co, block*L) buffer per thread. With an empty ``col``,
-    each task unfolds its own images of xm (images nbase.. of the batch) into
-    its thread's ``col_scratch`` instead: the col never exists whole."""
+def conv_pool_forward(w, xm, c_major, col_scratch, scratch, pooled, code, KH, KW, PH, PW,
+                      OH, OW, tasks, with_code, zero):
+    """pooled (Co, N, OH//2, OW//2) = relu(maxpool2x2(w (Co, K1) @ col (K1, N*L)))
+    (floor mode: an odd last row or column of the conv output is dropped), each
+    task unfolding its own images of xm into its thread's ``col_scratch``;
+    code: each window's pick (| 4 where the ReLU zeroed it). scratch: one
+    (Co, block*L) buffer per thread."""
     Co, K1 = w.shape
-    L, size = OH * OW, w.itemsize
+    N, L = pooled.shape[1], OH * OW
     C = (K1 - 1) // (KH * KW)
-    unfold = col.shape[1] == 0
     for t in prange(tasks):
-        n0, n1 = _block(t, tasks, M)
+        n0, n1 = _block(t, tasks, N)
         nb = n1 - n0
         if nb <= 0:
             continue
         tid = get_thread_id()
         cols = nb * L
-        if unfold:
-            block_col = _unfold_block(xm, c_major, nbase + n0, nbase + n1, col_scratch[tid], C,
-                                      KH, KW, PH, PW, OH, OW, zero)
-            b_ptr, ldb = block_col.ctypes.data, cols
-        else:
-            b_ptr, ldb = col.ctypes.data + size * n0 * L, M * L
+        col = _unfold_block(xm, c_major, n0, n1, col_scratch[tid], C, KH, KW, PH, PW, OH, OW,
+                            zero)
         ys = scratch[tid, :Co * cols].reshape(Co, cols)
-        _gemm(ys, NO_TRANS, NO_TRANS, Co, cols, K1, w.ctypes.data, K1, b_ptr, ldb,
+        _gemm(ys, NO_TRANS, NO_TRANS, Co, cols, K1, w.ctypes.data, K1, col.ctypes.data, cols,
               ys.ctypes.data, cols, 0.0)
-        a, b = nbase + n0, nbase + n1
         for c in range(Co):
             planes = ys[c].reshape(nb, OH, OW)
-            codes = code[c, a:b] if with_code else code[0, 0:1]
-            _maxpool2x2_planes(planes, pooled[c, a:b], codes, 0, nb, with_code, True, zero)
+            codes = code[c, n0:n1] if with_code else code[0, 0:1]
+            _maxpool2x2_planes(planes, pooled[c, n0:n1], codes, 0, nb, with_code, True, zero)
 
 
 @njit(parallel=True, cache=_CACHE)
-def conv_pool_backward(w, col, xm, c_major, gpooled, code, col_scratch, gy_scratch,
-                       gcol_scratch, gw_parts, gx, KH, KW, PH, PW, OH, OW, tasks, want_gw,
-                       want_gx, zero):
+def conv_pool_backward(w, xm, c_major, gpooled, code, col_scratch, gy_scratch, gcol_scratch,
+                       gw_parts, gx, KH, KW, PH, PW, OH, OW, tasks, want_gw, want_gx, zero):
     """The gradients of :func:`conv_pool_forward` from gpooled (Co, N, OH//2, OW//2):
     with ``want_gw``, gw_parts[thread] (K1, Co) += col @ gy.T over the thread's
-    blocks (zeroed by the caller; their sum is the weight-and-bias gradient;
-    an empty ``col``: each block unfolded again from xm), and, with
-    ``want_gx``, gx (C, N, H, W) (C-major planes) = col2im(W.T @ gy)."""
+    blocks (each unfolded again from xm; gw_parts zeroed by the caller, their
+    sum is the weight-and-bias gradient), and, with ``want_gx``, gx (C, N, H, W)
+    (C-major planes) = col2im(W.T @ gy)."""
     Co, K1 = w.shape
-    N, L, size = gpooled.shape[1], OH * OW, w.itemsize
+    N, L = gpooled.shape[1], OH * OW
     K = K1 - 1
     C = K // (KH * KW)
     H, W = gx.shape[2], gx.shape[3]
     same = OH == H and OW == W
-    unfold = col.shape[1] == 0
     for t in prange(tasks):
         n0, n1 = _block(t, tasks, N)
         nb = n1 - n0
@@ -124,14 +112,10 @@ def conv_pool_backward(w, col, xm, c_major, gpooled, code, col_scratch, gy_scrat
             _maxpool2x2_bwd_planes(gpooled[c, n0:n1], code[c, n0:n1],
                                    gys[c].reshape(nb, OH, OW), 0, nb, zero)
         if want_gw:   # (K1, Co) += col[:, block] (K1, cols) @ gy (Co, cols).T
-            if unfold:
-                block_col = _unfold_block(xm, c_major, n0, n1, col_scratch[tid], C, KH, KW,
-                                          PH, PW, OH, OW, zero)
-                a_ptr, lda = block_col.ctypes.data, cols
-            else:
-                a_ptr, lda = col.ctypes.data + size * n0 * L, N * L
-            _gemm(gw_parts, NO_TRANS, TRANS, K1, Co, cols, a_ptr, lda, gys.ctypes.data, cols,
-                  gw_parts[tid].ctypes.data, Co, 1.0)
+            col = _unfold_block(xm, c_major, n0, n1, col_scratch[tid], C, KH, KW, PH, PW, OH,
+                                OW, zero)
+            _gemm(gw_parts, NO_TRANS, TRANS, K1, Co, cols, col.ctypes.data, cols,
+                  gys.ctypes.data, cols, gw_parts[tid].ctypes.data, Co, 1.0)
         if want_gx:
             gcol = gcol_scratch[tid, :K * cols].reshape(K, cols)
             # (K, cols) = W[:, :K].T (K, Co) @ gy (Co, cols)

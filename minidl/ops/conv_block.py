@@ -14,9 +14,10 @@ commute (ReLU is monotone), so the pool runs first and the ReLU is applied
 to each window's pick: a window whose maximum is <= 0 gives 0 and passes no
 gradient either way. Fused (Numba kernels with cblas, see
 :mod:`minidl.kernels.cpu_conv_block`), the conv's output and its gradient
-never exist as whole arrays: each block of images goes through the GEMM, the
-pool and the ReLU while it is in a thread's cache, in one parallel region
-forward and one backward (with the col2im of the input gradient).
+never exist as whole arrays, nor does its unfolded input: each block of
+images is unfolded and goes through the GEMM, the pool and the ReLU while it
+is in a thread's cache, in one parallel region forward and one backward
+(with the col2im of the input gradient).
 """
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ import numpy as np
 from .. import backend
 from ..kernels.common import is_c_major, plane_major
 from .arith import ReLU
-from .conv import _COL_CHUNK_BYTES, Conv2dFunction, _ColKeepingFunction, _workspace
+from ..tensor import Function
+from .conv import Conv2dFunction
 
 
-class ConvPoolReLU(_ColKeepingFunction):
+class ConvPoolReLU(Function):
     """The fused conv -> 2x2 max-pool -> ReLU (see the module docstring);
     inputs x, W and optionally b."""
 
@@ -50,32 +52,15 @@ class ConvPoolReLU(_ColKeepingFunction):
         threads = numba.get_num_threads()
         block = kernels.block_images(N, L, threads)
         xm, c_major = plane_major(x)
-        if K1 * N * L * x.dtype.itemsize <= _COL_CHUNK_BYTES:   # the whole col, once
-            buf = _workspace.get(np, (K1 * N * L,), x.dtype)
-            col = buf.reshape(K1, N * L)
-            backend.kernels_for(np).im2col(x, KH, KW, 1, 1, PH, PW, 1, 1, OH, OW,
-                                           channels_first=True,
-                                           out=col[:K].reshape(C, KH, KW, N, OH, OW))
-            col[K] = 1                                   # the bias's row
-            col_scratch = np.empty((1, 1), x.dtype)
-        else:   # each task unfolds its own images (see the kernels' module docstring)
-            buf, col = None, np.empty((K1, 0), x.dtype)
-            col_scratch = kernels.scratch(threads, K1, block * L, x.dtype)
         pooled = np.empty((Co, N, OH // 2, OW // 2), dtype=x.dtype)
         want_code = any(self.needs_input_grad)
         code = np.empty(pooled.shape if want_code else (1, 1, 1, 1), dtype=np.uint8)
         tasks = -(-N // block)
-        kernels.conv_pool_forward(w1, col, xm, c_major, col_scratch,
-                                  kernels.scratch(threads, Co, block * L, x.dtype), pooled, code,
-                                  KH, KW, PH, PW, OH, OW, 0, N, tasks, want_code,
-                                  x.dtype.type(0))
-        if self.want_gw and buf is not None:
-            self.col_buf = buf   # back to the workspace in release()
-        elif buf is not None:
-            _workspace.put(buf)
-            col = np.empty((K1, 0), dtype=x.dtype)
-        self.col = col
-        self.xm = xm if self.want_gw and col.shape[1] == 0 else None   # unfolded again
+        kernels.conv_pool_forward(
+            w1, xm, c_major, kernels.scratch(threads, K1, block * L, x.dtype),
+            kernels.scratch(threads, Co, block * L, x.dtype), pooled, code, KH, KW, PH, PW, OH, OW,
+            tasks, want_code, x.dtype.type(0))
+        self.xm = xm if self.want_gw else None   # unfolded again, block by block
         self.w1, self.code, self.has_bias, self.c_major = w1, code, b is not None, c_major
         self.x_shape, self.k_hw, self.out_hw = x.shape, (KH, KW), (OH, OW)
         self.block, self.tasks = block, tasks
@@ -94,11 +79,10 @@ class ConvPoolReLU(_ColKeepingFunction):
         gw_parts = np.zeros((threads if self.want_gw else 1, K1, Co), dtype=dtype)
         want_gx = self.needs_input_grad[0]
         gx = np.empty((C, N, H, W) if want_gx else (1, 1, 1, 1), dtype=dtype)
-        unfold = self.xm is not None
-        xm = self.xm if unfold else np.empty((1, 1, 1, 1), dtype)
+        xm = self.xm if self.want_gw else np.empty((1, 1, 1, 1), dtype)
         kernels.conv_pool_backward(
-            self.w1, self.col, xm, self.c_major, gpooled, self.code,
-            kernels.scratch(threads, K1 if unfold else 0, cols, dtype),
+            self.w1, xm, self.c_major, gpooled, self.code,
+            kernels.scratch(threads, K1 if self.want_gw else 0, cols, dtype),
             kernels.scratch(threads, Co, cols, dtype),
             kernels.scratch(threads, K if want_gx else 1, cols, dtype), gw_parts, gx, KH, KW,
             *self.padding, OH, OW, self.tasks, self.want_gw, want_gx, dtype.type(0))
