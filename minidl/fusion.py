@@ -11,6 +11,9 @@ called, eagerly, with no tracing and nothing for the user to do:
 * the call that completes conv -> ReLU -> pool or conv -> pool -> ReLU runs
   the fused :class:`~minidl.ops.conv_block.ConvPoolReLU` (or, where that
   kernel does not apply, the conv and then the pool with the ReLU fused in);
+* in inference (nothing to differentiate), an eval-mode ``batch_norm`` of a
+  deferred conv is folded into the conv's weight and bias, so conv -> BN ->
+  ReLU -> pool fuses as well;
 * anything else that touches a deferred tensor (another op, ``.numpy()``,
   printing, backward) computes it on the spot, by the ops as called; a
   deferred ReLU of a deferred conv runs as
@@ -31,14 +34,17 @@ runs every op as called.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import weakref
 
+from . import backend
 from .ops.arith import ReLU
 from .ops.conv import Conv2dFunction, MaxPool2dFunction
 from .ops.conv_block import Conv2dReLU, ConvPoolReLU, fusable
-from .tensor import Tensor, _grad_mode, fusion_handlers
+from .ops.norm import BatchNormFunction
+from .tensor import Tensor, _grad_mode, _Size, fusion_handlers
 
 __all__ = ["disabled", "is_enabled"]
 
@@ -103,6 +109,13 @@ class _Deferred(Tensor):
     dtype = property(lambda self: self._meta[1])
     ndim = property(lambda self: len(self._meta[0]))
     device = property(lambda self: self._meta[2])
+    size = property(lambda self: _Size(self._meta[0]))
+
+    def numel(self):
+        return math.prod(self._meta[0])
+
+    def dim(self):
+        return len(self._meta[0])
 
     def _compute(self):
         fn, args, kind = self._fn, self._args, self._kind
@@ -205,4 +218,36 @@ def _on_pool(fn, inputs):
     return None
 
 
-fusion_handlers.update({Conv2dFunction: _on_conv, ReLU: _on_relu, MaxPool2dFunction: _on_pool})
+def _recording(tensors):
+    return _grad_mode.enabled and any(t.requires_grad for t in tensors)
+
+
+def _on_batch_norm(fn, inputs):
+    """Eval-mode batch norm of a deferred conv with nothing to differentiate
+    (inference): folded into the conv's weight and bias, as onnxruntime and
+    oneDNN fuse Conv+BatchNormalization, so a ReLU and pool after it fuse too.
+    The same function; float rounding differs only in the last bits."""
+    x = inputs[0]
+    if (fn.training or not _pending(x, "conv") or x._fn.groups != 1 or _recording(inputs)
+            or _recording(x._args)):
+        return None
+    conv, w = x._fn, x._args[1]._data
+    dtype = w.dtype
+    xp = backend.get_array_module(w)
+    scale = (1 / xp.sqrt(fn.rv + fn.eps)).astype(dtype, copy=False)
+    if len(inputs) > 1:
+        scale = scale * inputs[1]._data
+    shift = -fn.rm.astype(dtype, copy=False)
+    if len(x._args) > 2:
+        shift = shift + x._args[2]._data
+    shift = shift * scale
+    if len(inputs) > 2:
+        shift = shift + inputs[2]._data
+    folded = Conv2dFunction.__new__(Conv2dFunction)
+    folded.__dict__.update(conv.__dict__)   # stride, padding, dilation, groups
+    args = (x._args[0], Tensor._wrap(w * scale.reshape(-1, 1, 1, 1)), Tensor._wrap(shift))
+    return _defer("conv", folded, args, x.shape, x)
+
+
+fusion_handlers.update({Conv2dFunction: _on_conv, ReLU: _on_relu, MaxPool2dFunction: _on_pool,
+                        BatchNormFunction: _on_batch_norm})

@@ -248,6 +248,7 @@ def test_deferred_tensors_read_anywhere_are_computed_as_called():
     y = F.conv2d(x, w, b, padding=1)
     r = F.relu(y)
     assert y.shape == (2, 2, 6, 6) and r.dtype == np.float64 and r.requires_grad
+    assert y.size(1) == 2 and y.numel() == 144 and y.dim() == 4 and y._fn is not None
     pooled = F.max_pool2d(r, 2)                  # fused; y and r still readable
     skip = (y + r).sum() + pooled.sum()
     with minidl.fusion.disabled():
@@ -263,3 +264,25 @@ def test_deferred_tensors_read_anywhere_are_computed_as_called():
         z = F.relu(F.conv2d(x, w, b))
     assert not z.requires_grad and z.creator is None and "tensor" in repr(z)
     assert minidl.fusion.is_enabled()
+
+
+def test_inference_folds_eval_batch_norm_into_the_conv():
+    """conv -> BatchNorm2d -> ReLU (-> pool), eval mode, no_grad: the batch
+    norm is folded into the conv and the rest fuses; the logits equal the
+    unfused modules'. With gradients recorded, nothing is folded."""
+    minidl.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Conv2d(4, 5, 3, padding=1, bias=False),
+                          nn.BatchNorm2d(5), nn.ReLU(), nn.Flatten()).double()
+    x = minidl.tensor(np.random.default_rng(0).standard_normal((4, 3, 8, 8)))
+    model(x)                                   # training: running statistics move
+    model.eval()
+    with minidl.no_grad():
+        y = model(x)
+        with minidl.fusion.disabled():
+            expected = model(x)
+    np.testing.assert_allclose(y.numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
+    y = model(x)
+    assert type(y.creator.inputs[0].creator).__name__ == "ReLU"
+    assert type(y.creator.inputs[0].creator.inputs[0].creator).__name__ == "BatchNormFunction"
+    np.testing.assert_allclose(y.numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
