@@ -111,6 +111,11 @@ class _Deferred(Tensor):
     device = property(lambda self: self._meta[2])
     size = property(lambda self: _Size(self._meta[0]))
 
+    def retain_grad(self):
+        if self._fn is not None:   # its gradient is wanted: computed as called, never fused away
+            self._compute()
+        super().retain_grad()
+
     def numel(self):
         return math.prod(self._meta[0])
 

@@ -260,6 +260,10 @@ def test_deferred_tensors_read_anywhere_are_computed_as_called():
     x.grad = None
     expected.backward()
     np.testing.assert_allclose(gx, x.grad.numpy())
+    y = F.conv2d(x, w, b, padding=1)
+    y.retain_grad()                              # its gradient is wanted: not fused away
+    F.max_pool2d(F.relu(y), 2).sum().backward()
+    assert y.grad is not None and y.grad.shape == (2, 2, 6, 6)
     with minidl.no_grad():
         z = F.relu(F.conv2d(x, w, b))
     assert not z.requires_grad and z.creator is None and "tensor" in repr(z)
