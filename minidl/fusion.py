@@ -7,10 +7,13 @@ called, eagerly, with no tracing and nothing for the user to do:
 
 * a ``conv2d`` call returns a *deferred* tensor: its shape and dtype are
   known, its values are not computed yet;
-* ``relu`` or ``max_pool2d`` (2x2) of a deferred conv is deferred too;
+* ``relu`` of a 4-D tensor, and ``max_pool2d`` (2x2) of a deferred conv,
+  are deferred too;
 * the call that completes conv -> ReLU -> pool or conv -> pool -> ReLU runs
   the fused :class:`~minidl.ops.conv_block.ConvPoolReLU` (or, where that
   kernel does not apply, the conv and then the pool with the ReLU fused in);
+  any other ReLU -> max-pool (after a batch norm, say) runs as the pool with
+  the ReLU in its pass;
 * in inference (nothing to differentiate), an eval-mode ``batch_norm`` of a
   deferred conv is folded into the conv's weight and bias, so conv -> BN ->
   ReLU -> pool fuses as well;
@@ -128,7 +131,7 @@ class _Deferred(Tensor):
         before = _grad_mode.enabled
         _grad_mode.enabled = self._grad
         try:
-            if kind == "relu" and args[0]._fn is not None and args[0]._grad == self._grad:
+            if kind == "relu" and _pending(args[0], "conv") and args[0]._grad == self._grad:
                 # relu of a conv not yet run: both in one op
                 conv = args[0]
                 real = _conv_relu(conv._fn)._run(*conv._args)
@@ -163,6 +166,11 @@ def _pending(x, kind):
     return type(x) is _Deferred and x._fn is not None and x._kind == kind
 
 
+def _joinable(x, kind):
+    """A pending ``kind`` whose call had this call's grad mode: the two may run as one."""
+    return _pending(x, kind) and x._grad == _grad_mode.enabled
+
+
 def _conv_relu(conv):
     fused = Conv2dReLU.__new__(Conv2dReLU)
     fused.__dict__.update(conv.__dict__)   # stride, padding, dilation, groups
@@ -174,19 +182,19 @@ def _plain_2x2(pool):
             and pool.dilation == (1, 1) and not pool.return_indices)
 
 
-def _block(conv, pool):
-    """relu(pool(conv)) for a deferred conv: fused when the kernels allow,
-    else the conv, then the pool with the ReLU in the same pass."""
-    fn = conv._fn
-    if (fn is not None and conv._grad == _grad_mode.enabled and _plain_2x2(pool)
+def _block(src, pool):
+    """relu(pool(src)): for a deferred conv, fused when the kernels allow;
+    else the pool with the ReLU in the same pass (computing src if deferred)."""
+    fn = src._fn if _joinable(src, "conv") else None
+    if (fn is not None and _plain_2x2(pool)
             and fn.stride == (1, 1) and fn.dilation == (1, 1) and fn.groups == 1):
-        x, w, b = (conv._args + (None,))[:3]
-        OH, OW = conv.shape[2:]
+        x, w, b = (src._args + (None,))[:3]
+        OH, OW = src.shape[2:]
         if pool.output_size == (OH // 2, OW // 2) and fusable(x, w, b, fn.padding):
-            return ConvPoolReLU(fn.padding)._run(*conv._args)
+            return ConvPoolReLU(fn.padding)._run(*src._args)
     fused_pool = MaxPool2dFunction(pool.kernel_size, pool.stride, pool.padding, pool.dilation,
                                    pool.output_size, relu=True)
-    return fused_pool._run(conv)
+    return fused_pool._run(src)
 
 
 def _on_conv(fn, inputs):
@@ -203,22 +211,24 @@ def _on_conv(fn, inputs):
 
 def _on_relu(fn, inputs):
     x = inputs[0]
-    if _pending(x, "conv"):
-        return _defer("relu", fn, (x,), x.shape, x)
-    if _pending(x, "pool"):
+    if _joinable(x, "pool"):
         return _block(x._args[0], x._fn)
-    return None
+    if not _state.enabled or _pending(x, "relu") or not isinstance(x, Tensor) or x.ndim != 4:
+        return None
+    # relu(conv) may become one op with the conv and a pool after it; relu(any
+    # 4-D x) pooled is the pool with the ReLU in its pass (no full-size ReLU)
+    return _defer("relu", fn, (x,), x.shape, x)
 
 
 def _on_pool(fn, inputs):
     x = inputs[0]
     if fn.return_indices or len(fn.kernel_size) != 2:
         return None
-    if _pending(x, "conv"):
+    if _joinable(x, "conv"):
         if fn.relu:   # max_pool2d_relu(conv2d(...)) called directly
             return _block(x, fn)
         return _defer("pool", fn, (x,), x.shape[:2] + tuple(fn.output_size), x)
-    if _pending(x, "relu"):   # relu(relu(conv)) pooled is relu(conv) pooled
+    if _joinable(x, "relu"):   # relu(relu(x)) pooled is relu(x) pooled
         return _block(x._args[0], fn)
     return None
 
@@ -233,7 +243,7 @@ def _on_batch_norm(fn, inputs):
     oneDNN fuse Conv+BatchNormalization, so a ReLU and pool after it fuse too.
     The same function; float rounding differs only in the last bits."""
     x = inputs[0]
-    if (fn.training or not _pending(x, "conv") or x._fn.groups != 1 or _recording(inputs)
+    if (fn.training or not _joinable(x, "conv") or x._fn.groups != 1 or _recording(inputs)
             or _recording(x._args)):
         return None
     conv, w = x._fn, x._args[1]._data

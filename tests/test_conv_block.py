@@ -290,3 +290,33 @@ def test_inference_folds_eval_batch_norm_into_the_conv():
     assert type(y.creator.inputs[0].creator).__name__ == "ReLU"
     assert type(y.creator.inputs[0].creator.inputs[0].creator).__name__ == "BatchNormFunction"
     np.testing.assert_allclose(y.numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_relu_then_pool_of_any_tensor_and_mixed_grad_modes():
+    """ReLU -> 2x2 pool of any 4-D tensor (a batch norm's output, say) runs as
+    the pool with the ReLU in its pass; calls of a chain made under different
+    grad modes are not joined, so what is recorded is what the ops record."""
+    rng = np.random.default_rng(6)
+    x, w, b = _inputs(rng, 2, 3, 2, 6, 6)
+
+    def relu_pool(t):
+        return F.max_pool2d(F.relu(t * 2.0), 2)
+
+    y = relu_pool(minidl.tensor(x, requires_grad=True))
+    assert isinstance(y.creator, minidl.ops.conv.MaxPool2dFunction) and y.creator.relu
+    gradcheck(relu_pool, [x])
+    ts = [minidl.tensor(a, requires_grad=True) for a in (x, w, b)]
+    with minidl.no_grad():
+        c = F.conv2d(*ts)
+        r = F.relu(ts[0])
+    y = F.relu(F.max_pool2d(c, 2))
+    assert not y.requires_grad and y.creator is None
+    z = F.max_pool2d(r, 2)
+    assert not z.requires_grad
+    c = F.conv2d(*ts)
+    with minidl.no_grad():
+        y = F.max_pool2d(F.relu(c), 2)
+    assert not y.requires_grad and c.requires_grad and c.creator is not None
+    with minidl.fusion.disabled():
+        expected = F.max_pool2d(F.relu(F.conv2d(*ts)), 2)
+    np.testing.assert_allclose(y.numpy(), expected.numpy(), rtol=1e-12)
