@@ -9,9 +9,14 @@ block's images unfolded (im2col) into a per-thread scratch, the conv GEMM
 into a second one (Co, images*L), then the fused 2x2 max-pool + ReLU of
 those planes into the pooled output and its window codes. Neither the
 unfolded input (the col) nor the conv's output ever exists whole: each
-block's stays in the thread's cache. (A whole col made once before the
-region, as conv2d does, was 15-40 % slower for the article model's and
-LeNet's blocks, and past 16 MiB it would not be kept anyway.)
+block's stays in the thread's cache. (Measured against a whole col made
+once before the region and kept for backward, as conv2d's im2col path does,
+2026-12-06, batch 64, forward+backward: on 2 threads of this shared machine
+the per-block unfold was 15-40 % faster for the article model's and LeNet's
+blocks; in CPU time on one thread it was even for the article model's,
+15-25 % faster for LeNet's first (3 -> 6, 5x5) and about 10 % slower for its
+second (6 -> 16, 5x5 on 14x14), where unfolding again in backward weighs as
+much as the GEMMs. Past 16 MiB a whole col would not be kept anyway.)
 
 Backward, per block: the pooled gradient scattered into a per-thread
 scratch gy (the conv output's gradient for the block), the block unfolded
