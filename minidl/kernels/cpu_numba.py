@@ -37,7 +37,7 @@ import os
 import numpy as np
 from numba import njit, prange
 
-from . import cpu_blas, cpu_numpy
+from . import common, cpu_blas, cpu_elementwise, cpu_numpy
 from .common import (batch_range, col2im_destination, is_c_major, output_array, plane_major,
                      relu_pooled)
 
@@ -696,3 +696,21 @@ def nchw_to_gemm(gy, bias_grad=False, out=None):
     gb = np.empty(Co, dtype=np.float64)
     _nchw_to_gemm(gy.reshape(N, Co, L), gy_t, gb, bool(bias_grad))
     return gy_t.reshape(Co, N * L), (gb.astype(gy.dtype) if bias_grad else None)
+
+
+def relu(x):
+    """max(x, 0) in one parallel pass, keeping x's layout (NumPy's for other layouts)."""
+    y = cpu_elementwise.relu(x)
+    return common.relu(x) if y is None else y
+
+
+def threshold_backward(gy, y):
+    """PyTorch's threshold_backward(gy, y, 0) in one parallel pass (see
+    :func:`.common.threshold_backward`)."""
+    gx = cpu_elementwise.threshold_backward(gy, y)
+    return common.threshold_backward(gy, y) if gx is None else gx
+
+
+dropout_apply = cpu_elementwise.dropout_apply
+sgd_update = cpu_elementwise.sgd_update
+adam_update = cpu_elementwise.adam_update
