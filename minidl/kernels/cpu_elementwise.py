@@ -131,7 +131,8 @@ def _dropout_span(x, y, start, k0, k1, threshold, scale, zero):
         i = np.uint64(start + k)
         h = _mix32((i & np.uint64(0xFFFFFFFF)) ^ k0)
         h = _mix32(h ^ (i >> np.uint64(32)) ^ k1)
-        y[k] = x[k] * (scale if (h >> np.uint64(8)) >= threshold else zero)   # x * 0 as PyTorch: inf -> NaN
+        # dropped: x * 0, as PyTorch's x * mask (an inf gives NaN)
+        y[k] = x[k] * (scale if (h >> np.uint64(8)) >= threshold else zero)
 
 
 @njit(parallel=True, cache=_CACHE)
