@@ -63,6 +63,9 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 cpu_blas.limit_blas_threads()
 matmul = cpu_blas.matmul if cpu_blas.available() else cpu_numpy.matmul
+# Whether conv2d may run as implicit GEMM (conv2d_implicit_forward below):
+# its blocks call cblas from Numba's threads.
+IMPLICIT_GEMM = cpu_blas.available()
 
 
 @njit(inline="always", cache=_CACHE)
@@ -714,3 +717,16 @@ def threshold_backward(gy, y):
 dropout_apply = cpu_elementwise.dropout_apply
 sgd_update = cpu_elementwise.sgd_update
 adam_update = cpu_elementwise.adam_update
+
+
+def conv2d_implicit_forward(x, w1, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
+    """conv2d as implicit GEMM (see :mod:`.cpu_conv_implicit`; imported on first use)."""
+    from . import cpu_conv_implicit
+    return cpu_conv_implicit.conv2d_forward(x, w1, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
+
+
+def conv2d_implicit_backward(x, w1, gy, want_gx, want_gw, KH, KW, SH, SW, PH, PW, DH, DW):
+    """The gradients of :func:`conv2d_implicit_forward` (see :mod:`.cpu_conv_implicit`)."""
+    from . import cpu_conv_implicit
+    return cpu_conv_implicit.conv2d_backward(x, w1, gy, want_gx, want_gw, KH, KW, SH, SW, PH, PW,
+                                             DH, DW)
