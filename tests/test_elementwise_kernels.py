@@ -92,6 +92,7 @@ def test_dropout_op_is_the_same_on_both_cpu_backends_and_reproducible():
     xc = minidl.tensor(np.ascontiguousarray(xc.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3))
     minidl.manual_seed(7)
     _same(F.dropout(xc, 0.3).numpy().reshape(33, 17, 40), y)
+    assert F.dropout(minidl.tensor(2.0), 0.5).shape == ()
 
 
 OPTIMIZERS = [

@@ -268,7 +268,7 @@ class Dropout(Function):
 
     def forward(self, x):
         xp = backend.get_array_module(x)
-        x = xp.ascontiguousarray(as_float(x))   # int64 * float32 would be float64
+        x = _c_order(xp, as_float(x))   # int64 * float32 would be float64
         self.key = int(generator_for(xp).integers(0, 2**63 - 1, size=1)[0])
         # keep iff the hash's top 24 bits >= p * 2**24: P(keep) = 1 - p at the
         # 24-bit resolution of a float32 uniform draw (the old mask's)
@@ -278,8 +278,14 @@ class Dropout(Function):
 
     def backward(self, gy):
         xp = backend.get_array_module(gy)
-        return backend.kernels_for(xp).dropout_apply(xp.ascontiguousarray(gy), self.key,
+        return backend.kernels_for(xp).dropout_apply(_c_order(xp, gy), self.key,
                                                      self.threshold, self.scale)
+
+
+def _c_order(xp, a):
+    """a C-contiguous (the dropout mask follows the C order of the elements);
+    a 0-d array stays 0-d (ascontiguousarray would make it 1-d)."""
+    return a if a.flags.c_contiguous else xp.ascontiguousarray(a)
 
 
 def dropout(x, p=0.5, training=True, inplace=False):
