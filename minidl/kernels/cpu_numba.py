@@ -211,13 +211,26 @@ def _col2im_plane(col, n, c, cf, ip, SH, SW, PH, PW, DH, DW):
                             cflat[k] = 0
                 _add(If[lo + shift:hi + shift], cflat[lo:hi])
                 continue
+            if SW == 1:
+                _add_rows(ip.reshape(H * W), cp.reshape(OH * OW), OW, oh_lo, oh_hi, ow_lo, ow_hi,
+                          (i * DH - PH) * W + j * DW - PW, SH * W)
+                continue
             for oh in range(oh_lo, oh_hi):
                 row, base = ip[oh * SH - PH + i * DH], j * DW - PW
-                if SW == 1:
-                    _add(row[ow_lo + base:ow_hi + base], cp[oh, ow_lo:ow_hi])
-                else:
-                    _add(row[ow_lo * SW + base:(ow_hi - 1) * SW + base + 1:SW],
-                         cp[oh, ow_lo:ow_hi])
+                _add(row[ow_lo * SW + base:(ow_hi - 1) * SW + base + 1:SW], cp[oh, ow_lo:ow_hi])
+
+
+@njit(cache=_CACHE)
+def _add_rows(imf, cf, OW, oh_lo, oh_hi, ow_lo, ow_hi, shift, row_step):
+    """col2im's counterpart of :func:`_copy_rows`: each valid row of one tap's
+    window plane (flat cf) added into the flat image plane imf, in the same
+    order as row views would add them."""
+    count = ow_hi - ow_lo
+    for oh in range(oh_lo, oh_hi):
+        src = np.uint64(oh * OW + ow_lo)
+        dst = np.uint64(oh * row_step + shift + ow_lo)
+        for k in range(count):
+            imf[dst + np.uint64(k)] += cf[src + np.uint64(k)]
 
 
 # The per-plane loops live in plain @njit functions called from the prange
