@@ -386,7 +386,6 @@ class Conv2dFunction(_ColKeepingFunction):
         gw = None if gw_t is None else gw_t.transpose(0, 2, 1).reshape(Co, Cg, KH, KW)
         return gx, gw, gb
 
-
     def _implicit_backward(self, kernels, gy, K, want_gb):
         """backward() of the implicit-GEMM forward: one parallel region, the
         bias gradient from the weight-gradient GEMM's bias column."""
@@ -406,9 +405,9 @@ class Conv2dFunction(_ColKeepingFunction):
 # (CPU time, one thread, 2026-12-06, batch 16 and 64; forward+backward):
 # implicit 10-35 % faster from 4.5 MiB of col up (40 MiB, 32 -> 64 on 26x26:
 # 63 ms against 78), within 5 % at 0.4-1.8 MiB with 32 output channels, but
-# 15-25 % slower for 6 -> 16 channels 5x5 on 14x14 (0.9 and 3.7 MiB): it
+# 40-70 % slower for 6 -> 16 channels 5x5 on 14x14 (0.9 and 3.7 MiB): it
 # unfolds x again in backward where im2col keeps its col, and with few output
-# channels per column that second unfold weighs as much as the GEMMs.
+# channels per column that second unfold weighs more than the GEMMs.
 _IMPLICIT_MIN_COL_BYTES = 8 * 2**20
 _IMPLICIT_WIDE = 32
 _ALGORITHMS = ("auto", "im2col", "implicit")
@@ -433,7 +432,8 @@ def conv_algorithm(name):
 
 def _use_implicit(kernels, x, G, Co, K1, NL):
     """Whether this conv runs as implicit GEMM (see ``_IMPLICIT_MIN_COL_BYTES``)."""
-    if G != 1 or not getattr(kernels, "IMPLICIT_GEMM", False) or NL == 0:
+    if (G != 1 or not getattr(kernels, "IMPLICIT_GEMM", False) or NL == 0
+            or x.dtype not in (np.float32, np.float64)):   # cblas's sgemm and dgemm
         return False
     name = getattr(_algorithm, "name", "auto")
     if name != "auto":
