@@ -35,6 +35,21 @@ def test_bench_ops_runs_on_a_tiny_setting(tmp_path):
             assert row["torch_ms"] > 0 and row["ratio"] > 0
 
 
+def test_bench_ops_cnn_shapes_runs_on_a_tiny_setting(tmp_path):
+    out = tmp_path / "cnn.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_ops.py"), "--quick",
+                    "--cnn-shapes", "--json", str(out)], check=True, capture_output=True,
+                   timeout=600)
+    result = json.loads(out.read_text())
+    assert [row["name"] for row in result["rows"]][:2] == ["mnist 1->32 3x3 p0 28",
+                                                           "mnist 32->64 3x3 p0 26"]
+    for row in result["rows"]:
+        if result["numba"]:
+            assert row["numba_ms"] > 0 and row["im2col_ms"] > 0
+        if result["torch"]:
+            assert row["torch_ms"] > 0 and row["ratio"] > 0
+
+
 def test_profile_step_prints_a_breakdown():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "profile_step.py"),
                           "--batch", "2", "--steps", "3"], check=True, capture_output=True,
