@@ -104,7 +104,8 @@ def models_table(results):
     lines = [f"Measured {env['date']} on {env['cpu']}, {env['threads']} threads, PyTorch "
              f"{env.get('torch', '-')}, onnxruntime {env.get('onnxruntime', '-')}, fusion "
              f"{'on' if env.get('fusion', True) else 'off'}; load average "
-             f"{env.get('load_average', 0):.1f} at the start. Reproduce with "
+             f"{env.get('load_average', 0):.1f} at the start (a shared machine: single runs "
+             f"of these ratios vary widely). Reproduce with "
              f"`python benchmarks/bench_models.py`.", "",
              "| model | measure | minidl | PyTorch | minidl / PyTorch | onnxruntime | "
              "minidl / onnxruntime |", "|---|---|---:|---:|---:|---:|---:|"]
