@@ -106,7 +106,21 @@ def torch_twin(model, torch):
 
 # -------------------------------------------------------------- runners
 
-class MinidlRunner:
+class TrainSteps:
+    """What every runner shares: SGD steps on ``self.loss`` of the model's output."""
+
+    def train_steps(self, n):
+        model, opt, x, y = self.model, self.opt, self.x, self.y
+        model.train()
+        for _ in range(n):
+            loss = self.loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return float(loss.item())
+
+
+class MinidlRunner(TrainSteps):
     name = "minidl"
 
     def __init__(self, arch, device, init_path, threads):
@@ -116,20 +130,11 @@ class MinidlRunner:
         self.model.load_state_dict(minidl.load(init_path))
         self.model.to(device)
         self.opt = moptim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.loss = MF.cross_entropy
 
     def set_batch(self, x, y):
         self.x = minidl.Tensor(x, device=self.device)
         self.y = minidl.Tensor(y, device=self.device)
-
-    def train_steps(self, n):
-        model, opt, x, y = self.model, self.opt, self.x, self.y
-        model.train()
-        for _ in range(n):
-            loss = MF.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return float(loss.item())
 
     def infer(self, x, passes):
         self.model.eval()
@@ -140,7 +145,7 @@ class MinidlRunner:
         out.numpy()  # wait for the device
 
 
-class TorchRunner:
+class TorchRunner(TrainSteps):
     name = "torch"
 
     def __init__(self, arch, device, init_path, threads):
@@ -153,21 +158,11 @@ class TorchRunner:
         model.load_state_dict(minidl.load(init_path))
         self.model = torch_twin(model, torch).to(self.device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.loss = torch.nn.functional.cross_entropy
 
     def set_batch(self, x, y):
         self.x = self.torch.from_numpy(x).to(self.device)
         self.y = self.torch.from_numpy(y).to(self.device)
-
-    def train_steps(self, n):
-        F = self.torch.nn.functional
-        model, opt, x, y = self.model, self.opt, self.x, self.y
-        model.train()
-        for _ in range(n):
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return float(loss.item())
 
     def infer(self, x, passes):
         self.model.eval()

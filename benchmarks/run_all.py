@@ -1,12 +1,14 @@
 """Run every benchmark, save the JSON, and regenerate the README's results table.
 
-    python benchmarks/run_all.py            # ~6 minutes on 2 cores
+    python benchmarks/run_all.py            # ~12 minutes on 2 cores
     python benchmarks/run_all.py --quick    # a tiny setting (what the tests run)
     python benchmarks/run_all.py --table-only   # rebuild the README table from results.json
 
-Results go to benchmarks/results.json; the README section between
-``<!-- bench:start -->`` and ``<!-- bench:end -->`` is rewritten from it, never
-typed by hand.
+Results go to benchmarks/results.json; the README sections between
+``<!-- bench:start -->`` and ``<!-- bench:end -->`` (the zoo model, ops, graph)
+and between ``<!-- models:start -->`` and ``<!-- models:end -->`` (the
+user-written models of bench_models.py) are rewritten from it, never typed by
+hand.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results.json")
 README = os.path.join(ROOT, "README.md")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+MODELS_START, MODELS_END = "<!-- models:start -->", "<!-- models:end -->"
 
 
 def run(script, args, quick):
@@ -92,14 +95,39 @@ def table(results):
     return "\n".join(lines)
 
 
-def update_readme(text):
+def models_table(results):
+    """Markdown for the README's user-written models (bench_models.py's JSON)."""
+    models = results.get("models")
+    if not models:
+        return ""
+    env = models["environment"]
+    lines = [f"Measured {env['date']} on {env['cpu']}, {env['threads']} threads, PyTorch "
+             f"{env.get('torch', '-')}, onnxruntime {env.get('onnxruntime', '-')}, fusion "
+             f"{'on' if env.get('fusion', True) else 'off'}; load average "
+             f"{env.get('load_average', 0):.1f} at the start (a shared machine: single runs "
+             f"of these ratios vary widely). Reproduce with "
+             f"`python benchmarks/bench_models.py`.", "",
+             "| model | measure | minidl | PyTorch | minidl / PyTorch | onnxruntime | "
+             "minidl / onnxruntime |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in models["models"]:
+        rows = [(f"training, batch {b}", e) for b, e in r["train"].items()]
+        rows += [(f"inference, batch {b}", e) for b, e in r["inference"].items()]
+        for what, e in rows:
+            ort = (f"{e['onnxruntime']:,.0f} | {e['ratio_onnxruntime']:.2f}x"
+                   if "onnxruntime" in e else "- | -")
+            lines.append(f"| {r['model']} | {what} (img/s) | {e['minidl']:,.0f} | "
+                         f"{e.get('torch', 0):,.0f} | {e.get('ratio', 0):.2f}x | {ort} |")
+    return "\n".join(lines)
+
+
+def update_readme(text, start=START, end=END):
     with open(README) as f:
         readme = f.read()
-    if START not in readme or END not in readme:
-        raise SystemExit(f"run_all: {README} has no {START} ... {END} section")
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n{text}\n{END}{tail}"
+    if start not in readme or end not in readme:
+        raise SystemExit(f"run_all: {README} has no {start} ... {end} section")
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{text}\n{end}{tail}"
     tmp = README + ".tmp"
     with open(tmp, "w") as f:
         f.write(new)
@@ -118,6 +146,8 @@ def main(argv=None):
             results = json.load(f)
         update_readme(table(results))
         update_transformers_readme(results)
+        if results.get("models"):
+            update_readme(models_table(results), MODELS_START, MODELS_END)
         return
     q = args.quick
     results = {
@@ -127,6 +157,7 @@ def main(argv=None):
         "graph": run("bench_graph.py", ["--quick"] if q else [], q),
         "transformers": run("bench_transformers.py", ["--batch", "2", "--windows", "1",
                                                       "--steps", "1"] if q else [], q),
+        "models": run("bench_models.py", ["--tiny"] if q else [], q),
     }
     if not q or args.out != RESULTS:   # a smoke run never overwrites the measured results
         tmp = args.out + ".tmp"
@@ -134,8 +165,10 @@ def main(argv=None):
             json.dump(results, f, indent=2)
         os.replace(tmp, args.out)
     print(table(results))
+    print(models_table(results))
     if not q:
         update_readme(table(results))
+        update_readme(models_table(results), MODELS_START, MODELS_END)
         update_transformers_readme(results)
 
 

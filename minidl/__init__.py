@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 
 from . import cuda, data, nn, ops, optim  # noqa: E402
 from . import distributed  # noqa: E402
+from . import fusion  # noqa: E402  (registers the fused CNN blocks; see its docstring)
 from .backend import cuda_is_available, get_num_threads, set_num_threads
 from .creation import (arange, empty, eye, from_numpy, full, linspace, ones, ones_like, rand,
                        randint, randn, randperm, tensor, zeros, zeros_like)

@@ -549,6 +549,11 @@ def sum_to(array, shape):
     return out
 
 
+# Function class -> handler(function, inputs): minidl.fusion's, filled when it
+# is imported; a handler returns the output(s), or None to run the op as written.
+fusion_handlers = {}
+
+
 class Function:
     """One differentiable op: ``forward`` and ``backward`` on raw arrays.
 
@@ -570,6 +575,17 @@ class Function:
     supports_bfloat16 = False
 
     def __call__(self, *inputs):
+        # minidl.fusion may take the call over (defer it, or run a fused op in
+        # its place); it returns None to let the Function run as written
+        handler = fusion_handlers.get(type(self))
+        if handler is not None:
+            out = handler(self, inputs)
+            if out is not None:
+                return out
+        return self._run(*inputs)
+
+    def _run(self, *inputs):
+        """Run the op now (no fusion): forward, and record it for backward."""
         tensors = [x if isinstance(x, Tensor) else Tensor._wrap(as_array(x)) for x in inputs]
         arrays = [t._data for t in tensors]
         for a in arrays:   # itemsize first: the cheapest test that rules out float32/64

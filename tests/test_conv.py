@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 import minidl
 from minidl import backend
-from minidl.ops.conv import (adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d,
-                             max_pool2d_relu)
+from minidl.ops.conv import (adaptive_avg_pool2d, avg_pool2d, conv2d, conv_algorithm,
+                             max_pool2d, max_pool2d_relu)
 from minidl.testing import gradcheck
 from torch_helpers import check_vs_torch
 
@@ -22,7 +22,18 @@ PATHS = [pytest.param(False, id="numpy")]
 if backend.numba_available():
     PATHS.append(pytest.param(True, id="numba"))
 
+# conv2d's tests also run its implicit-GEMM algorithm (Numba kernels), forced on
+# shapes where "auto" would pick im2col
+CONV_PATHS = PATHS + ([pytest.param("implicit", id="numba-implicit")]
+                      if backend.numba_available() else [])
+
 FAST = settings(max_examples=8, deadline=None)
+
+
+def conv_path(path):
+    """The conv algorithm a CONV_PATHS entry names ('auto' for the kernel paths);
+    ``backend.use_numba(path)`` selects the kernels (the implicit path is Numba's)."""
+    return conv_algorithm("implicit" if path == "implicit" else "auto")
 
 
 # ----------------------------------------------------------- generators
@@ -86,13 +97,13 @@ def avg_kwargs(c, count_include_pad=True, divisor_override=None):
 
 # ------------------------------------------------------------ gradcheck
 
-@pytest.mark.parametrize("numba", PATHS)
+@pytest.mark.parametrize("numba", CONV_PATHS)
 @FAST
 @given(c=conv_configs())
 def test_conv2d_gradcheck(numba, c):
     x, w, b = conv_inputs(c)
     inputs = [x, w] if b is None else [x, w, b]
-    with backend.use_numba(numba):
+    with backend.use_numba(numba), conv_path(numba):
         gradcheck(lambda *t: conv2d(*t, **conv_kwargs(c)), inputs)
 
 
@@ -151,13 +162,13 @@ def parity(ours, theirs, arrays, seed):
                    dtype=np.float32, rtol=1e-4, atol=1e-5, grad_atol=1e-4, seed=seed)
 
 
-@pytest.mark.parametrize("numba", PATHS)
+@pytest.mark.parametrize("numba", CONV_PATHS)
 @FAST
 @given(c=conv_configs())
 def test_conv2d_matches_torch(numba, c):
     F = pytest.importorskip("torch.nn.functional")
     x, w, b = conv_inputs(c, np.float32)
-    with backend.use_numba(numba):
+    with backend.use_numba(numba), conv_path(numba):
         parity(lambda *t: conv2d(*t, **conv_kwargs(c)),
                lambda *t: F.conv2d(*t, **conv_kwargs(c)), [x, w, b], c["seed"])
 
@@ -296,13 +307,13 @@ def test_col2im_keeps_far_pixels_exact_beside_huge_or_infinite_gradients(numba):
         assert not np.isnan(x.grad.numpy()[0, 0][far]).any()
 
 
-@pytest.mark.parametrize("numba", PATHS)
+@pytest.mark.parametrize("numba", CONV_PATHS)
 def test_conv2d_frozen_bias_gives_the_weight_gradient(numba):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 5, 5))
     w = minidl.Tensor(rng.standard_normal((4, 3, 3, 3)), requires_grad=True)
     b = minidl.Tensor(rng.standard_normal(4))   # frozen: no gradient
-    with backend.use_numba(numba):
+    with backend.use_numba(numba), conv_path(numba):
         conv2d(x, w, b, padding=1).sum().backward()
     reference = minidl.Tensor(w.numpy(), requires_grad=True)
     conv2d(x, reference, padding=1).sum().backward()
@@ -408,7 +419,8 @@ def test_c_major_layout_flows_through_conv_and_pool(numba, monkeypatch):
         y.backward(gy)
         return [y.numpy(), x.grad.numpy()] + [t.grad.numpy() for t in ws], [h1, h2, y]
 
-    with backend.use_numba(numba):
+    # the ops as called (the fusion would run conv -> pool -> ReLU as one op)
+    with backend.use_numba(numba), minidl.fusion.disabled():
         got, tensors = run()
         monkeypatch.setattr(conv_module, "is_c_major", lambda a: False)
         expected, ref_tensors = run()
@@ -419,13 +431,13 @@ def test_c_major_layout_flows_through_conv_and_pool(numba, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("numba", PATHS)
+@pytest.mark.parametrize("numba", CONV_PATHS)
 @FAST
 @given(c=conv_configs())
 def test_conv2d_gradcheck_c_major_input(numba, c):
     x, w, b = conv_inputs(c)
     inputs = [c_major(x), w] if b is None else [c_major(x), w, b]
-    with backend.use_numba(numba):
+    with backend.use_numba(numba), conv_path(numba):
         gradcheck(lambda *t: conv2d(*t, **conv_kwargs(c)), inputs)
 
 
@@ -606,3 +618,41 @@ def test_string_padding_bad_input():
         minidl.nn.Conv2d(1, 2, 3, stride=2, padding="same")
     with pytest.raises(ValueError, match="'valid' or 'same', got 'full'"):
         minidl.nn.Conv2d(1, 2, 3, padding="full")
+
+
+@pytest.mark.skipif(not backend.numba_available(), reason="the implicit GEMM is Numba's")
+@pytest.mark.parametrize("shape", [
+    # (N, C, H, Co, kernel, padding, stride): the CNN shapes users write, scaled down
+    (5, 3, 12, 6, 5, 0, 1), (4, 6, 9, 16, 5, 2, 1), (3, 1, 10, 8, 3, 0, 1),
+    (6, 16, 8, 32, 3, 1, 1), (2, 4, 11, 5, 3, 1, 2)])
+@pytest.mark.parametrize("layout", [np.ascontiguousarray, c_major])
+@pytest.mark.parametrize("wanted", [(True, True, True), (False, True, True), (True, False, False),
+                                    (False, True, False)])
+def test_implicit_gemm_equals_im2col(shape, layout, wanted):
+    """Both algorithms, float32, in either input layout and with any set of
+    gradients wanted: the same values (up to the GEMMs' float rounding) and
+    the same output and gradient layouts."""
+    N, C, H, Co, k, p, s = shape
+    rng = np.random.default_rng(N * C)
+    x0 = layout(rng.standard_normal((N, C, H, H)).astype(np.float32))
+    w0 = rng.standard_normal((Co, C, k, k)).astype(np.float32)
+    b0 = rng.standard_normal(Co).astype(np.float32)
+    gy = None
+    results = []
+    for algorithm in ("im2col", "implicit"):
+        x, w, b = (minidl.Tensor(a, requires_grad=r) for a, r in zip((x0, w0, b0), wanted))
+        with backend.use_numba(True), conv_algorithm(algorithm):
+            y = conv2d(x, w, b, stride=s, padding=p)
+            if gy is None:
+                gy = layout(rng.standard_normal(y.shape).astype(np.float32))
+            y.backward(minidl.Tensor(gy))
+        results.append([y.numpy()] + [t.grad.numpy() for t in (x, w, b) if t.requires_grad])
+    for a, b in zip(*results):
+        assert a.strides == b.strides and a.dtype == b.dtype
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-4)
+
+
+def test_conv_algorithm_refuses_unknown_names():
+    with pytest.raises(ValueError, match="implicit"):
+        with conv_algorithm("winograd"):
+            pass

@@ -506,7 +506,7 @@ def test_numba_and_numpy_agree_float32():
 def test_all_backends_share_one_interface():
     import inspect
     names = ["im2col", "col2im", "maxpool2d_forward", "maxpool2d_backward", "maxpool2d_indices",
-             "gemm_to_nchw", "nchw_to_gemm"]
+             "gemm_to_nchw", "nchw_to_gemm", "relu", "threshold_backward", "dropout_apply"]
     import sys
 
     from minidl.kernels import cuda_cupy   # imports without CuPy: it is loaded lazily

@@ -58,10 +58,11 @@ def test_float32_no_allocation_after_first_step_and_grads_untouched(kind):
     p.grad = minidl.from_numpy(grad)   # shared: the step must not write into it
     opt.step()
     state_ids = [id(v) for v in opt.state[p].values() if isinstance(v, np.ndarray)]
-    scratch_ids = [id(v) for v in opt._scratch[id(p)].values()]
+    # the one-pass kernels (Numba) need no scratch at all
+    scratch_ids = [id(v) for v in opt._scratch.get(id(p), {}).values()]
     opt.step()
     assert [id(v) for v in opt.state[p].values() if isinstance(v, np.ndarray)] == state_ids
-    assert [id(v) for v in opt._scratch[id(p)].values()] == scratch_ids
+    assert [id(v) for v in opt._scratch.get(id(p), {}).values()] == scratch_ids
     assert (grad == 0.5).all() and p.grad._data is grad
     assert p.dtype == np.float32 and all(v.dtype == np.float32 for v in opt.state[p].values()
                                          if isinstance(v, np.ndarray))

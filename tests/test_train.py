@@ -57,54 +57,32 @@ def test_model_shapes_and_attention(arch):
     assert num_parameters(model) > 0
 
 
-def test_model_fuses_its_blocks_with_the_same_results(monkeypatch):
-    """feature_maps runs each plain Conv2d 3x3 + ReLU + MaxPool2d(2) block as one
-    fused op (conv_pool_relu); with the conv swapped for another module, the
-    pool and ReLU fused (max_pool2d_relu); with the ReLU swapped, the modules
-    as they are. All give the logits and gradients of conv -> ReLU -> pool."""
-    from minidl.models import cnn_attention
-    from minidl.ops import conv as conv_ops
-    from minidl.ops import conv_block
-
-    class PlainConv(nn.Conv2d):
-        pass
-
-    class PlainReLU(nn.ReLU):
-        pass
-
-    calls = []
-    monkeypatch.setattr(cnn_attention, "conv_pool_relu", lambda *a: calls.append("block")
-                        or conv_block.conv_pool_relu(*a))
-    monkeypatch.setattr(cnn_attention, "max_pool2d_relu", lambda *a: calls.append("pool")
-                        or conv_ops.max_pool2d_relu(*a))
+def test_model_is_plain_layers_and_the_framework_fuses_them():
+    """CNNAttention is plain layers; minidl.fusion runs each conv -> ReLU ->
+    pool block as one fused op (where the kernels allow), and the logits and
+    every gradient equal the unfused modules' (minidl.fusion.disabled())."""
+    from minidl.ops.conv_block import ConvPoolReLU, fusable
     x = minidl.rand(3, 1, 28, 28)
-    results, used = [], []
-    for swap in (None, "conv", "relu"):
+    results = []
+    for fuse in (True, False):
         minidl.manual_seed(0)
         model = CNNAttention("seed").eval()
-        if swap == "conv":
-            for i in (0, 3):
-                old = model.features[i]
-                model.features[i] = PlainConv(old.in_channels, old.out_channels, 3, padding=1)
-                model.features[i].load_state_dict(old.state_dict())
-        elif swap == "relu":
-            model.features[1], model.features[4] = PlainReLU(), PlainReLU()
-        calls.clear()
-        logits = model(x)
-        used.append(list(calls))
+        if fuse:
+            maps = model.feature_maps(x)
+            logits = model(x)
+        else:
+            with minidl.fusion.disabled():
+                maps = model.feature_maps(x)
+                logits = model(x)
+        if fuse and fusable(x, model.features[0].weight, None, (1, 1)):
+            assert isinstance(maps.creator, ConvPoolReLU)
+            assert isinstance(maps.creator.inputs[0].creator, ConvPoolReLU)
         logits.sum().backward()
         results.append((logits.numpy(), [p.grad.numpy() for p in model.parameters()]))
-    assert used == [["block", "block"], ["pool", "pool"], []]
-    minidl.manual_seed(0)
-    article_order = CNNAttention("seed").eval()
-    feats = article_order.features(x)   # conv -> ReLU -> pool, as the article
-    fused, _ = article_order.attention(feats)
-    reference = article_order.classifier(fused)
-    reference.sum().backward()
-    for logits, grads in results:
-        np.testing.assert_allclose(logits, reference.numpy(), rtol=1e-5, atol=1e-6)
-        for g, p in zip(grads, article_order.parameters()):
-            np.testing.assert_allclose(g, p.grad.numpy(), rtol=1e-4, atol=1e-6)
+    (logits, grads), (reference, ref_grads) = results
+    np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
 
 
 def test_model_rejects_wrong_input():
@@ -319,10 +297,9 @@ def test_predict_takes_the_opaque_strokes_of_a_transparent_png(tmp_path):
 
 
 def test_pool_before_relu_is_exact():
-    """feature_maps pools before the ReLU. On the same conv output that is exact
-    (ReLU is monotone): values and gradients equal the literal order bit for
-    bit. The whole of feature_maps (fused blocks, whose GEMMs sum in blocks of
-    images) equals the literal modules to float32 rounding."""
+    """The fused blocks pool before the ReLU. On the same conv output that is
+    exact (ReLU is monotone): values and gradients equal the literal order bit
+    for bit."""
     from minidl.ops.conv import max_pool2d_relu
     minidl.manual_seed(3)
     model = CNNAttention("seed")
@@ -340,12 +317,3 @@ def test_pool_before_relu_is_exact():
         results.append((out.numpy(), t.grad.numpy()))
     for fast, literal in zip(*results):
         np.testing.assert_array_equal(fast, literal)
-    results = []
-    for run in (model.feature_maps, model.features):
-        model.zero_grad()
-        out = run(x)
-        (out * minidl.tensor(np.linspace(-1, 1, out.size, dtype=np.float32)
-                             .reshape(out.shape))).sum().backward()
-        results.append([out.numpy()] + [p.grad.numpy() for p in model.features.parameters()])
-    for fast, literal in zip(*results):
-        np.testing.assert_allclose(fast, literal, rtol=1e-5, atol=1e-5)

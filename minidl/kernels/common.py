@@ -14,6 +14,8 @@ pass. Either way every (H, W) plane is contiguous, so per-plane kernels
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import get_array_module
 
 
@@ -113,3 +115,56 @@ def nchw_to_gemm(gy, bias_grad=False, out=None):
     gy_t[...] = gy.reshape(N, Co, L).transpose(1, 0, 2)
     gy_t = gy_t.reshape(Co, N * L)
     return gy_t, (gy_t.sum(axis=1) if bias_grad else None)
+
+
+# ---------------------------------------------------------------- elementwise
+# The NumPy and CuPy versions of :mod:`.cpu_elementwise`'s kernels (the same
+# values; the Numba ones make them in one pass).
+
+def relu(x):
+    """max(x, 0), NaN kept (``np.maximum``'s rule, which the Numba kernel follows)."""
+    return get_array_module(x).maximum(x, x.dtype.type(0))
+
+
+def threshold_backward(gy, y):
+    """PyTorch's threshold_backward(gy, y, 0): exactly 0 where y <= 0 (an inf
+    or NaN gy there too, where a product would give NaN); a NaN y passes gy."""
+    return get_array_module(gy).where(y <= 0, gy.dtype.type(0), gy)
+
+
+_DROPOUT_CHUNK = 1 << 16   # elements hashed at a time: the temporaries stay in cache
+
+
+def _mix32(xp, h):
+    """Wellons' lowbias32 on a uint32 array, in place (as cpu_elementwise._mix32)."""
+    h ^= h >> xp.uint32(16)
+    h *= xp.uint32(0x21F0AAAD)
+    h ^= h >> xp.uint32(15)
+    h *= xp.uint32(0x735A2D97)
+    h ^= h >> xp.uint32(15)
+    return h
+
+
+def dropout_apply(x, key, threshold, scale):
+    """y = x * scale where element i (C order) is kept, else x * 0 (so inf and
+    NaN give NaN, as PyTorch's x * mask): kept iff the
+    top 24 bits of hash(i, key) are >= ``threshold``. The hash is two rounds
+    of a 32-bit mix: of the index's low word xor the key's low word, then of
+    that xor the index's high word xor the key's high word."""
+    xp = get_array_module(x)
+    xf = x.reshape(-1)
+    y = xp.empty_like(xf)
+    k0, k1 = xp.uint32(key & 0xFFFFFFFF), xp.uint32(key >> 32)
+    zero, scale = x.dtype.type(0), x.dtype.type(scale)
+    for a in range(0, xf.shape[0], _DROPOUT_CHUNK):
+        # a chunk never crosses a multiple of 2**32: its indices share the high word
+        lo = a & 0xFFFFFFFF
+        h = xp.arange(lo, lo + min(xf.shape[0] - a, _DROPOUT_CHUNK), dtype=xp.uint32)
+        h ^= k0
+        h = _mix32(xp, h)
+        h ^= xp.uint32(a >> 32) ^ k1
+        h = _mix32(xp, h)
+        factor = xp.where((h >> xp.uint32(8)) >= threshold, scale, zero)
+        with np.errstate(invalid="ignore"):   # inf * 0 = NaN, as the Numba kernel (quiet)
+            xp.multiply(xf[a:a + h.shape[0]], factor, out=y[a:a + h.shape[0]])
+    return y.reshape(x.shape)

@@ -37,7 +37,7 @@ import os
 import numpy as np
 from numba import njit, prange
 
-from . import cpu_blas, cpu_numpy
+from . import common, cpu_blas, cpu_elementwise, cpu_numpy
 from .common import (batch_range, col2im_destination, is_c_major, output_array, plane_major,
                      relu_pooled)
 
@@ -63,6 +63,9 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 cpu_blas.limit_blas_threads()
 matmul = cpu_blas.matmul if cpu_blas.available() else cpu_numpy.matmul
+# Whether conv2d may run as implicit GEMM (conv2d_implicit_forward below):
+# its blocks call cblas from Numba's threads.
+IMPLICIT_GEMM = cpu_blas.available()
 
 
 @njit(inline="always", cache=_CACHE)
@@ -133,6 +136,10 @@ def _im2col_plane(xp, col, n, c, cf, SH, SW, PH, PW, DH, DW, pad_value):
                     for ow in range(ow_hi, OW):
                         cp[oh, ow] = pad_value
                 continue
+            if SW == 1:
+                _copy_rows(cp.reshape(OH * OW), xp.reshape(H * W), OW, W, oh_lo, oh_hi, ow_lo,
+                           ow_hi, (i * DH - PH) * W + j * DW - PW, SH * W, pad_value)
+                continue
             for oh in range(OH):
                 cr = cp[oh]
                 if oh < oh_lo or oh >= oh_hi:
@@ -144,10 +151,29 @@ def _im2col_plane(xp, col, n, c, cf, SH, SW, PH, PW, DH, DW, pad_value):
                 for ow in range(ow_hi, OW):
                     cr[ow] = pad_value
                 row, base = xp[oh * SH - PH + i * DH], j * DW - PW
-                if SW == 1:
-                    _copy(cr[ow_lo:ow_hi], row[ow_lo + base:ow_hi + base])
-                else:
-                    _copy(cr[ow_lo:ow_hi], row[ow_lo * SW + base:(ow_hi - 1) * SW + base + 1:SW])
+                _copy(cr[ow_lo:ow_hi], row[ow_lo * SW + base:(ow_hi - 1) * SW + base + 1:SW])
+
+
+@njit(cache=_CACHE)
+def _copy_rows(cf, xf, OW, W, oh_lo, oh_hi, ow_lo, ow_hi, shift, row_step, pad_value):
+    """One tap's window plane, unit column stride: flat cf (OH*OW) gets, for
+    each output row oh in [oh_lo, oh_hi), the input run starting at flat
+    ``oh * row_step + shift + ow_lo``; pad_value elsewhere. Flat unsigned
+    offsets instead of a row view per row (15-25 % faster on small planes)."""
+    size = cf.shape[0]
+    _fill(cf[:oh_lo * OW], pad_value)
+    _fill(cf[oh_hi * OW:size], pad_value)
+    count = ow_hi - ow_lo
+    for oh in range(oh_lo, oh_hi):
+        d = np.uint64(oh * OW)
+        for k in range(ow_lo):
+            cf[d + np.uint64(k)] = pad_value
+        for k in range(ow_hi, OW):
+            cf[d + np.uint64(k)] = pad_value
+        src = np.uint64(oh * row_step + shift + ow_lo)
+        dst = d + np.uint64(ow_lo)
+        for k in range(count):
+            cf[dst + np.uint64(k)] = xf[src + np.uint64(k)]
 
 
 @njit(cache=_CACHE)
@@ -185,13 +211,26 @@ def _col2im_plane(col, n, c, cf, ip, SH, SW, PH, PW, DH, DW):
                             cflat[k] = 0
                 _add(If[lo + shift:hi + shift], cflat[lo:hi])
                 continue
+            if SW == 1:
+                _add_rows(ip.reshape(H * W), cp.reshape(OH * OW), OW, oh_lo, oh_hi, ow_lo, ow_hi,
+                          (i * DH - PH) * W + j * DW - PW, SH * W)
+                continue
             for oh in range(oh_lo, oh_hi):
                 row, base = ip[oh * SH - PH + i * DH], j * DW - PW
-                if SW == 1:
-                    _add(row[ow_lo + base:ow_hi + base], cp[oh, ow_lo:ow_hi])
-                else:
-                    _add(row[ow_lo * SW + base:(ow_hi - 1) * SW + base + 1:SW],
-                         cp[oh, ow_lo:ow_hi])
+                _add(row[ow_lo * SW + base:(ow_hi - 1) * SW + base + 1:SW], cp[oh, ow_lo:ow_hi])
+
+
+@njit(cache=_CACHE)
+def _add_rows(imf, cf, OW, oh_lo, oh_hi, ow_lo, ow_hi, shift, row_step):
+    """col2im's counterpart of :func:`_copy_rows`: each valid row of one tap's
+    window plane (flat cf) added into the flat image plane imf, in the same
+    order as row views would add them."""
+    count = ow_hi - ow_lo
+    for oh in range(oh_lo, oh_hi):
+        src = np.uint64(oh * OW + ow_lo)
+        dst = np.uint64(oh * row_step + shift + ow_lo)
+        for k in range(count):
+            imf[dst + np.uint64(k)] += cf[src + np.uint64(k)]
 
 
 # The per-plane loops live in plain @njit functions called from the prange
@@ -696,3 +735,34 @@ def nchw_to_gemm(gy, bias_grad=False, out=None):
     gb = np.empty(Co, dtype=np.float64)
     _nchw_to_gemm(gy.reshape(N, Co, L), gy_t, gb, bool(bias_grad))
     return gy_t.reshape(Co, N * L), (gb.astype(gy.dtype) if bias_grad else None)
+
+
+def relu(x):
+    """max(x, 0) in one parallel pass, keeping x's layout (NumPy's for other layouts)."""
+    y = cpu_elementwise.relu(x)
+    return common.relu(x) if y is None else y
+
+
+def threshold_backward(gy, y):
+    """PyTorch's threshold_backward(gy, y, 0) in one parallel pass (see
+    :func:`.common.threshold_backward`)."""
+    gx = cpu_elementwise.threshold_backward(gy, y)
+    return common.threshold_backward(gy, y) if gx is None else gx
+
+
+dropout_apply = cpu_elementwise.dropout_apply
+sgd_update = cpu_elementwise.sgd_update
+adam_update = cpu_elementwise.adam_update
+
+
+def conv2d_implicit_forward(x, w1, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
+    """conv2d as implicit GEMM (see :mod:`.cpu_conv_implicit`; imported on first use)."""
+    from . import cpu_conv_implicit
+    return cpu_conv_implicit.conv2d_forward(x, w1, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
+
+
+def conv2d_implicit_backward(x, w1, gy, want_gx, want_gw, KH, KW, SH, SW, PH, PW, DH, DW):
+    """The gradients of :func:`conv2d_implicit_forward` (see :mod:`.cpu_conv_implicit`)."""
+    from . import cpu_conv_implicit
+    return cpu_conv_implicit.conv2d_backward(x, w1, gy, want_gx, want_gw, KH, KW, SH, SW, PH, PW,
+                                             DH, DW)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .common import (batch_range, col2im_destination, gemm_to_nchw,  # noqa: F401
                      maxpool2d_indices, nchw_to_gemm, output_array, relu_pooled)
+from .common import dropout_apply, relu, threshold_backward  # noqa: F401
 
 
 def _padded_extent(size, K, S, P, D, O):

@@ -16,6 +16,7 @@ import functools
 
 from .common import (batch_range, col2im_destination, gemm_to_nchw,  # noqa: F401
                      maxpool2d_indices, nchw_to_gemm, output_array)
+from .common import dropout_apply, relu, threshold_backward  # noqa: F401
 
 _GEOMETRY = ("int64 H, int64 W, int64 KH, int64 KW, int64 SH, int64 SW, "
              "int64 PH, int64 PW, int64 DH, int64 DW, int64 OH, int64 OW")

@@ -21,9 +21,6 @@ Architectures (``arch``):
 from __future__ import annotations
 
 from .. import nn
-from ..nn.layers import _pair
-from ..ops.conv import max_pool2d_relu
-from ..ops.conv_block import conv_pool_relu
 
 ARCHS = {
     # channels of the two convs, attention MLP sizes, classifier hidden size (0 = none)
@@ -82,39 +79,9 @@ class CNNAttention(nn.Module):
         logits = self.classifier(fused)
         return (logits, weights) if return_attention else logits
 
-
     def feature_maps(self, x):
-        """The CNN: (conv -> ReLU -> maxpool 2x2) twice; (B, 1, 28, 28) -> (B, C, 7, 7).
-
-        Runs each max-pool before its ReLU. ReLU is monotone, so max-pooling
-        commutes with it: outputs are identical, and so are gradients (a window
-        whose maximum is positive sends its gradient to the same first maximum;
-        one whose maximum is <= 0 sends none either way). Pooled first, the
-        ReLU is fused into the pooling kernel (``max_pool2d_relu``: no pass over
-        the pooled map, no ReLU node); a ReLU or pool swapped for another module
-        in ``self.features`` runs as that module. ``self.features`` keeps the
-        article's order for reading, printing and state dicts.
-        """
-        conv1, relu1, pool1, conv2, relu2, pool2 = self.features
-        return _block(conv2, relu2, pool2, _block(conv1, relu1, pool1, x))
-
-
-def _block(conv, relu, pool, x):
-    """relu(pool(conv(x))): one fused op (``conv_pool_relu``) for the plain
-    3x3 'same' conv and 2x2 pool, else the pool and ReLU fused
-    (``max_pool2d_relu``) when they are the plain modules, else the three."""
-    plain = type(pool) is nn.MaxPool2d and type(relu) is nn.ReLU and not pool.return_indices
-    if (plain and type(conv) is nn.Conv2d and conv.kernel_size == (3, 3)
-            and conv.stride == (1, 1) and conv.padding in ((1, 1), "same")
-            and conv.dilation == (1, 1) and conv.groups == 1
-            and _pair(pool.kernel_size) == (2, 2) and _pair(pool.stride) == (2, 2)
-            and _pair(pool.padding) == (0, 0) and _pair(pool.dilation) == (1, 1)):
-        return conv_pool_relu(x, conv.weight, conv.bias)   # floor or ceil: even sizes only
-    x = conv(x)
-    if plain:
-        return max_pool2d_relu(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation,
-                               pool.ceil_mode)
-    return relu(pool(x))
+        """The CNN: (conv -> ReLU -> maxpool 2x2) twice; (B, 1, 28, 28) -> (B, C, 7, 7)."""
+        return self.features(x)
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -297,21 +297,36 @@ def silu(input, inplace=False):
 # ------------------------------------------------------------------ dropout
 
 class Dropout(Function):
+    """Inverted dropout. Element i of the (C-order) input is kept iff a hash
+    of (i, key) clears a threshold, ``key`` being one draw from minidl's
+    generator per call (so ``manual_seed`` makes the masks reproducible):
+    the kernels make the mask in the pass that applies it, and backward makes
+    it again from the key rather than storing it (the hash is in
+    :mod:`minidl.kernels.common`; every backend gives the same masks)."""
+
     def __init__(self, p):
         self.p = p
 
     def forward(self, x):
         xp = backend.get_array_module(x)
-        dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float32)
-        keep = generator_for(xp, per_rank=True).random(x.shape, dtype=dtype) >= dtype.type(self.p)
-        # One array holds the mask and the 1/(1-p) scale: y = x * m, gx = gy * m.
-        mask = keep.astype(dtype)
-        mask *= dtype.type(1.0 / (1.0 - self.p))
-        self.mask = mask
-        return as_float(x) * mask  # int64 * float32 would be float64
+        x = _c_order(xp, as_float(x))   # int64 * float32 would be float64
+        self.key = int(generator_for(xp, per_rank=True).integers(0, 2**63 - 1, size=1)[0])
+        # keep iff the hash's top 24 bits >= p * 2**24: P(keep) = 1 - p at the
+        # 24-bit resolution of a float32 uniform draw (the old mask's)
+        self.threshold = math.ceil(self.p * 2**24)
+        self.scale = 1.0 / (1.0 - self.p)
+        return backend.kernels_for(xp).dropout_apply(x, self.key, self.threshold, self.scale)
 
     def backward(self, gy):
-        return gy * self.mask
+        xp = backend.get_array_module(gy)
+        return backend.kernels_for(xp).dropout_apply(_c_order(xp, gy), self.key,
+                                                     self.threshold, self.scale)
+
+
+def _c_order(xp, a):
+    """a C-contiguous (the dropout mask follows the C order of the elements);
+    a 0-d array stays 0-d (ascontiguousarray would make it 1-d)."""
+    return a if a.flags.c_contiguous else xp.ascontiguousarray(a)
 
 
 def dropout(x, p=0.5, training=True, inplace=False):

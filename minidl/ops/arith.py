@@ -368,16 +368,17 @@ class Sigmoid(Function):
 
 
 class ReLU(Function):
+    """y = max(x, 0); backward is PyTorch's threshold_backward: exactly 0 where
+    y <= 0 (an inf or NaN gy there too, where a product would give NaN), and
+    a NaN y passes gy. Each one pass in the kernels (parallel on the CPU)."""
+
     def forward(self, x):
-        xp = backend.get_array_module(x)
-        y = xp.maximum(x, x.dtype.type(0))
+        y = backend.kernels_for(backend.get_array_module(x)).relu(x)
         self.y = y
         return y
 
     def backward(self, gy):
-        # PyTorch's threshold_backward: exactly 0 where y <= 0 (an inf or NaN
-        # gy there too, where a product would give NaN); a NaN y passes gy
-        return backend.get_array_module(gy).where(self.y <= 0, gy.dtype.type(0), gy)
+        return backend.kernels_for(backend.get_array_module(gy)).threshold_backward(gy, self.y)
 
 
 class Clip(Function):

@@ -7,14 +7,15 @@ Per parameter, step t, with g the gradient::
     v = beta2 * v + (1 - beta2) * g^2        (amsgrad: vmax = max(vmax, v), used below)
     p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
-as ``torch.optim.Adam``/``AdamW``; in place on preallocated arrays.
+as ``torch.optim.Adam``/``AdamW``; in place on preallocated arrays (with the
+Numba kernels, one pass over each parameter: ``optimizer.fused_kernel``).
 """
 from __future__ import annotations
 
 import math
 
 from .. import backend
-from .optimizer import Optimizer
+from .optimizer import Optimizer, fused_kernel
 
 
 class Adam(Optimizer):
@@ -46,6 +47,19 @@ class Adam(Optimizer):
                     state["max_exp_avg_sq"] = xp.zeros_like(p._data)
             state["step"] += 1
             t = state["step"]
+            bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+            fused = fused_kernel(p, g, "adam_update")
+            arrays = [state[k] for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+                      if k in state]
+            if fused is not None and all(a.flags.c_contiguous for a in arrays):
+                # the same rule in one pass (the Numba kernels)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                vmax = state["max_exp_avg_sq"].reshape(-1) if amsgrad else None
+                decoupled = wd and self._decoupled
+                fused(p._data.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), vmax,
+                      lr / bc1, b1, b2, eps, math.sqrt(bc2), 0 if self._decoupled else wd,
+                      1 - lr * wd if decoupled else 1, group["maximize"])
+                continue
             m, v = state["exp_avg"], state["exp_avg_sq"]
             s = self._buffer(p, "s")
             if wd and self._decoupled:
@@ -64,7 +78,6 @@ class Adam(Optimizer):
                 vmax = state["max_exp_avg_sq"]
                 xp.maximum(vmax, v, out=vmax)
                 v = vmax
-            bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
             xp.sqrt(v, out=s)
             s /= dt(math.sqrt(bc2))
             s += dt(eps)

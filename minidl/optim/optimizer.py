@@ -182,5 +182,16 @@ class Optimizer:
         return "\n".join(lines) + "\n)"
 
 
+def fused_kernel(p, g, name):
+    """The backend's one-pass update kernel ``name`` for parameter p and its
+    gradient array g, or None where the rule's array ops run instead (no such
+    kernel: NumPy or CuPy; p, g or the state not contiguous in one dtype)."""
+    kernel = getattr(backend.kernels_for(backend.get_array_module(p._data)), name, None)
+    if kernel is None or g.dtype != p._data.dtype or p._data.dtype.kind != "f" or \
+            not (p._data.flags.c_contiguous and g.flags.c_contiguous) or g.shape != p._data.shape:
+        return None
+    return kernel
+
+
 def _is_array(v):
     return hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, Tensor)

@@ -8,12 +8,13 @@ Per parameter, with g the gradient::
     d = d + momentum * buf  (nesterov)   or   d = buf
     p -= lr * d
 
-All in place on preallocated arrays (``maximize`` negates g).
+All in place on preallocated arrays (``maximize`` negates g); with the
+Numba kernels, one pass over each parameter (:func:`fused_kernel`).
 """
 from __future__ import annotations
 
 from .. import backend
-from .optimizer import Optimizer
+from .optimizer import Optimizer, fused_kernel
 
 
 class SGD(Optimizer):
@@ -33,6 +34,20 @@ class SGD(Optimizer):
         lr, mom, damp = group["lr"], group["momentum"], group["dampening"]
         wd, nesterov, maximize = group["weight_decay"], group["nesterov"], group["maximize"]
         for p, g in zip(params, grads):
+            fused = fused_kernel(p, g, "sgd_update")
+            if fused is not None:   # the same rule in one pass (the Numba kernels)
+                buf, first = None, False
+                if mom:
+                    state = self.state.setdefault(p, {})
+                    buf = state.get("momentum_buffer")
+                    first = buf is None
+                    if first or not buf.flags.c_contiguous:   # the kernel writes it flat
+                        xp = backend.get_array_module(p._data)
+                        buf = state["momentum_buffer"] = \
+                            xp.empty_like(p._data) if first else xp.ascontiguousarray(buf)
+                fused(p._data.reshape(-1), g.reshape(-1), None if buf is None else buf.reshape(-1),
+                      lr, mom, damp, wd, nesterov, maximize, first)
+                continue
             xp = backend.get_array_module(p._data)
             dt = p._data.dtype.type
             d = self._effective_grad(p, g, wd, maximize)   # g is read only
