@@ -35,6 +35,7 @@ import collections
 import importlib.util
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -176,6 +177,9 @@ def abort(code: int = 1):
     sys.stderr.flush()
     if _comm is None:
         sys.exit(code)
+    # the launcher stops forwarding a rank's output once the abort reaches it: give
+    # it a moment to pass on what this rank just wrote (the report of why it ends)
+    time.sleep(0.5)
     _comm.Abort(code)
     # MPICH's MPI_Abort returns once it has asked the launcher to end the job;
     # this rank must not go on meanwhile (into a collective with the others)

@@ -310,7 +310,9 @@ class Dropout(Function):
     def forward(self, x):
         xp = backend.get_array_module(x)
         x = _c_order(xp, as_float(x))   # int64 * float32 would be float64
-        self.key = int(generator_for(xp, per_rank=True).integers(0, 2**63 - 1, size=1)[0])
+        # the key comes from the host's per-rank stream on every device: no device ->
+        # host read per call on the GPU, and the same masks on CPU and GPU
+        self.key = int(generator_for(np, per_rank=True).integers(0, 2**63 - 1))
         # keep iff the hash's top 24 bits >= p * 2**24: P(keep) = 1 - p at the
         # 24-bit resolution of a float32 uniform draw (the old mask's)
         self.threshold = math.ceil(self.p * 2**24)
