@@ -42,6 +42,8 @@ import os
 import threading
 import weakref
 
+import numpy as np
+
 from . import backend
 from .ops.arith import ReLU
 from .ops.conv import Conv2dFunction, MaxPool2dFunction
@@ -197,12 +199,18 @@ def _block(src, pool):
     return fused_pool._run(src)
 
 
+def _float32_or_64(*tensors):
+    """The dtypes the fused kernels take (half precision, integers: the op as written)."""
+    return all(t.dtype in (np.float32, np.float64) for t in tensors)
+
+
 def _on_conv(fn, inputs):
     if not _state.enabled or fn.groups != 1 or len(inputs) < 2:
         return None
     x, w = inputs[0], inputs[1]
-    if not (isinstance(x, Tensor) and isinstance(w, Tensor)) or x.ndim != 4:
-        return None
+    if not (isinstance(x, Tensor) and isinstance(w, Tensor)) or x.ndim != 4 \
+            or not _float32_or_64(x, w):
+        return None   # as written: its own checks name what is wrong, at the call
     N, _, H, W = x.shape
     Co, _, KH, KW = w.shape
     *_, OH, OW = fn._geometry((N, 0, H, W), (Co, 0, KH, KW))
@@ -213,7 +221,8 @@ def _on_relu(fn, inputs):
     x = inputs[0]
     if _joinable(x, "pool"):
         return _block(x._args[0], x._fn)
-    if not _state.enabled or _pending(x, "relu") or not isinstance(x, Tensor) or x.ndim != 4:
+    if not _state.enabled or _pending(x, "relu") or not isinstance(x, Tensor) or x.ndim != 4 \
+            or not _float32_or_64(x):
         return None
     # relu(conv) may become one op with the conv and a pool after it; relu(any
     # 4-D x) pooled is the pool with the ReLU in its pass (no full-size ReLU)
