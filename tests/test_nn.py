@@ -707,3 +707,19 @@ def test_a_module_cannot_replace_a_parameter_as_torch():
     with pytest.raises(TypeError, match="cannot assign ReLU as parameter 'weight'"):
         lin.weight = nn.ReLU()
     assert isinstance(lin.weight, nn.Parameter) and "weight" not in lin._modules
+
+
+def test_attention_layers_take_dtype_and_reset_parameters():
+    minidl.manual_seed(0)
+    channel = nn.ChannelAttention(3, 4, 4, hidden=(5,), dtype=minidl.float64)
+    assert all(p.dtype == np.float64 for p in channel.parameters())
+    pool = nn.AttentionPool2d(3, 4, 4, dtype=np.float64)
+    assert all(p.dtype == np.float64 for p in pool.parameters())
+    before = {k: v.numpy().copy() for k, v in pool.state_dict().items()}
+    pool.reset_parameters()
+    after = pool.state_dict()
+    changed = [k for k in before if not np.array_equal(before[k], after[k].numpy())]
+    # every drawn tensor is drawn anew; the zero-initialised biases stay zero
+    assert {"query", "pos_embedding", "attn.in_proj_weight", "attn.out_proj.weight"} <= set(changed)
+    with pytest.raises(TypeError, match="AttentionPool2d: dtype must be a floating dtype"):
+        nn.AttentionPool2d(3, 4, 4, dtype=np.int64)

@@ -15,7 +15,7 @@ from ..ops.attention import (causal_mask, fusable, fused_attention,
 from ..ops.linear import linear
 from ..tensor import raw
 from . import init
-from .layers import Dropout, Linear, ReLU
+from .layers import Dropout, Linear, ReLU, factory_dtype, to_factory_device
 from .module import Module, Parameter, Sequential
 
 
@@ -221,7 +221,7 @@ class ChannelAttention(Module):
     FUSIONS = ("sum", "reweight")
 
     def __init__(self, channels, height, width, hidden=(128, 64), dropout=0.2,
-                 fusion="reweight"):
+                 fusion="reweight", device=None, dtype=None):
         super().__init__()
         if fusion not in self.FUSIONS:
             raise ValueError(f"ChannelAttention: fusion must be one of {self.FUSIONS}, got "
@@ -230,10 +230,10 @@ class ChannelAttention(Module):
         self.hidden, self.fusion = tuple(int(n) for n in hidden), fusion
         layers, size = [], self.channels * self.height * self.width
         for n in self.hidden:
-            layers += [Linear(size, n), ReLU(), Dropout(dropout)]
+            layers += [Linear(size, n, device=device, dtype=dtype), ReLU(), Dropout(dropout)]
             size = n
         self.mlp = Sequential(*layers)
-        self.score = Linear(size, self.channels)
+        self.score = Linear(size, self.channels, device=device, dtype=dtype)
 
     def forward(self, x):
         C, H, W = self.channels, self.height, self.width
@@ -264,16 +264,28 @@ class AttentionPool2d(Module):
     the one the pooling used, after dropout, as PyTorch's attention weights).
     """
 
-    def __init__(self, channels, height, width, num_heads=1, dropout=0.0, dtype=np.float32):
+    def __init__(self, channels, height, width, num_heads=1, dropout=0.0, device=None,
+                 dtype=None):
         super().__init__()
+        dtype = factory_dtype("AttentionPool2d", dtype)
         self.channels, self.height, self.width = int(channels), int(height), int(width)
         P = self.height * self.width
         self.query = Parameter(np.empty(self.channels, dtype))
         self.pos_embedding = Parameter(np.empty((P, self.channels), dtype))
-        init.normal_(self.query, 0.0, self.channels ** -0.5)
-        init.normal_(self.pos_embedding, 0.0, self.channels ** -0.5)
+        self._reset_embeddings()
         self.attn = MultiheadAttention(self.channels, num_heads, dropout=dropout,
                                        batch_first=True, dtype=dtype)
+        to_factory_device(self, device)
+
+    def _reset_embeddings(self):
+        init.normal_(self.query, 0.0, self.channels ** -0.5)
+        init.normal_(self.pos_embedding, 0.0, self.channels ** -0.5)
+
+    def reset_parameters(self):
+        """The query, the position embedding and the attention's weights drawn anew."""
+        self._reset_embeddings()
+        self.attn.out_proj.reset_parameters()   # as built; _reset_parameters zeroes its bias
+        self.attn._reset_parameters()
 
     def forward(self, x):
         C, H, W = self.channels, self.height, self.width
