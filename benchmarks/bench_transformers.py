@@ -317,6 +317,19 @@ def update_readme(text, path=README):
     os.replace(tmp, path)
 
 
+def _measuring_args(args):
+    """The arguments that decide what is measured (the --json output path does not)."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--json":
+            skip = True
+        elif not a.startswith("--json="):
+            out.append(a)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=["mingpt", "fsdp2", "both"], default="both")
@@ -341,8 +354,9 @@ def main(argv=None):
     env["torch"] = probe.stdout.strip()
     models = ["mingpt", "fsdp2"] if args.model == "both" else [args.model]
     results = {"benchmark": "transformers", "environment": env,
-               "command": "python benchmarks/bench_transformers.py " + " ".join(
-                   argv if argv is not None else sys.argv[1:]),
+               "command": " ".join(["python benchmarks/bench_transformers.py"]
+                                   + _measuring_args(argv if argv is not None
+                                                     else sys.argv[1:])),
                "models": [bench_model(m, args.batch, args.windows, args.steps, threads)
                           for m in models]}
     print(table(results))
