@@ -526,8 +526,10 @@ class Tensor:
                                  f"shape {self.shape}")
             grad = grad.astype(self._data.dtype, copy=False)
             owned = False
-        run_backward(self, grad, retain_graph, owned)
-        callbacks, _backward_callbacks.queue = _backward_callbacks.queue, []
+        try:
+            run_backward(self, grad, retain_graph, owned)
+        finally:   # a failed backward drops its callbacks: they must not run at the next one
+            callbacks, _backward_callbacks.queue = _backward_callbacks.queue, []
         for callback in callbacks:
             callback()
 

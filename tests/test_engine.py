@@ -384,3 +384,23 @@ def test_grad_matches_leaf_dtype_and_shape_under_broadcasting():
     (x * b).sum().backward()
     assert b.grad.shape == (1, 3) and b.grad.dtype == np.float32
     np.testing.assert_array_equal(b.grad.numpy(), np.full((1, 3), 8.0))
+
+
+def test_a_failed_backward_drops_its_queued_callbacks():
+    from minidl.tensor import queue_callback
+    calls = []
+
+    class Fails(minidl.Function):
+        def forward(self, x):
+            return x * 2
+
+        def backward(self, gy):
+            raise RuntimeError("backward fails on purpose")
+
+    x = minidl.tensor([1.0, 2.0], requires_grad=True)
+    queue_callback(lambda: calls.append("stale"))
+    with pytest.raises(RuntimeError, match="on purpose"):
+        Fails()(x).sum().backward()
+    queue_callback(lambda: calls.append("fresh"))
+    (x * 3).sum().backward()
+    assert calls == ["fresh"]
