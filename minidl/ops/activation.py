@@ -45,19 +45,37 @@ def _fused_rows(x, axis):
     return rowwise_kernels(x) if axis == x.ndim - 1 else None
 
 
-class Softmax(Function):
+class _RowSoftmax(Function):
+    """Softmax and LogSoftmax over ``axis``: the fused CPU kernels when it is the last
+    dim (``LOG`` picks which of the two they compute), else each class's ``xp`` code."""
+
+    LOG = False
+
     def __init__(self, axis):
         self.axis = axis
 
+    def _fused_forward(self, x):
+        """The fused result (kept for backward), or None where the kernels do not apply."""
+        self.fused = _fused_rows(x, self.axis)
+        if self.fused is None:
+            return None
+        x = np.ascontiguousarray(x)
+        self.y = self.fused.softmax_forward(x.reshape(-1, x.shape[-1]),
+                                            self.LOG).reshape(x.shape)
+        return self.y
+
+    def _fused_backward(self, gy):
+        y, D = self.y, self.y.shape[-1]
+        return self.fused.softmax_backward(y.reshape(-1, D), gy.reshape(-1, D),
+                                           self.LOG).reshape(y.shape)
+
+
+class Softmax(_RowSoftmax):
     def forward(self, x):
         xp = backend.get_array_module(x)
         x = as_float(x)  # integers give float32, as the other float-valued ops
-        if (kernels := _fused_rows(x, self.axis)) is not None:
-            x = np.ascontiguousarray(x)
-            self.y = kernels.softmax_forward(x.reshape(-1, x.shape[-1]), False).reshape(x.shape)
-            self.fused = kernels
-            return self.y
-        self.fused = None
+        if (y := self._fused_forward(x)) is not None:
+            return y
         y = x - finite_max(x, (self.axis,), xp)
         xp.exp(y, out=y)
         s = y.sum(axis=self.axis, keepdims=True)
@@ -68,11 +86,9 @@ class Softmax(Function):
 
     def backward(self, gy):
         xp = backend.get_array_module(gy)
-        y = self.y
         if self.fused is not None:
-            D = y.shape[-1]
-            return self.fused.softmax_backward(y.reshape(-1, D), gy.reshape(-1, D),
-                                               False).reshape(y.shape)
+            return self._fused_backward(gy)
+        y = self.y
         gx = gy * y                                   # the one full-size allocation
         s = gx.sum(axis=self.axis, keepdims=True)
         xp.subtract(gy, s, out=gx)
@@ -80,19 +96,14 @@ class Softmax(Function):
         return gx
 
 
-class LogSoftmax(Function):
-    def __init__(self, axis):
-        self.axis = axis
+class LogSoftmax(_RowSoftmax):
+    LOG = True
 
     def forward(self, x):
         xp = backend.get_array_module(x)
         x = as_float(x)  # integers give float32, as the other float-valued ops
-        if (kernels := _fused_rows(x, self.axis)) is not None:
-            x = np.ascontiguousarray(x)
-            self.y = kernels.softmax_forward(x.reshape(-1, x.shape[-1]), True).reshape(x.shape)
-            self.fused = kernels
-            return self.y
-        self.fused = None
+        if (y := self._fused_forward(x)) is not None:
+            return y
         y = x - finite_max(x, (self.axis,), xp)
         e = xp.exp(y)
         s = e.sum(axis=self.axis, keepdims=True)
@@ -104,9 +115,7 @@ class LogSoftmax(Function):
     def backward(self, gy):
         xp = backend.get_array_module(gy)
         if self.fused is not None:
-            y, D = self.y, self.y.shape[-1]
-            return self.fused.softmax_backward(y.reshape(-1, D), gy.reshape(-1, D),
-                                               True).reshape(y.shape)
+            return self._fused_backward(gy)
         gx = xp.exp(self.y)
         gx *= -gy.sum(axis=self.axis, keepdims=True)
         gx += gy
